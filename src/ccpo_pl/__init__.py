@@ -1,0 +1,5 @@
+"""ccpo_pl."""
+
+from ccpo_pl import compat
+
+compat.install()

@@ -1,0 +1,200 @@
+"""Builds batched TorchRL envs with ``cost``, ``eps`` and episode sums for the bullet and safety-gymnasium tasks.
+
+Facts behind the construction (``../shared/design/INSTALL.md`` §7-§8, ``../shared/design/research-omnisafe-torchrl-lightning.md``
+B.1-B.2): bullet-safety-gym reports the cost only in ``info["cost"]`` as a Python number, which TorchRL's
+``default_info_dict_reader`` cannot read (it calls ``.dtype``), hence :class:`CostReader`; TorchRL's
+``SafetyGymnasiumEnv`` turns safety-gymnasium's 6-tuple step into a float64 shape-``()`` ``cost`` observation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import Composite, Unbounded
+from torchrl.envs import (
+    ClipTransform,
+    Compose,
+    DoubleToFloat,
+    EnvBase,
+    GymEnv,
+    ParallelEnv,
+    RewardSum,
+    SerialEnv,
+    StepCounter,
+    TransformedEnv,
+)
+from torchrl.envs.gym_like import BaseInfoDictReader
+
+from ccpo_pl import compat
+from ccpo_pl.envs.transforms import CostToReward, EpsSampler
+
+SUITES = ("bullet", "safety_gymnasium")
+
+#: Short task name -> (suite, gym id, episode length). Lengths are the gym registries' ``max_episode_steps``.
+TASKS: dict[str, tuple[str, str, int]] = {
+    # Bullet-Safety-Gym 1.4.0, the CCPO paper's tasks.
+    "ball_circle": ("bullet", "SafetyBallCircle-v0", 200),
+    "car_circle": ("bullet", "SafetyCarCircle-v0", 300),
+    "drone_circle": ("bullet", "SafetyDroneCircle-v0", 300),
+    "drone_run": ("bullet", "SafetyDroneRun-v0", 200),
+    "ant_run": ("bullet", "SafetyAntRun-v0", 200),
+    "ball_run": ("bullet", "SafetyBallRun-v0", 100),
+    "car_run": ("bullet", "SafetyCarRun-v0", 200),
+    # Safety-Gymnasium 1.0.0.
+    "point_circle": ("safety_gymnasium", "SafetyPointCircle1-v0", 500),
+    "car_circle_sg": ("safety_gymnasium", "SafetyCarCircle1-v0", 500),
+    "point_run": ("safety_gymnasium", "SafetyPointRun0-v0", 500),
+    "ant_velocity": ("safety_gymnasium", "SafetyAntVelocity-v1", 1000),
+    "half_cheetah_velocity": ("safety_gymnasium", "SafetyHalfCheetahVelocity-v1", 1000),
+}
+
+
+class CostReader(BaseInfoDictReader):
+    """Info-dict reader that writes bullet's ``info["cost"]`` (a Python number, absent at reset) as float32 ``()``."""
+
+    def __init__(self):
+        self._spec = Composite(cost=Unbounded((), dtype=torch.float32), shape=())
+
+    def __call__(self, info_dict: dict[str, Any], tensordict: TensorDictBase) -> TensorDictBase:
+        tensordict.set("cost", torch.as_tensor(info_dict.get("cost", 0.0), dtype=torch.float32))
+        return tensordict
+
+    def reset(self) -> None:
+        """Nothing to reset; part of the reader interface TorchRL calls."""
+
+    @property
+    def info_spec(self) -> Composite:
+        return self._spec
+
+
+class BulletSafetyEnv(GymEnv):
+    """``GymEnv`` for bullet-safety-gym whose ``set_seed`` also seeds numpy's global RNG.
+
+    bullet-safety-gym 1.4.0 ignores ``reset(seed=...)``: every random draw (initial positions, noise) comes from
+    the global ``np.random``. So seeding means ``np.random.seed``, which is per process: in a ``ParallelEnv`` each
+    worker has its own; in a ``SerialEnv`` the sub-envs share one stream and differ by drawing from it in turn.
+    """
+
+    def _set_seed(self, seed: int | None) -> None:
+        if seed is not None:
+            np.random.seed(seed % 2**32)
+        super()._set_seed(seed)
+
+
+def make_base_env(suite: str, env_id: str, seed: int | None = None) -> EnvBase:
+    """Builds one unbatched TorchRL env whose observations include a shape-``()`` ``cost``.
+
+    Module-level so that ``ParallelEnv``'s spawn-started workers can unpickle it (and import ``ccpo_pl``, which
+    installs the safety-gymnasium shim).
+
+    Args:
+        suite: ``"bullet"`` or ``"safety_gymnasium"``.
+        env_id: the gym id, e.g. ``"SafetyBallCircle-v0"``.
+        seed: if given, the env is seeded with it (``env.set_seed``) right after construction.
+    """
+    if suite == "bullet":
+        with compat.process_std_streams():
+            import bullet_safety_gym  # noqa: F401  (registers the Safety*-v0 ids)
+
+            env = BulletSafetyEnv(env_id)
+        env.set_info_dict_reader(CostReader())
+    elif suite == "safety_gymnasium":
+        from torchrl.envs.libs.safety_gymnasium import SafetyGymnasiumEnv
+
+        env = SafetyGymnasiumEnv(env_id)
+    else:
+        raise ValueError(f"unknown env suite {suite!r}; allowed: {SUITES}")
+    if seed is not None:
+        env.set_seed(seed)
+    return env
+
+
+def _check_task(env_cfg: Mapping) -> tuple[str, str, int]:
+    """Returns (suite, id, max_episode_steps) of ``env_cfg`` after checking suite and id against :data:`TASKS`."""
+    suite, env_id = env_cfg["suite"], env_cfg["id"]
+    if suite not in SUITES:
+        raise ValueError(f"unknown env suite {suite!r}; allowed: {SUITES}")
+    ids = sorted(task_id for task_suite, task_id, _ in TASKS.values() if task_suite == suite)
+    if env_id not in ids:
+        raise ValueError(f"unknown {suite} env id {env_id!r}; allowed: {ids}")
+    return suite, env_id, int(env_cfg["max_episode_steps"])
+
+
+def _action_bounds(env: EnvBase) -> tuple[float, float]:
+    """Returns the scalar (low, high) of ``env``'s action spec; ``ClipTransform`` takes scalars only."""
+    space = env.action_spec.space
+    low, high = space.low, space.high
+    if low.min() != low.max() or high.min() != high.max():
+        raise ValueError(f"action bounds must be the same for every dimension; got low={low}, high={high}")
+    return low.min().item(), high.max().item()
+
+
+def make_env(
+    env_cfg: Mapping,
+    *,
+    num_envs: int,
+    seed: int,
+    eps_values: Sequence[float],
+    eps_mode: str = "sample",
+    parallel: bool = False,
+    device: str | torch.device = "cpu",
+) -> TransformedEnv:
+    """Builds a batch of ``num_envs`` envs of one task, with cost, threshold and episode statistics.
+
+    The result is ``TransformedEnv(SerialEnv(num_envs, ...))`` (``ParallelEnv`` if ``parallel``), batch size
+    ``[num_envs]``. All transforms run batched in the calling process. Entries, per env (float32 unless noted):
+
+    * ``observation`` ``[obs_dim]``; ``eps`` ``[1]``, the raw cost threshold of the current episode, also in
+      ``("next", "eps")`` (see :class:`EpsSampler`); ``step_count`` int64 ``[1]``.
+    * ``action`` ``[act_dim]``: kept as the policy wrote it; the simulator receives it clipped to the action bounds.
+    * ``("next", "reward")``, ``("next", "cost")`` ``[1]``: the simulator's per-step reward and cost. Both are reward
+      entries, so ``env.reward_key`` raises; pass keys explicitly.
+    * ``("next", "episode_reward")``, ``("next", "episode_cost")`` ``[1]``: running sums within the episode.
+    * ``done``/``terminated``/``truncated``: the time limit (``max_episode_steps``, enforced by ``StepCounter``
+      as well as the gym ``TimeLimit``) sets ``truncated``, not ``terminated``.
+
+    Args:
+        env_cfg: mapping with ``name``, ``suite`` (``bullet`` | ``safety_gymnasium``), ``id`` (gym id, one of
+            :data:`TASKS`) and ``max_episode_steps``.
+        num_envs: number of envs in the batch.
+        seed: sub-env ``i`` is seeded with ``seed + i`` when built. Under DDP pass ``base_seed + rank * num_envs``
+            so that no two envs of the run share a seed. Bullet envs draw from numpy's global RNG (see
+            :class:`BulletSafetyEnv`), so in a ``SerialEnv`` they share one seeded stream. ``eps`` draws use torch's
+            global RNG: seed torch per rank as well.
+        eps_values: thresholds for ``eps``: the set to draw from (``sample``) or one per env (``fixed``).
+        eps_mode: ``"sample"`` (redrawn at every reset with torch's global RNG) or ``"fixed"`` (env ``i`` always
+            has ``eps_values[i]``; needs ``len(eps_values) == num_envs``).
+        parallel: one worker process per env (``ParallelEnv``) instead of one process (``SerialEnv``).
+        device: device of the batched env's tensordicts.
+
+    Raises:
+        ValueError: unknown suite or id, unknown ``eps_mode``, or ``fixed`` mode with ``len(eps_values) != num_envs``.
+    """
+    suite, env_id, max_episode_steps = _check_task(env_cfg)
+    eps_sampler = EpsSampler(eps_values, eps_mode)
+    if eps_mode == "fixed" and len(eps_values) != num_envs:
+        raise ValueError(
+            f"eps_mode='fixed' needs len(eps_values) == num_envs; got eps_values={list(eps_values)}, num_envs={num_envs}"
+        )
+    batched_cls = ParallelEnv if parallel else SerialEnv
+    base_env = batched_cls(
+        num_envs,
+        functools.partial(make_base_env, suite, env_id),
+        create_env_kwargs=[{"seed": seed + i} for i in range(num_envs)],
+        device=device,
+    )
+    low, high = _action_bounds(base_env)
+    transforms = Compose(
+        ClipTransform(in_keys_inv=["action"], low=low, high=high),
+        DoubleToFloat(),
+        CostToReward(),
+        StepCounter(max_steps=max_episode_steps),
+        RewardSum(in_keys=["reward", "cost"], out_keys=["episode_reward", "episode_cost"]),
+        eps_sampler,
+    )
+    return TransformedEnv(base_env, transforms)
