@@ -1,0 +1,238 @@
+"""CCPO as a LightningModule: VVE critic fit -> conditioned E-step -> multi-eps M-step, manual optimization.
+
+Implementation details (paper -> code; "ours" marks our choices where the paper/slides are silent):
+1. VVE critic (slides eq. 3): `critic(s, a, eps)` = psi_f(s,a)^T z_f(eps). Every sampled transition is trained
+   for all `n_eps` thresholds of the update (psi is computed once per batch). TD(0) targets with the next action
+   drawn from pi(.|s', eps) and a Polyak target critic (FSRL: tau 0.05, gamma 0.97). Bootstraps through time-limit
+   truncation, not through `terminated`.
+2. Conditioned E-step (slides eqs. 7-10): for each threshold eps_i, K actions per state from pi_old(.|s, eps_i),
+   Q from the target critic (ours; FSRL uses the current one), eps_i converted to Q units
+   (`eps_to_q_units`), and the convex dual in (eta_i, lam_i) solved per threshold to convergence by a batched
+   projected Newton method, warm-started from the last solution of the nearest threshold bin (ours; FSRL takes one
+   Adam step on one shared dual). Under DDP the dual statistics are averaged across ranks, so every rank gets the
+   same duals.
+3. Multi-eps M-step (slides "Versatile M-step"): decoupled weighted max-likelihood (MPO/CVPO) averaged over the
+   thresholds, with KL trust regions on the mean and the covariance against pi_old, each with its own multiplier
+   per threshold bin, updated by projected gradient ascent (the slides' constraint holds for every eps_i).
+4. pi_old is refreshed after every collection (FSRL). The states of a batch are split over the thresholds
+   (`states_per_eps`; ARCHITECTURE §7: same cost as one-threshold CVPO).
+5. Thresholds per update (`n_eps`): behaviour thresholds only until `versatile_start` of the frame budget, then a
+   `versatile_frac` share drawn uniformly from `eps_range` (the paper's fine-tuning stage; schedule ours).
+Ablations: `cvi=False` replaces steps 2-3 by a Lagrangian actor loss with one multiplier per threshold bin driven
+by Q_c against the Q-unit threshold; `vve=False` is a critic with eps appended to its input (`nets.PlainCritic`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDictBase
+from torch import Tensor, nn
+
+from ccpo_pl.algos.ccpo import equations as eq
+from ccpo_pl.algos.safe_module import SafeRLModule
+
+
+class CCPO(SafeRLModule):
+    """Constraint-Conditioned Policy Optimization (Yao, Liu et al., NeurIPS 2023)."""
+
+    def __init__(
+        self,
+        actor: nn.Module,
+        critic: nn.Module,
+        *,
+        eps_behavior: Sequence[float],
+        eps_range: Sequence[float],
+        eps_bin: float,
+        horizon: int,
+        total_frames: int,
+        gamma: float = 0.97,
+        tau: float = 0.05,
+        lr_actor: float = 5e-4,
+        lr_critic: float = 1e-3,
+        n_eps: int = 4,
+        versatile_start: float = 0.25,
+        versatile_frac: float = 0.5,
+        states_per_eps: int | None = None,
+        num_samples: int = 16,
+        kappa: float = 0.02,
+        dual: dict | None = None,
+        kl_mean_bound: float = 0.005,
+        kl_cov_bound: float = 0.0005,
+        kl_lr: Sequence[float] = (1.0, 100.0),
+        kl_max: Sequence[float] = (1.0, 10.0),
+        cvi: bool = True,
+        lagrangian: dict | None = None,
+        **base_kwargs,
+    ):
+        super().__init__(eps_behavior=eps_behavior, eps_range=eps_range, eps_bin=eps_bin, horizon=horizon,
+                         **base_kwargs)
+        self.save_hyperparameters(ignore=["actor", "critic", "make_train_env", "make_eval_env"])
+        self.actor, self.critic = actor, critic
+        self.actor_old = _frozen_copy(actor)
+        self.critic_target = _frozen_copy(critic)
+        self.dual = {"eta_init": 1.0, "lam_init": 0.0, **(dual or {})}
+        self.lagrangian = {"lr": 0.01, "lam_max": 100.0, "alpha": 0.0, **(lagrangian or {})}
+        n_bins = len(self.eps_bins)
+        self.register_buffer("eta", torch.full((n_bins,), float(self.dual["eta_init"])))
+        self.register_buffer("lam", torch.full((n_bins,), float(self.dual["lam_init"])))
+        self.register_buffer("alpha_mu", torch.zeros(n_bins))
+        self.register_buffer("alpha_sigma", torch.zeros(n_bins))
+        # per-bin running estimates for logging: q_r, q_c, kl_mean, kl_cov
+        self.register_buffer("stats", torch.zeros(n_bins, 4))
+
+    # ---------------------------------------------------------------- optimizers
+    def configure_optimizers(self):
+        hp = self.hparams
+        fused = self.device.type in ("cpu", "cuda")  # one kernel per step instead of one per parameter
+        return [torch.optim.Adam(self.critic.parameters(), lr=hp.lr_critic, fused=fused),
+                torch.optim.Adam(self.actor.parameters(), lr=hp.lr_actor, fused=fused)]
+
+    # ---------------------------------------------------------------- the algorithm box
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+        start = time.perf_counter()
+        self.on_new_data()
+        eps = self.sample_train_eps()
+        bins = self.bin_index(eps)
+        loss_critic = self.critic_step(batch, eps)
+        obs = self.split_states(batch["observation"], len(eps))
+        if self.hparams.cvi:
+            loss_actor = self.cvi_step(obs, eps, bins)
+        else:
+            loss_actor = self.lagrangian_step(obs, eps, bins)
+        _polyak(self.critic_target, self.critic, self.hparams.tau)
+        self.record_update(loss_critic, loss_actor, time.perf_counter() - start)
+
+    def on_new_collect(self) -> None:
+        """After every collection: the trust-region anchor pi_old becomes the policy that collected it (FSRL)."""
+        self.actor_old.load_state_dict(self.actor.state_dict())
+
+    def critic_step(self, batch: TensorDictBase, eps: Tensor) -> Tensor:
+        """VVE fit: TD(0) for every (transition, eps_i) pair, f in {r, c}."""
+        hp, nxt = self.hparams, batch["next"]
+        eps_b = eps.view(-1, 1, 1)  # [E, 1, 1] against B transitions
+        with torch.no_grad():
+            loc, scale = self.actor(nxt["observation"], eps_b)  # [E, B, A]
+            q_r_next, q_c_next = self.critic_target(nxt["observation"], loc + scale * torch.randn_like(loc), eps_b)
+            not_term = 1.0 - nxt["terminated"].float().view(-1)
+            y_r = nxt["reward"].view(-1) + hp.gamma * not_term * q_r_next
+            y_c = nxt["cost"].view(-1) + hp.gamma * not_term * q_c_next
+        q_r, q_c = self.critic(batch["observation"], batch["action"], eps_b)  # [E, B]
+        loss = F.mse_loss(q_r, y_r) + F.mse_loss(q_c, y_c)
+        opt = self.optimizers()[0]
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        return loss.detach()
+
+    def cvi_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor:
+        """Conditioned E-step (per-eps dual, eq. 10, weights eq. 8) then the multi-eps M-step."""
+        hp = self.hparams
+        n_eps, n_states = obs.shape[:2]
+        eps_b = eps.view(-1, 1, 1)
+        with torch.no_grad():
+            loc_old, scale_old = self.actor_old(obs, eps_b)  # [E, S, A]
+            noise = torch.randn(n_eps, n_states, hp.num_samples, loc_old.shape[-1], device=obs.device)
+            actions = loc_old.unsqueeze(2) + scale_old.unsqueeze(2) * noise  # [E, S, K, A]
+            q_r, q_c = self.critic_target(obs.unsqueeze(2), actions, eps.view(-1, 1, 1, 1))  # [E, S, K]
+            eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
+            eta, lam = eq.solve_estep_dual(
+                q_r, q_c, eps_q, hp.kappa, self.eta[bins], self.lam[bins], reduce=self.reduce_mean,
+                **{k: v for k, v in self.dual.items() if k not in ("eta_init", "lam_init")},
+            )
+            self.eta[bins], self.lam[bins] = eta, lam
+            weights = eq.estep_weights(q_r, q_c, eta, lam)
+        loc, scale = self.actor(obs, eps_b)
+        loss_mle = eq.mstep_loss(actions, weights, loc, scale, loc_old, scale_old)
+        kl_mu = eq.kl_mean(loc_old, loc, scale_old)
+        kl_sigma = eq.kl_cov(scale_old, scale)
+        loss = (loss_mle + self.alpha_mu[bins] * (kl_mu - hp.kl_mean_bound)
+                + self.alpha_sigma[bins] * (kl_sigma - hp.kl_cov_bound)).mean()
+        opt = self.optimizers()[1]
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        with torch.no_grad():  # one collective: every rank updates the multipliers and statistics identically
+            stats = self.reduce_mean(torch.stack((kl_mu.detach(), kl_sigma.detach(), q_r.mean((1, 2)),
+                                                  q_c.mean((1, 2)))))
+            kl_mu, kl_sigma = stats[0], stats[1]
+            self.alpha_mu[bins] = eq.kl_multiplier_update(self.alpha_mu[bins], kl_mu, hp.kl_mean_bound,
+                                                          hp.kl_lr[0], hp.kl_max[0])
+            self.alpha_sigma[bins] = eq.kl_multiplier_update(self.alpha_sigma[bins], kl_sigma, hp.kl_cov_bound,
+                                                             hp.kl_lr[1], hp.kl_max[1])
+            self.update_stats(bins, stats[2], stats[3], kl_mu, kl_sigma)
+        return loss.detach()
+
+    def lagrangian_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor:
+        """`cvi=False` ablation: reparameterised Lagrangian actor loss, one multiplier per threshold bin."""
+        hp, lag = self.hparams, self.lagrangian
+        eps_b = eps.view(-1, 1, 1)
+        loc, scale = self.actor(obs, eps_b)
+        dist = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
+        actions = dist.rsample()
+        q_r, q_c = self.critic(obs, actions, eps_b)  # [E, S]; critic grads are discarded (zeroed next step)
+        loss = eq.lagrangian_actor_loss(q_r, q_c, self.lam[bins], dist.log_prob(actions), lag["alpha"]).mean()
+        opt = self.optimizers()[1]
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        with torch.no_grad():
+            q_r_mean, q_c_mean = self.reduce_mean(torch.stack((q_r.detach().mean(-1), q_c.detach().mean(-1))))
+            eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
+            self.lam[bins] = eq.lagrange_multiplier_update(self.lam[bins], q_c_mean, eps_q, lag["lr"],
+                                                           lag["lam_max"])
+            kl = torch.zeros_like(q_c_mean)
+            self.update_stats(bins, q_r_mean, q_c_mean, kl, kl)
+        return loss.detach()
+
+    # ---------------------------------------------------------------- helpers
+    def split_states(self, obs: Tensor, n_eps: int) -> Tensor:
+        """`[B, obs]` -> `[E, S, obs]`: S = states_per_eps distinct states per threshold (default B // E)."""
+        per = self.hparams.states_per_eps or obs.shape[0] // n_eps
+        if per * n_eps <= obs.shape[0]:
+            return obs[: per * n_eps].view(n_eps, per, -1)
+        return obs[:per].expand(n_eps, per, -1)
+
+    def sample_train_eps(self) -> Tensor:
+        """Thresholds of this update (same on every rank): behaviour ones, plus versatile draws after the warm-up."""
+        hp, g = self.hparams, self.eps_generator
+        beh = self.eps_behavior_t
+        n_versatile = 0
+        if self.global_frames >= hp.versatile_start * hp.total_frames:
+            n_versatile = int(round(hp.n_eps * hp.versatile_frac))
+        n_beh = hp.n_eps - n_versatile
+        order = torch.randperm(len(beh), generator=g)
+        picks = torch.cat([order, torch.randint(len(beh), (max(0, n_beh - len(beh)),), generator=g)])[:n_beh]
+        lo, hi = self.eps_range
+        versatile = lo + (hi - lo) * torch.rand(n_versatile, generator=g)
+        return torch.cat([beh[picks], versatile]).to(self.device)
+
+    def update_stats(self, bins: Tensor, *values: Tensor) -> None:
+        """Exponential moving averages per threshold bin of (q_r, q_c, kl_mean, kl_cov), for logging."""
+        new = torch.stack(values, -1).to(self.stats)
+        self.stats[bins] = 0.9 * self.stats[bins] + 0.1 * new
+
+    def per_eps_metrics(self) -> dict[str, Tensor]:
+        names = ("q_r", "q_c", "kl_mean", "kl_cov")
+        cols = {"lam": self.lam, "eta": self.eta, "alpha_mu": self.alpha_mu, "alpha_sigma": self.alpha_sigma}
+        cols.update({n: self.stats[:, i] for i, n in enumerate(names)})
+        if not self.hparams.cvi:
+            for n in ("eta", "alpha_mu", "alpha_sigma", "kl_mean", "kl_cov"):
+                cols.pop(n)
+        return cols
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    copy_ = copy.deepcopy(module)
+    copy_.requires_grad_(False)
+    return copy_
+
+
+@torch.no_grad()
+def _polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """theta_target <- (1 - tau) theta_target + tau theta (Polyak averaging of the target critic)."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

@@ -1,0 +1,262 @@
+"""`SafeRLModule`: what every safe-RL algorithm module shares, below `LightningModule`.
+
+- the train iterable (`data.OffPolicyStream`) built inside each rank, envs seeded per rank and per resume;
+- per-rank seeding once the process group is up (Lightning's `seed_everything` gives every rank the same stream);
+- checkpoint extras: frame counters, the threshold generator, and per-rank sidecars (replay buffer + RNG states);
+- logging against environment frames: per-threshold-bin tags `eps_<eps>/...`, per behaviour threshold
+  `train/eps_<eps>/episode_{reward,cost}`, losses and timings, all reduced across ranks in one collective;
+- periodic deterministic evaluation on the evaluation grid: `eval/eps_<eps>/{reward,cost}`, `eval/avg_*`.
+Subclasses implement `configure_optimizers`, `training_step`, `on_new_collect` and `per_eps_metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torchrl.envs import EnvBase
+
+from ccpo_pl.checkpointing import Sidecars, rng_state, set_rng_state
+from ccpo_pl.data import OffPolicyStream
+from ccpo_pl.evaluation import cost_violation, rollout_episodes
+from ccpo_pl.nets import make_policy
+
+
+def eps_tag(eps: float) -> str:
+    """`eps_20`, `eps_12.5`: the TensorBoard group of a threshold."""
+    return f"eps_{float(eps):g}"
+
+
+def threshold_bins(eps_behavior: Sequence[float], eps_range: Sequence[float], step: float) -> list[float]:
+    """The training-threshold grid: `eps_range` every `step`, plus the behaviour thresholds."""
+    lo, hi = float(eps_range[0]), float(eps_range[1])
+    grid = np.arange(lo, hi + 1e-9, float(step)).tolist()
+    return sorted({round(x, 6) for x in grid} | {float(e) for e in eps_behavior})
+
+
+class SafeRLModule(L.LightningModule):
+    """Shared base of the safe-RL modules (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        eps_behavior: Sequence[float],
+        eps_range: Sequence[float],
+        eps_bin: float,
+        eps_eval: Sequence[float],
+        horizon: int,
+        make_train_env: Callable[[int], EnvBase] | None = None,
+        make_eval_env: Callable[[int], EnvBase] | None = None,
+        stream: dict | None = None,
+        seed: int = 0,
+        eval_every: int = 1,
+        eval_episodes: int = 1,
+        max_epochs: int = 1,
+        sidecar_dir: str | None = None,
+        keep_buffers: int = 2,
+        run_config: dict | None = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.make_train_env, self.make_eval_env = make_train_env, make_eval_env
+        self.eps_behavior_t = torch.tensor([float(e) for e in eps_behavior])
+        self.eps_range = (float(eps_range[0]), float(eps_range[1]))
+        self.eps_eval = [float(e) for e in eps_eval]
+        self.eps_bins = threshold_bins(eps_behavior, eps_range, eps_bin)
+        self.register_buffer("eps_bins_t", torch.tensor(self.eps_bins), persistent=False)
+        self.eps_generator = torch.Generator().manual_seed(int(seed))  # identical on every rank
+        self.stream: OffPolicyStream | None = None
+        self._envs: dict[str, EnvBase] = {}  # a plain dict: envs are nn.Modules and must stay out of state_dict
+        self._seen_collects = 0
+        self._acc = torch.zeros(3, dtype=torch.float64)  # critic loss, actor loss, update seconds
+        self._n_updates = 0
+        self._resume: dict | None = None
+        self._sidecar: dict | None = None
+        self.latest_eval: dict[float, float] = {}
+        self.final_metrics: dict[str, float] = {}
+        self.timing = {"loop_s": 0.0, "eval_s": 0.0, "update_s": 0.0, "updates": 0}
+
+    # ---------------------------------------------------------------- data
+    def setup(self, stage: str) -> None:
+        L.seed_everything(self.hparams.seed + self.global_rank, verbose=False)
+
+    def train_dataloader(self) -> OffPolicyStream:
+        if self.stream is None:
+            s = self.hparams.stream
+            self.stream = OffPolicyStream(
+                self._seeded_train_env, make_policy(self.actor), device=self.device,
+                eps_behavior=self.hparams.eps_behavior, **s,
+            )
+            if self._resume is not None:
+                self.stream.load_state_dict(self._resume["stream"])
+                self._seen_collects = self.stream.collects
+            if self._sidecar is not None:
+                self.stream.load_buffer_state(self._sidecar["buffer"])
+        return self.stream
+
+    def _seeded_train_env(self) -> EnvBase:
+        """This rank's envs, seeded from (seed, rank, collections so far): distinct per rank and after a resume."""
+        collects = self.stream.collects if self.stream is not None else 0
+        env_seed = int(np.random.SeedSequence([self.hparams.seed, self.global_rank, collects]).generate_state(1)[0])
+        return self.make_train_env(seed=env_seed % (2**31 - 1))
+
+    @property
+    def global_frames(self) -> int:
+        return 0 if self.stream is None else self.stream.frames * self.trainer.world_size
+
+    def on_new_data(self) -> None:
+        """Call first in `training_step`: reacts once to each new collection."""
+        if self.stream.collects != self._seen_collects:
+            self._seen_collects = self.stream.collects
+            self.on_new_collect()
+            self.log_training_metrics()
+
+    def on_new_collect(self) -> None:
+        """Hook: a collection just finished (e.g. refresh the trust-region anchor)."""
+
+    # ---------------------------------------------------------------- distributed
+    def reduce_mean(self, t: Tensor) -> Tensor:
+        """Average across ranks (identity on one process); every rank must call it in the same order."""
+        if self.trainer.world_size == 1:
+            return t
+        return self.trainer.strategy.reduce(t.contiguous(), reduce_op="mean")
+
+    def bin_index(self, eps: Tensor) -> Tensor:
+        """Index of the nearest training-threshold bin for each eps."""
+        return (eps.view(-1, 1) - self.eps_bins_t.view(1, -1)).abs().argmin(-1)
+
+    # ---------------------------------------------------------------- logging
+    def record_update(self, loss_critic: Tensor, loss_actor: Tensor, seconds: float) -> None:
+        self._acc += torch.tensor([float(loss_critic), float(loss_actor), seconds], dtype=torch.float64)
+        self._n_updates += 1
+        self.timing["update_s"] += seconds
+        self.timing["updates"] += 1
+
+    def per_eps_metrics(self) -> dict[str, Tensor]:
+        """Subclasses: name -> `[n_bins]` tensor, logged as `eps_<eps>/<name>` for every bin."""
+        return {}
+
+    def log_training_metrics(self) -> None:
+        """Reduce a fixed set of metrics across ranks in one collective and log them at the global frame count."""
+        names, values = [], []
+        for name, col in self.per_eps_metrics().items():
+            names += [f"{eps_tag(e)}/{name}" for e in self.eps_bins]
+            values.append(col.detach().double().cpu())
+        episodes = self.stream.pop_episode_stats()  # [n_beh, 3] n, sum R, sum C
+        n_upd = max(self._n_updates, 1)
+        scalars = torch.tensor([self._acc[0] / n_upd, self._acc[1] / n_upd, 1e3 * self._acc[2] / n_upd,
+                                self.stream.collect_seconds, self._acc[2], float(self._n_updates)],
+                               dtype=torch.float64)
+        flat = torch.cat(values + [episodes.flatten(), scalars]).to(self.device)
+        if self.trainer.world_size > 1:
+            flat = self.trainer.strategy.reduce(flat.float(), reduce_op="sum").double() / self.trainer.world_size
+        flat = flat.cpu()
+        n_named = len(names)
+        metrics = dict(zip(names, flat[:n_named].tolist()))
+        ep = flat[n_named:n_named + episodes.numel()].view(-1, 3)
+        for e, (n, r, c) in zip(self.hparams.eps_behavior, ep.tolist()):
+            if n > 0:
+                metrics[f"train/{eps_tag(e)}/episode_reward"] = r / n
+                metrics[f"train/{eps_tag(e)}/episode_cost"] = c / n
+        loss_c, loss_a, ms, collect_s, update_s, n = flat[n_named + episodes.numel():].tolist()
+        if n > 0:
+            metrics.update({"loss/critic": loss_c, "loss/actor": loss_a, "time/update_ms": ms})
+        if collect_s + update_s > 0:
+            frames = self.stream.frames_per_collect * self.trainer.world_size
+            metrics["time/env_steps_per_s"] = frames / (collect_s + update_s)
+        metrics["train/frames"] = float(self.global_frames)
+        self.stream.collect_seconds = 0.0
+        self._acc.zero_()
+        self._n_updates = 0
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.global_frames)
+
+    # ---------------------------------------------------------------- evaluation
+    def on_train_epoch_end(self) -> None:
+        epoch = self.current_epoch + 1
+        if epoch % self.hparams.eval_every == 0 or epoch >= self.hparams.max_epochs:
+            self.evaluate()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Deterministic episodes on the evaluation grid; logs `eval/eps_<eps>/{reward,cost}` and averages."""
+        start = time.perf_counter()
+        episodes = self.hparams.eval_episodes
+        eval_seed = self.hparams.seed + 10_000 * (1 + self.global_rank)
+        if "eval" not in self._envs:
+            self._envs["eval"] = self.make_eval_env(seed=eval_seed)
+        # Same start states at every evaluation; the training RNG streams (torch and numpy's global one, which
+        # bullet-safety-gym draws from) continue afterwards as if no evaluation had happened.
+        np_state = np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            self._envs["eval"].set_seed(eval_seed)
+            ep_r, ep_c = rollout_episodes(self._envs["eval"], make_policy(self.actor), self.hparams.horizon)
+        np.random.set_state(np_state)
+        n_eps = len(self.eps_eval)
+        stats = torch.stack([ep_r.view(n_eps, episodes).mean(1), ep_c.view(n_eps, episodes).mean(1)], 0)
+        stats = self.reduce_mean(stats.to(self.device)).cpu()
+        metrics = {}
+        for i, e in enumerate(self.eps_eval):
+            metrics[f"eval/{eps_tag(e)}/reward"] = float(stats[0, i])
+            metrics[f"eval/{eps_tag(e)}/cost"] = float(stats[1, i])
+        eps = torch.tensor(self.eps_eval, dtype=stats.dtype)
+        metrics["eval/avg_reward"] = float(stats[0].mean())
+        metrics["eval/avg_cv"] = float(cost_violation(stats[1], eps).mean())
+        self.latest_eval = dict(zip(self.eps_eval, stats[1].tolist()))
+        self.final_metrics = metrics | {"train/frames": float(self.global_frames)}
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.global_frames)
+        self.timing["eval_s"] += time.perf_counter() - start
+        return metrics
+
+    # ---------------------------------------------------------------- checkpoints
+    def _sidecars(self) -> Sidecars:
+        return Sidecars(self.hparams.sidecar_dir, self.global_rank, self.hparams.keep_buffers)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Runs on every rank: each writes its sidecar; the checkpoint (rank 0's) records the shared token."""
+        token = f"{self.global_frames:013d}"
+        if self.stream is not None and self.hparams.sidecar_dir:
+            self._sidecars().save(token, {"buffer": self.stream.buffer_state(), "rng": rng_state()})
+        checkpoint["ccpo"] = {
+            "stream": self.stream.state_dict() if self.stream is not None else {"frames": 0, "collects": 0},
+            "eps_generator": self.eps_generator.get_state(),
+            "sidecar": token,
+            "world_size": self.trainer.world_size,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("ccpo")
+        if state is None:
+            raise ValueError("checkpoint has no 'ccpo' training state; it was not written by ccpo_pl.fit")
+        if state["world_size"] != self.trainer.world_size:
+            raise ValueError(f"checkpoint was written with {state['world_size']} ranks, this run has "
+                             f"{self.trainer.world_size}; resume with the same trainer.devices x trainer.num_nodes")
+        self._resume = state
+        self.eps_generator.set_state(state["eps_generator"])
+        self._sidecar = self._sidecars().load(state["sidecar"]) if self.hparams.sidecar_dir else None
+        if self._sidecar is None:
+            warnings.warn(f"no replay-buffer sidecar for checkpoint token {state['sidecar']} on rank "
+                          f"{self.global_rank}: resuming with an empty buffer", stacklevel=2)
+
+    def on_train_start(self) -> None:
+        if self._sidecar is not None:
+            set_rng_state(self._sidecar["rng"])
+        self._loop_start = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        """Wall-clock of this process's training loop (collection + updates + evaluation), for benchmarks."""
+        self.timing["loop_s"] = time.perf_counter() - self._loop_start
+        self.final_metrics.update({f"time/{k}": float(v) for k, v in self.timing.items()})
+
+    def teardown(self, stage: str) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        for env in self._envs.values():
+            env.close(raise_if_closed=False)
+        self._envs.clear()

@@ -1,0 +1,146 @@
+"""The off-policy train iterable: collect with a TorchRL `Collector`, store flat transitions, yield sampled batches.
+
+Lightning gets this object from `train_dataloader()`. It is built lazily inside each rank's process (so every rank
+owns its collector, envs and buffer, seeded per rank) and yields exactly `len(self)` batches per epoch on every rank,
+which DDP needs. One epoch = `collects_per_epoch` collections of `frames_per_collect` frames, each followed by
+`updates_per_collect` sampled batches. Runs are bounded by environment frames, not optimizer steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.envs import EnvBase
+
+#: What the update step reads from a transition; everything else the collector writes is dropped before storage.
+TRANSITION_KEYS = (
+    "observation",
+    "eps",
+    "action",
+    ("next", "observation"),
+    ("next", "reward"),
+    ("next", "cost"),
+    ("next", "terminated"),
+)
+
+
+class OffPolicyStream:
+    """Collector + replay buffer as a stateful iterable of sampled batches.
+
+    Args:
+        make_env: builds this rank's (batched, seeded) training env; called once, inside the rank.
+        policy: the collection policy (TensorDictModule reading `observation`, `eps`); the live module, not a copy.
+        frames_per_collect: env frames per collection (across this rank's envs).
+        updates_per_collect: sampled batches yielded after each collection.
+        collects_per_epoch: collections per Lightning epoch.
+        buffer_size: replay capacity in transitions (per rank).
+        batch_size: transitions per sampled batch.
+        eps_behavior: the behaviour thresholds; finished episodes are tallied per threshold for logging.
+        device: where the buffer lives and batches are sampled (the training device).
+    """
+
+    def __init__(
+        self,
+        make_env: Callable[[], EnvBase],
+        policy: Callable,
+        *,
+        frames_per_collect: int,
+        updates_per_collect: int,
+        collects_per_epoch: int,
+        buffer_size: int,
+        batch_size: int,
+        eps_behavior: Sequence[float],
+        device: torch.device | str = "cpu",
+    ):
+        self.make_env, self.policy = make_env, policy
+        self.frames_per_collect = int(frames_per_collect)
+        self.updates_per_collect = int(updates_per_collect)
+        self.collects_per_epoch = int(collects_per_epoch)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.eps_behavior = torch.as_tensor(list(eps_behavior), dtype=torch.float32)
+        self.buffer = TensorDictReplayBuffer(
+            storage=LazyTensorStorage(int(buffer_size), device=self.device), batch_size=self.batch_size
+        )
+        self.frames = 0  # env frames collected by this rank
+        self.collects = 0
+        self.collect_seconds = 0.0
+        # per behaviour threshold: [episodes, sum of episode reward, sum of episode cost] since the last pop
+        self._episodes = torch.zeros(len(self.eps_behavior), 3, dtype=torch.float64)
+        self._collector: Collector | None = None
+        self._iterator: Iterator | None = None
+
+    def __len__(self) -> int:
+        return self.updates_per_collect * self.collects_per_epoch
+
+    def _build(self) -> None:
+        self._collector = Collector(
+            self.make_env(),
+            self.policy,
+            frames_per_batch=self.frames_per_collect,
+            total_frames=-1,
+            policy_device=self.device,
+            env_device="cpu",
+            storing_device=self.device,
+            trust_policy=True,
+            auto_register_policy_transforms=False,  # the policy is not recurrent: it needs no InitTracker
+        )
+        self._iterator = iter(self._collector)
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        if self._collector is None:
+            self._build()
+        for _ in range(self.collects_per_epoch):
+            self.collect()
+            for _ in range(self.updates_per_collect):
+                yield self.buffer.sample()
+
+    def collect(self) -> None:
+        """Run one collection with the current policy and store its transitions."""
+        start = time.perf_counter()
+        batch = next(self._iterator)
+        self.collect_seconds += time.perf_counter() - start
+        self.frames += batch.numel()
+        self.collects += 1
+        self._tally_episodes(batch)
+        self.buffer.extend(batch.reshape(-1).select(*TRANSITION_KEYS))
+
+    def _tally_episodes(self, batch: TensorDictBase) -> None:
+        done = batch["next", "done"].reshape(-1)
+        if not done.any():
+            return
+        eps = batch["eps"].reshape(-1)[done].cpu().float()
+        ep_r = batch["next", "episode_reward"].reshape(-1)[done].cpu().double()
+        ep_c = batch["next", "episode_cost"].reshape(-1)[done].cpu().double()
+        which = (eps[:, None] - self.eps_behavior[None]).abs().argmin(-1)
+        stats = torch.stack([torch.ones_like(ep_r), ep_r, ep_c], -1)
+        self._episodes.index_add_(0, which, stats)
+
+    def pop_episode_stats(self) -> torch.Tensor:
+        """Finished-episode tallies per behaviour threshold since the last call: `[n_behavior, 3]` (n, sum R, sum C)."""
+        out, self._episodes = self._episodes, torch.zeros_like(self._episodes)
+        return out
+
+    def state_dict(self) -> dict:
+        """Counters (identical on every rank)."""
+        return {"frames": self.frames, "collects": self.collects}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.frames, self.collects = int(state["frames"]), int(state["collects"])
+
+    def buffer_state(self) -> dict:
+        """This rank's replay buffer (data included), for the per-rank sidecar next to a checkpoint."""
+        return self.buffer.state_dict()
+
+    def load_buffer_state(self, state: dict) -> None:
+        self.buffer.load_state_dict(state)
+
+    def close(self) -> None:
+        if self._collector is not None:
+            self._collector.shutdown()
+            self._collector = self._iterator = None

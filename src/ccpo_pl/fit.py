@@ -1,0 +1,260 @@
+"""`python -m ccpo_pl.fit [overrides]`: train a threshold-conditioned safe-RL policy (Hydra entry point).
+
+`fit(cfg)` does the work and is what tests call; `main()` is the thin command-line wrapper. The run directory is
+`<log_dir>/<run_name>/` with `config.yaml`, `checkpoints/` (last.ckpt, periodic ones, per-rank buffer sidecars)
+and `tb/` (TensorBoard). Re-running the same `run_name` resumes from `checkpoints/last.ckpt`; a different
+config against an existing run is refused, and nothing of an earlier run is overwritten.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from ccpo_pl.algos.registry import ALGOS, build
+from ccpo_pl.callbacks import DDPSyncCheck, FramesProgressBar
+from ccpo_pl.checkpointing import AtomicCheckpointIO, safe_load
+from ccpo_pl.envs import make_env
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ("env", "algo", "trainer", "experiment")
+#: keys that may change when a run is resumed (they do not change what was trained so far)
+RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval")
+
+
+class ConfigError(ValueError):
+    """A bad value in the run configuration; its message is one line naming the value and what is allowed."""
+
+
+# ---------------------------------------------------------------- validation
+def _positive_list(cfg: DictConfig, key: str) -> list[float]:
+    values = OmegaConf.select(cfg, key)
+    if values is None or len(values) == 0:
+        raise ConfigError(f"{key} is empty; give at least one threshold > 0, e.g. {key}=[20,40,60]")
+    bad = [v for v in values if not isinstance(v, (int, float)) or v <= 0]
+    if bad:
+        raise ConfigError(f"{key} has {bad}; thresholds must be numbers > 0")
+    return [float(v) for v in values]
+
+
+def world_size(cfg: DictConfig) -> int:
+    devices = cfg.trainer.devices
+    n = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else devices
+    n = 1 if n in ("auto", -1) else int(n)
+    return n * int(cfg.trainer.get("num_nodes", 1))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config; raise `ConfigError` with a one-line message on the first bad value."""
+    if cfg.algo.name not in ALGOS:
+        raise ConfigError(f"unknown algo {cfg.algo.name!r}; allowed: {', '.join(sorted(ALGOS))}")
+    behavior = _positive_list(cfg, "eps.behavior")
+    evals = _positive_list(cfg, "eps.eval")
+    lo, hi = (float(x) for x in cfg.eps.range)
+    if not 0 < lo < hi:
+        raise ConfigError(f"eps.range={[lo, hi]} must be [low, high] with 0 < low < high")
+    for key, values in (("eps.behavior", behavior), ("eps.eval", evals)):
+        outside = [v for v in values if not lo <= v <= hi]
+        if outside:
+            raise ConfigError(f"{key} has {outside} outside eps.range={[lo, hi]}; widen eps.range or drop them")
+    for key in ("total_frames", "collect.num_envs", "collect.frames_per_collect", "collect.collects_per_epoch",
+                "collect.batch_size", "collect.buffer_size", "eval.every_epochs", "eval.episodes",
+                "checkpoint.every_epochs"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{key}={value!r} must be a positive integer")
+    if updates_per_collect(cfg) < 1:
+        raise ConfigError(f"collect.updates_per_frame={cfg.collect.updates_per_frame} gives no update per "
+                          f"collection of {cfg.collect.frames_per_collect} frames; raise it")
+    _validate_devices(cfg)
+
+
+def _validate_devices(cfg: DictConfig) -> None:
+    accel, devices = str(cfg.trainer.accelerator), cfg.trainer.devices
+    if devices in ("auto", -1) or OmegaConf.is_list(devices):
+        return
+    if not isinstance(devices, int) or devices < 1:
+        raise ConfigError(f"trainer.devices={devices!r} must be a positive integer, a list of ids, or 'auto'")
+    if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()):
+        have, what = torch.cuda.device_count(), "GPUs"
+    else:
+        have, what = os.cpu_count() or 1, "CPU cores"
+    if devices > have:
+        raise ConfigError(f"trainer.devices={devices} but this machine has {have} {what}; use at most {have}")
+
+
+def updates_per_collect(cfg: DictConfig) -> int:
+    return int(round(cfg.collect.updates_per_frame * cfg.collect.frames_per_collect))
+
+
+# ---------------------------------------------------------------- run directory and resume
+def _diff(old, new, prefix="") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def prepare_run(cfg: DictConfig) -> tuple[Path, str | None, int | None]:
+    """Return (run dir, checkpoint to resume from or None, first frame after it); refuse a changed config."""
+    run_dir = Path(cfg.log_dir) / cfg.run_name
+    snapshot = run_dir / "config.yaml"
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    if snapshot.exists():
+        old = OmegaConf.to_container(OmegaConf.load(snapshot), resolve=True)
+        diffs = [d for d in _diff(old, plain) if d.split(":")[0].split(".")[0] not in RESUMABLE_CHANGES]
+        if diffs:
+            raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(diffs[:3])}); "
+                              f"use another run_name or the run's own config")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{str(run_dir)!r} exists but is not a ccpo_pl run (no config.yaml); "
+                          f"choose another run_name or log_dir")
+    ckpt = cfg.ckpt_path
+    if ckpt is None and (run_dir / "checkpoints" / "last.ckpt").exists():
+        ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    resume_frames = None
+    if ckpt is not None:
+        state = check_checkpoint(ckpt, cfg)["ccpo"]
+        # purge TensorBoard events logged after the checkpoint (those at its own frame count precede it)
+        resume_frames = state["stream"]["frames"] * state["world_size"] + 1
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = snapshot.with_suffix(".yaml.tmp")
+        tmp.write_text(OmegaConf.to_yaml(plain))
+        os.replace(tmp, snapshot)
+    return run_dir, ckpt, resume_frames
+
+
+def check_checkpoint(path: str, cfg: DictConfig) -> dict:
+    """Load a checkpoint safely and check it belongs to this algorithm and env; one-line errors otherwise."""
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={path!r} does not exist")
+    try:
+        ckpt = safe_load(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ConfigError(f"ckpt_path={path!r} is not a readable checkpoint ({type(err).__name__})") from None
+    saved = (ckpt.get("hyper_parameters") or {}).get("run_config") or {}
+    if "ccpo" not in ckpt or not saved:
+        raise ConfigError(f"ckpt_path={path!r} was not written by ccpo_pl.fit")
+    for key in ("algo.name", "env.id"):
+        group, name = key.split(".")
+        was, now = saved[group][name], cfg[group][name]
+        if was != now:
+            raise ConfigError(f"ckpt_path={path!r} is a {key}={was!r} checkpoint, this run has {key}={now!r}")
+    return ckpt
+
+
+# ---------------------------------------------------------------- the run
+def env_sizes(cfg: DictConfig) -> tuple[int, int]:
+    """Observation and action sizes, read from the env's specs (never from YAML)."""
+    env = make_env(cfg.env, num_envs=1, seed=cfg.seed, eps_values=list(cfg.eps.behavior))
+    try:
+        return int(env.observation_spec["observation"].shape[-1]), int(env.action_spec.shape[-1])
+    finally:
+        env.close(raise_if_closed=False)
+
+
+def fit(cfg: DictConfig) -> dict[str, float]:
+    """Train as configured; returns the last evaluation's metrics (`eval/...`) and `train/frames`."""
+    validate(cfg)
+    run_dir, ckpt, resume_frames = prepare_run(cfg)
+    n_ranks = world_size(cfg)
+    local_procs = max(1, n_ranks // int(cfg.trainer.get("num_nodes", 1)))
+    torch.set_num_threads(int(cfg.threads or max(1, (os.cpu_count() or 1) // local_procs)))
+    L.seed_everything(cfg.seed, verbose=False)
+
+    frames_per_epoch = cfg.collect.frames_per_collect * cfg.collect.collects_per_epoch * n_ranks
+    max_epochs = math.ceil(cfg.total_frames / frames_per_epoch)
+    obs_dim, act_dim = env_sizes(cfg)
+    behavior, evals = list(cfg.eps.behavior), list(cfg.eps.eval)
+    episodes = cfg.eval.episodes
+    module = build(
+        cfg, obs_dim, act_dim,
+        eps_behavior=behavior, eps_range=list(cfg.eps.range), eps_bin=cfg.eps.bin, eps_eval=evals,
+        horizon=int(cfg.env.max_episode_steps), total_frames=int(cfg.total_frames),
+        make_train_env=functools.partial(make_env, cfg.env, num_envs=cfg.collect.num_envs, eps_values=behavior,
+                                         eps_mode="sample", parallel=cfg.collect.parallel),
+        make_eval_env=functools.partial(make_env, cfg.env, num_envs=len(evals) * episodes,
+                                        eps_values=[e for e in evals for _ in range(episodes)], eps_mode="fixed"),
+        stream=dict(frames_per_collect=cfg.collect.frames_per_collect, updates_per_collect=updates_per_collect(cfg),
+                    collects_per_epoch=cfg.collect.collects_per_epoch, buffer_size=cfg.collect.buffer_size,
+                    batch_size=cfg.collect.batch_size),
+        seed=int(cfg.seed), eval_every=cfg.eval.every_epochs, eval_episodes=episodes, max_epochs=max_epochs,
+        sidecar_dir=str(run_dir / "checkpoints" / "sidecars"), keep_buffers=cfg.checkpoint.keep_buffers,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, resume_frames)
+    trainer.fit(module, ckpt_path=ckpt)
+    return module.final_metrics
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int,
+                 resume_frames: int | None) -> L.Trainer:
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks = [
+        # last.ckpt after every epoch (overwritten atomically), and a kept checkpoint every N epochs
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_epochs=1, save_top_k=1,
+                        enable_version_counter=False, save_on_train_epoch_end=True),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:04d}", auto_insert_metric_name=False,
+                        every_n_epochs=cfg.checkpoint.every_epochs, save_top_k=-1, save_on_train_epoch_end=True),
+        FramesProgressBar(),
+    ]
+    if cfg.check_sync:
+        callbacks.append(DDPSyncCheck())
+    # a resumed run appends to the same TensorBoard run, dropping events logged after its checkpoint
+    logger = TensorBoardLogger(save_dir=cfg.log_dir, name=cfg.run_name, version="tb", default_hp_metric=False,
+                               purge_step=resume_frames)
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if kwargs.get("strategy", "auto") == "auto" and n_ranks > 1:
+        kwargs["strategy"] = "ddp_find_unused_parameters_true"  # one optimizer per disjoint parameter set
+    return L.Trainer(**kwargs, max_epochs=max_epochs, callbacks=callbacks, logger=logger,
+                     plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0, log_every_n_steps=1)
+
+
+# ---------------------------------------------------------------- command line
+def _check_group_overrides(argv: list[str]) -> None:
+    """Unknown `env=`/`algo=`/... names fail here with one line, before Hydra's multi-line message."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in GROUPS and value not in ("null", ""):
+            for name in value.split(","):  # multirun sweeps: env=a,b
+                if not (CONF_DIR / key / f"{name}.yaml").is_file():
+                    allowed = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+                    raise ConfigError(f"unknown {key} {name!r}; allowed: {', '.join(allowed)}")
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        metrics = fit(cfg)
+    except ConfigError as err:
+        print(f"ccpo_pl.fit: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if metrics and rank_zero_only.rank == 0:
+        print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/eps_" not in k))
+
+
+def main() -> None:
+    try:
+        _check_group_overrides(sys.argv[1:])
+    except ConfigError as err:
+        print(f"ccpo_pl.fit: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The versatile policy pi(a | s, eps): one diagonal Gaussian conditioned on the cost threshold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict.nn import TensorDictModule
+from torch import Tensor, nn
+from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
+
+from ccpo_pl.nets.critics import normalise_eps
+
+
+class EpsActor(nn.Module):
+    """pi(a|s, eps) = N(mu(s, e), diag sigma(s, e)^2) with e the normalised threshold (CCPO; FSRL CVPO's actor + e).
+
+    The mean is tanh-bounded to the action box [-1, 1] (FSRL `unbounded=False`); log sigma is state dependent and
+    clamped to [log_std_min, log_std_max]. Samples are raw Gaussian draws: the env clips them (see `ccpo_pl.envs`).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int],
+        eps_range: Sequence[float],
+        log_std_min: float = -20.0,
+        log_std_max: float = 2.0,
+    ):
+        super().__init__()
+        self.eps_range = tuple(float(x) for x in eps_range)
+        self.log_std_min, self.log_std_max = float(log_std_min), float(log_std_max)
+        self.trunk = MLP(obs_dim + 1, hidden[-1], num_cells=list(hidden[:-1]), activation_class=nn.ReLU,
+                         activate_last_layer=True)
+        self.mu = nn.Linear(hidden[-1], act_dim)
+        self.log_std = nn.Linear(hidden[-1], act_dim)
+
+    def forward(self, observation: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (loc, scale), each `[..., act_dim]`; `observation [..., obs]` and `eps [..., 1]` broadcast."""
+        e = normalise_eps(eps, self.eps_range)
+        shape = torch.broadcast_shapes(observation.shape[:-1], e.shape[:-1])
+        h = self.trunk(torch.cat([observation.expand(*shape, -1), e.expand(*shape, 1)], -1))
+        log_std = self.log_std(h).clamp(self.log_std_min, self.log_std_max)
+        return torch.tanh(self.mu(h)), log_std.exp()
+
+
+def make_policy(actor: EpsActor) -> ProbabilisticActor:
+    """Wrap the actor for TorchRL collectors: reads `observation` and `eps`, writes `action` (mean when deterministic)."""
+    module = TensorDictModule(actor, in_keys=["observation", "eps"], out_keys=["loc", "scale"])
+    return ProbabilisticActor(module, in_keys=["loc", "scale"], distribution_class=IndependentNormal,
+                              return_log_prob=False)

@@ -1,0 +1,150 @@
+"""The trainer end to end on tiny budgets: checkpoints, per-eps TensorBoard tags, resume, refusals, DDP."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ccpo_pl.checkpointing import safe_load
+from ccpo_pl.fit import CONF_DIR, ConfigError, fit, validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(log_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", f"log_dir={log_dir}", *overrides])
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("logs")
+    cfg = make_cfg(log_dir, "total_frames=800", "run_name=smoke")
+    metrics = fit(cfg)
+    return log_dir / "smoke", metrics, cfg
+
+
+def test_smoke_fit_writes_checkpoint_sidecar_and_metrics(smoke_run):
+    run_dir, metrics, cfg = smoke_run
+    ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["ccpo"]["stream"]["frames"] == 800
+    assert (run_dir / "checkpoints" / "epoch0001.ckpt").exists()  # every 2nd epoch (0-based names) in smoke
+    sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['ccpo']['sidecar']}.pt")
+    assert int(sidecar["buffer"]["_storage"]["_len"]) == 800
+    assert metrics["train/frames"] == 800
+    for eps in cfg.eps.eval:
+        assert math.isfinite(metrics[f"eval/eps_{eps:g}/reward"]) and metrics[f"eval/eps_{eps:g}/cost"] >= 0
+    state = ckpt["state_dict"]
+    assert torch.all(state["lam"] >= 0) and torch.all(state["eta"] > 0)
+
+
+def test_smoke_fit_logs_per_eps_tags_against_frames(smoke_run):
+    run_dir, _, cfg = smoke_run
+    tags = scalars(run_dir)
+    for eps in cfg.eps.behavior:
+        for name in ("lam", "eta", "q_c", "kl_mean", "kl_cov"):
+            assert f"eps_{eps:g}/{name}" in tags
+        assert f"train/eps_{eps:g}/episode_cost" in tags
+    for eps in cfg.eps.eval:
+        assert f"eval/eps_{eps:g}/cost" in tags and f"eval/eps_{eps:g}/reward" in tags
+    steps = [s for s, _ in tags["eval/avg_cv"]]
+    assert steps == [400, 800]  # one evaluation per 400-frame epoch, x-axis = env frames
+    assert all(math.isfinite(v) for _, v in tags["loss/critic"])
+
+
+def test_resume_continues_counters_buffer_and_tensorboard(tmp_path):
+    first = fit(make_cfg(tmp_path, "total_frames=800", "run_name=r"))
+    run_dir = tmp_path / "r"
+    before = safe_load(run_dir / "checkpoints" / "last.ckpt")
+    assert first["train/frames"] == 800
+    fit(make_cfg(tmp_path, "total_frames=1600", "run_name=r"))  # same run name: resumes and extends the budget
+    after = safe_load(run_dir / "checkpoints" / "last.ckpt")
+    assert after["ccpo"]["stream"]["frames"] == 1600
+    assert after["global_step"] == 2 * before["global_step"]
+    assert after["epoch"] == 2 * before["epoch"] + 1
+    sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{after['ccpo']['sidecar']}.pt")
+    assert int(sidecar["buffer"]["_storage"]["_len"]) == 1600  # the first 800 transitions were restored
+    assert [p.name for p in run_dir.iterdir() if p.is_dir() and p.name != "checkpoints"] == ["tb"]
+    steps = [s for s, _ in scalars(run_dir)["eval/avg_reward"]]
+    assert steps == [400, 800, 1200, 1600]
+
+
+def test_changed_config_against_existing_run_is_refused(smoke_run):
+    run_dir, _, _ = smoke_run
+    files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="algo.kappa"):
+        fit(make_cfg(run_dir.parent, "total_frames=800", "run_name=smoke", "algo.kappa=0.5"))
+    assert files == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eps.behavior=[]", "eps.behavior is empty"),
+        ("eps.behavior=[20,-5]", "[-5]"),
+        ("eps.eval=[0,20]", "[0]"),
+        ("eps.eval=[5,20]", "outside eps.range"),
+        ("eps.range=[70,10]", "0 < low < high"),
+        ("trainer.devices=4096", "trainer.devices=4096"),
+        ("total_frames=0", "total_frames=0"),
+        ("algo.name=nope", "unknown algo 'nope'"),
+    ],
+)
+def test_bad_config_values_give_one_line_errors(tmp_path, override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(tmp_path, override))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_and_corrupt_checkpoints_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        fit(make_cfg(tmp_path, "ckpt_path=nowhere.ckpt", "run_name=a"))
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
+        fit(make_cfg(tmp_path, f"ckpt_path={bad}", "run_name=b"))
+
+
+def _run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "ccpo_pl.fit", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_cli_unknown_env_exits_nonzero_with_one_line(tmp_path):
+    out = _run_cli("env=nope", cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines == [lines[0]] and "unknown env 'nope'" in lines[0] and "ball_circle" in lines[0]
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path):
+    out = _run_cli("experiment=smoke", "trainer.devices=2", "check_sync=true", "run_name=ddp", "total_frames=1600",
+                   cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("ddp_sync_checks="))
+    fields = dict(kv.split("=") for kv in line.split())
+    assert int(fields["ddp_sync_checks"]) == 2 * 80  # 2 epochs x 2 collections x 40 updates
+    assert float(fields["max_param_diff"]) == 0.0
+    assert fields["ranks"] == "2"
+    ckpt_dir = tmp_path / "logs" / "ddp" / "checkpoints"
+    token = safe_load(ckpt_dir / "last.ckpt")["ccpo"]["sidecar"]
+    obs = [safe_load(ckpt_dir / "sidecars" / f"rank{r}" / f"{token}.pt")["buffer"]["_storage"]["_storage"]
+           ["observation"] for r in (0, 1)]
+    assert obs[0].shape == obs[1].shape and not torch.equal(obs[0], obs[1])  # each rank collected its own data
