@@ -38,8 +38,8 @@ def random_policy_scores(cfg) -> tuple[float, float]:
 
 
 def main(argv: list[str]) -> None:
-    cfg = compose_cfg(["total_frames=300000", "eval.episodes=5", "eval.every_epochs=5"], [
-        f"run_name=bench-learning-{'-'.join(a.replace('=', '_') for a in argv) or 'default'}", *argv])
+    cfg = compose_cfg(["total_frames=300000", "eval.episodes=5", "eval.every_epochs=5"], argv)
+    cfg.run_name = f"bench-learning-{cfg.env.name}-{cfg.total_frames}-s{cfg.seed}"  # re-running resumes it
     log(f"benchmark: ccpo learning, env={cfg.env.id} total_frames={cfg.total_frames} run={cfg.run_name}")
     m = fit(cfg)
     rand_r, rand_c = random_policy_scores(cfg)

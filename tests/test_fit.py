@@ -102,6 +102,7 @@ def test_changed_config_against_existing_run_is_refused(smoke_run):
         ("trainer.devices=4096", "trainer.devices=4096"),
         ("total_frames=0", "total_frames=0"),
         ("algo.name=nope", "unknown algo 'nope'"),
+        ("run_name=a/b", "run_name='a/b'"),
     ],
 )
 def test_bad_config_values_give_one_line_errors(tmp_path, override, message):
@@ -148,3 +149,25 @@ def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path):
     obs = [safe_load(ckpt_dir / "sidecars" / f"rank{r}" / f"{token}.pt")["buffer"]["_storage"]["_storage"]
            ["observation"] for r in (0, 1)]
     assert obs[0].shape == obs[1].shape and not torch.equal(obs[0], obs[1])  # each rank collected its own data
+
+
+@pytest.mark.parametrize(
+    ("override", "critic_key"),
+    [
+        ("algo.vve=false", "critic.q.net.0.weight"),         # eps appended to a plain critic's input
+        ("algo.cvi=false", "critic.psi.net.0.weight"),       # Lagrangian actor loss instead of E/M-steps
+        ("algo.z.kind=mlp", "critic.z.r.0.weight"),          # learned z(eps) encoder
+        ("algo.critic_trunk=separate", "critic.psi.net.1.0.weight"),  # FSRL-style separate reward/cost MLPs
+    ],
+)
+def test_ablations_and_critic_variants_train_through_fit(tmp_path, override, critic_key):
+    metrics = fit(make_cfg(tmp_path, "total_frames=400", "run_name=v", override))
+    assert metrics["train/frames"] == 400 and math.isfinite(metrics["eval/avg_reward"])
+    ckpt = safe_load(tmp_path / "v" / "checkpoints" / "last.ckpt")
+    assert critic_key in ckpt["state_dict"]
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    eta, alpha_mu = ckpt["state_dict"]["eta"], ckpt["state_dict"]["alpha_mu"]
+    if override == "algo.cvi=false":  # the Lagrangian branch never runs the E-step or the KL multipliers
+        assert torch.all(eta == 1.0) and torch.all(alpha_mu == 0.0)
+    else:
+        assert torch.any(eta != 1.0)

@@ -57,6 +57,9 @@ def world_size(cfg: DictConfig) -> int:
 
 def validate(cfg: DictConfig) -> None:
     """Check the composed config; raise `ConfigError` with a one-line message on the first bad value."""
+    name = str(cfg.run_name)
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise ConfigError(f"run_name={name!r} must be a plain directory name (no path separators)")
     if cfg.algo.name not in ALGOS:
         raise ConfigError(f"unknown algo {cfg.algo.name!r}; allowed: {', '.join(sorted(ALGOS))}")
     behavior = _positive_list(cfg, "eps.behavior")
@@ -210,7 +213,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int,
                         enable_version_counter=False, save_on_train_epoch_end=True),
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:04d}", auto_insert_metric_name=False,
                         every_n_epochs=cfg.checkpoint.every_epochs, save_top_k=-1, save_on_train_epoch_end=True),
-        FramesProgressBar(),
+        FramesProgressBar(refresh_rate=max(1, updates_per_collect(cfg) // 10)),
     ]
     if cfg.check_sync:
         callbacks.append(DDPSyncCheck())

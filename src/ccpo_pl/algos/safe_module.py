@@ -181,6 +181,9 @@ class SafeRLModule(L.LightningModule):
         epoch = self.current_epoch + 1
         if epoch % self.hparams.eval_every == 0 or epoch >= self.hparams.max_epochs:
             self.evaluate()
+        t = self.timing
+        self._epoch_marks.append((self.global_frames, time.perf_counter() - self._loop_start, t["eval_s"],
+                                  t["update_s"], t["updates"]))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -248,11 +251,16 @@ class SafeRLModule(L.LightningModule):
         if self._sidecar is not None:
             set_rng_state(self._sidecar["rng"])
         self._loop_start = time.perf_counter()
+        self._epoch_marks: list[tuple[float, ...]] = []
 
     def on_train_end(self) -> None:
         """Wall-clock of this process's training loop (collection + updates + evaluation), for benchmarks."""
         self.timing["loop_s"] = time.perf_counter() - self._loop_start
         self.final_metrics.update({f"time/{k}": float(v) for k, v in self.timing.items()})
+        if len(self._epoch_marks) >= 2:  # steady state: after the first epoch (one-off compilation, warm-up)
+            (f0, t0, e0, u0, n0), (f1, t1, e1, u1, n1) = self._epoch_marks[0], self._epoch_marks[-1]
+            self.final_metrics["time/steady_env_steps_per_s"] = (f1 - f0) / ((t1 - t0) - (e1 - e0))
+            self.final_metrics["time/steady_update_ms"] = 1e3 * (u1 - u0) / max(n1 - n0, 1)
 
     def teardown(self, stage: str) -> None:
         if self.stream is not None:

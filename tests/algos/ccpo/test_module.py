@@ -1,0 +1,91 @@
+"""The CCPO module's steps on synthetic data (no env, no Trainer): TD targets, the eps schedule, the M-step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensordict import TensorDict
+
+from ccpo_pl.algos.ccpo.module import CCPO, _polyak
+from ccpo_pl.algos.registry import build
+from ccpo_pl.fit import CONF_DIR
+
+OBS, ACT, B = 3, 2, 64
+
+
+class _OneProcess:
+    world_size = 1
+
+
+def make_module(*overrides: str, total_frames: int = 1000):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["algo.hidden=[32,32]", "algo.compile=false", *overrides])
+    torch.manual_seed(0)
+    module = build(cfg, OBS, ACT, eps_behavior=list(cfg.eps.behavior), eps_range=list(cfg.eps.range),
+                   eps_bin=cfg.eps.bin, eps_eval=list(cfg.eps.eval), horizon=200, total_frames=total_frames)
+    optimizers = module.configure_optimizers()
+    module.optimizers = lambda: optimizers
+    module.manual_backward = lambda loss: loss.backward()
+    module._trainer = _OneProcess()
+    return module
+
+
+def constant_cost_batch(terminated: bool) -> TensorDict:
+    obs = torch.randn(B, OBS)
+    return TensorDict({
+        "observation": obs, "action": torch.rand(B, ACT) * 2 - 1, "eps": torch.full((B, 1), 40.0),
+        "next": {"observation": obs, "reward": torch.zeros(B, 1), "cost": torch.ones(B, 1),
+                 "terminated": torch.full((B, 1), terminated)},
+    }, [B])
+
+
+@pytest.mark.parametrize(("terminated", "expected"), [(False, 1 / (1 - 0.5)), (True, 1.0)])
+def test_critic_step_learns_the_known_cost_value_for_every_eps(terminated, expected):
+    """Cost 1 per step: Q_c = 1/(1-gamma) when the time limit only truncates (bootstrap), 1 when it terminates."""
+    module = make_module("algo.gamma=0.5", "algo.tau=0.2", "algo.lr_critic=3e-3")
+    batch = constant_cost_batch(terminated)
+    eps = torch.tensor([10.0, 40.0, 70.0])
+    for _ in range(600):
+        module.critic_step(batch, eps)
+        _polyak(module.critic_target, module.critic, module.hparams.tau)
+    q_r, q_c = module.critic(batch["observation"], batch["action"], torch.tensor([15.0, 55.0]).view(-1, 1, 1))
+    assert q_c.mean().item() == pytest.approx(expected, abs=0.1)
+    assert q_r.abs().max().item() < 0.1
+
+
+def test_thresholds_are_behaviour_ones_before_the_versatile_stage_then_drawn_from_the_range(monkeypatch):
+    frames = {"now": 0}
+    monkeypatch.setattr(CCPO, "global_frames", property(lambda self: frames["now"]))
+    module = make_module("algo.n_eps=4", "algo.versatile_start=0.5", "algo.versatile_frac=0.5", total_frames=1000)
+    twin = make_module("algo.n_eps=4", "algo.versatile_start=0.5", "algo.versatile_frac=0.5", total_frames=1000)
+    early = torch.stack([module.sample_train_eps() for _ in range(50)])
+    assert set(early.unique().tolist()) <= {20.0, 40.0, 60.0}
+    assert all(len(set(row.tolist())) == 3 for row in early)  # all three behaviour thresholds every update
+    frames["now"] = 600  # past versatile_start * total_frames
+    late = torch.stack([module.sample_train_eps() for _ in range(200)])
+    versatile = late[:, 2:]
+    assert set(late[:, :2].unique().tolist()) <= {20.0, 40.0, 60.0}
+    assert versatile.min() >= 10.0 and versatile.max() <= 70.0 and versatile.std() > 10.0
+    # the sampler depends on the seed only (identical on every DDP rank), not on the global torch RNG
+    frames["now"] = 0
+    torch.manual_seed(123)
+    twin_draws = [twin.sample_train_eps() for _ in range(50)]
+    frames["now"] = 600
+    twin_draws += [twin.sample_train_eps() for _ in range(200)]
+    assert torch.equal(torch.stack(twin_draws), torch.cat([early, late]))
+
+
+def test_cvi_step_keeps_duals_in_bounds_and_moves_the_policy_within_the_trust_region():
+    module = make_module()
+    module.on_new_collect()
+    obs = torch.randn(4, 16, OBS)
+    eps = torch.tensor([20.0, 40.0, 60.0, 33.0])
+    bins = module.bin_index(eps)
+    before = [p.clone() for p in module.actor.parameters()]
+    for _ in range(5):
+        module.cvi_step(obs, eps, bins)
+    assert torch.all(module.eta[bins] > 0) and torch.all(module.lam[bins] >= 0)
+    assert torch.all(module.alpha_mu >= 0) and torch.all(module.alpha_sigma >= 0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.actor.parameters()))
+    assert torch.all(module.stats[bins, 2] < 1.0)  # KL(mean) stays small after a few steps

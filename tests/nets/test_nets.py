@@ -1,0 +1,86 @@
+"""The eps-conditioned networks: VVE's psi^T z form, broadcasting over thresholds, the actor's bounds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.envs import ExplorationType, set_exploration_type
+
+from ccpo_pl.nets import EpsActor, PlainCritic, VVECritic, eps_features, make_policy, normalise_eps
+
+OBS, ACT, RANGE = 5, 2, (10.0, 70.0)
+
+
+def test_normalise_eps_maps_range_to_unit_interval():
+    e = normalise_eps(torch.tensor([10.0, 40.0, 70.0, 100.0]), RANGE)
+    assert torch.allclose(e, torch.tensor([-1.0, 0.0, 1.0, 2.0]))
+
+
+def test_eps_features_are_powers():
+    e = torch.tensor([[0.5], [-2.0]])
+    assert torch.equal(eps_features(e, 3), torch.tensor([[1.0, 0.5, 0.25, 0.125], [1.0, -2.0, 4.0, -8.0]]))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_vve_q_is_a_degree_p_polynomial_of_eps(shared):
+    """Slides eq. (3) with polynomial z: for a fixed (s, a), Q(e) has vanishing (p+1)-th finite differences."""
+    torch.manual_seed(0)
+    critic = VVECritic(OBS, ACT, [32, 32], RANGE, "poly", degree=2, shared_trunk=shared).double()
+    obs, act = torch.randn(7, OBS).double(), torch.randn(7, ACT).double()
+    eps = torch.linspace(10, 70, 6).double().view(-1, 1, 1)
+    q_r, q_c = critic(obs, act, eps)  # [6, 7]
+    for q in (q_r, q_c):
+        assert torch.diff(q, n=2, dim=0).abs().max() > 1e-6  # really depends on eps (degree 2) ...
+        assert torch.diff(q, n=3, dim=0).abs().max() < 1e-9  # ... and no more than degree 2
+
+
+@pytest.mark.parametrize("critic_cls", [VVECritic, PlainCritic])
+def test_critic_broadcasts_over_thresholds_like_a_loop(critic_cls):
+    torch.manual_seed(1)
+    critic = critic_cls(OBS, ACT, [32, 32], RANGE)
+    obs, act = torch.randn(9, OBS), torch.randn(9, ACT)
+    eps = torch.tensor([15.0, 40.0, 65.0])
+    q_r, q_c = critic(obs, act, eps.view(-1, 1, 1))
+    assert q_r.shape == q_c.shape == (3, 9)
+    for i, e in enumerate(eps):
+        r, c = critic(obs, act, e.expand(9, 1))
+        assert torch.allclose(q_r[i], r, atol=1e-6) and torch.allclose(q_c[i], c, atol=1e-6)
+    # E-step layout: states [E, S, 1, obs] against K sampled actions [E, S, K, act]
+    q_r, _ = critic(obs[:4].expand(3, 4, OBS).unsqueeze(2), torch.randn(3, 4, 6, ACT), eps.view(-1, 1, 1, 1))
+    assert q_r.shape == (3, 4, 6)
+
+
+def test_plain_critic_reads_eps_as_an_input():
+    torch.manual_seed(2)
+    critic = PlainCritic(OBS, ACT, [32, 32], RANGE)
+    obs, act = torch.randn(4, OBS), torch.randn(4, ACT)
+    a, _ = critic(obs, act, torch.full((4, 1), 20.0))
+    b, _ = critic(obs, act, torch.full((4, 1), 60.0))
+    assert not torch.allclose(a, b)
+
+
+def test_actor_mean_is_bounded_and_scale_clamped():
+    torch.manual_seed(3)
+    actor = EpsActor(OBS, ACT, [32, 32], RANGE, log_std_min=-3.0, log_std_max=0.5)
+    with torch.no_grad():
+        actor.mu.bias.fill_(50.0)
+        actor.log_std.bias.fill_(-50.0)
+    loc, scale = actor(100 * torch.randn(16, OBS), torch.full((16, 1), 30.0))
+    assert loc.shape == scale.shape == (16, ACT)
+    assert loc.abs().max() <= 1.0 and torch.allclose(scale, torch.full_like(scale, torch.exp(torch.tensor(-3.0))))
+
+
+def test_policy_reads_eps_and_is_the_mean_when_deterministic():
+    torch.manual_seed(4)
+    actor = EpsActor(OBS, ACT, [32, 32], RANGE)
+    policy = make_policy(actor)
+    td = TensorDict({"observation": torch.randn(8, OBS), "eps": torch.full((8, 1), 20.0)}, [8])
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        low = policy(td.clone())["action"]
+        high = policy(td.clone().set("eps", torch.full((8, 1), 60.0)))["action"]
+    assert torch.allclose(low, actor(td["observation"], td["eps"])[0])
+    assert not torch.allclose(low, high)  # the threshold conditions the action
+    with set_exploration_type(ExplorationType.RANDOM):
+        sampled = policy(td.clone())["action"]
+    assert not torch.allclose(sampled, low)
