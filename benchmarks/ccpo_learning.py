@@ -8,6 +8,7 @@ Runs the public `fit` (default budget 300,000 frames; the run stays in logs/<run
 then evaluates `episodes` deterministic episodes per evaluation threshold.
 
     uv run --locked python benchmarks/ccpo_learning.py [total_frames=1000000] [eval.episodes=10] [seed=0]
+    uv run --locked python benchmarks/ccpo_learning.py run_name=<earlier run> total_frames=1000000   # extend it
 
 Prints one line per threshold `eps=<eps> reward=<mean> cost=<mean> episodes=<n>`, then a key=value summary line.
 """
@@ -39,7 +40,8 @@ def random_policy_scores(cfg) -> tuple[float, float]:
 
 def main(argv: list[str]) -> None:
     cfg = compose_cfg(["total_frames=300000", "eval.episodes=5", "eval.every_epochs=5"], argv)
-    cfg.run_name = f"bench-learning-{cfg.env.name}-{cfg.total_frames}-s{cfg.seed}"  # re-running resumes it
+    if not any(a.startswith("run_name=") for a in argv):  # re-running resumes; run_name=<old> extends a run
+        cfg.run_name = f"bench-learning-{cfg.env.name}-{cfg.total_frames}-s{cfg.seed}"
     log(f"benchmark: ccpo learning, env={cfg.env.id} total_frames={cfg.total_frames} run={cfg.run_name}")
     m = fit(cfg)
     rand_r, rand_c = random_policy_scores(cfg)

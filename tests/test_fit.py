@@ -83,6 +83,23 @@ def test_resume_continues_counters_buffer_and_tensorboard(tmp_path):
     assert steps == [400, 800, 1200, 1600]
 
 
+def test_finished_run_is_not_retrained(smoke_run, capsys):
+    run_dir, _, _ = smoke_run
+    before = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    assert fit(make_cfg(run_dir.parent, "total_frames=800", "run_name=smoke")) == {"train/frames": 800.0}
+    assert "raise total_frames to continue" in capsys.readouterr().out
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
+
+
+def test_resume_from_another_runs_checkpoint_loads_its_buffer(smoke_run, tmp_path):
+    run_dir, _, _ = smoke_run
+    fit(make_cfg(tmp_path, "total_frames=1200", "run_name=child", f"ckpt_path={run_dir}/checkpoints/last.ckpt"))
+    after = safe_load(tmp_path / "child" / "checkpoints" / "last.ckpt")
+    sidecar = safe_load(tmp_path / "child" / "checkpoints" / "sidecars" / "rank0" / f"{after['ccpo']['sidecar']}.pt")
+    assert after["ccpo"]["stream"]["frames"] == 1200
+    assert int(sidecar["buffer"]["_storage"]["_len"]) == 1200  # the parent's 800 transitions came along
+
+
 def test_changed_config_against_existing_run_is_refused(smoke_run):
     run_dir, _, _ = smoke_run
     files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}

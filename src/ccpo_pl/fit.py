@@ -174,6 +174,10 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     """Train as configured; returns the last evaluation's metrics (`eval/...`) and `train/frames`."""
     validate(cfg)
     run_dir, ckpt, resume_frames = prepare_run(cfg)
+    if resume_frames is not None and resume_frames - 1 >= cfg.total_frames:
+        print(f"ccpo_pl.fit: run {str(run_dir)!r} already has {resume_frames - 1} frames (total_frames="
+              f"{cfg.total_frames}); raise total_frames to continue it")
+        return {"train/frames": float(resume_frames - 1)}
     n_ranks = world_size(cfg)
     local_procs = max(1, n_ranks // int(cfg.trainer.get("num_nodes", 1)))
     torch.set_num_threads(int(cfg.threads or max(1, (os.cpu_count() or 1) // local_procs)))

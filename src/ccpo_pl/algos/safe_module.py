@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -218,8 +219,8 @@ class SafeRLModule(L.LightningModule):
         return metrics
 
     # ---------------------------------------------------------------- checkpoints
-    def _sidecars(self) -> Sidecars:
-        return Sidecars(self.hparams.sidecar_dir, self.global_rank, self.hparams.keep_buffers)
+    def _sidecars(self, directory: str | None = None) -> Sidecars:
+        return Sidecars(directory or self.hparams.sidecar_dir, self.global_rank, self.hparams.keep_buffers)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Runs on every rank: each writes its sidecar; the checkpoint (rank 0's) records the shared token."""
@@ -242,7 +243,10 @@ class SafeRLModule(L.LightningModule):
                              f"{self.trainer.world_size}; resume with the same trainer.devices x trainer.num_nodes")
         self._resume = state
         self.eps_generator.set_state(state["eps_generator"])
-        self._sidecar = self._sidecars().load(state["sidecar"]) if self.hparams.sidecar_dir else None
+        # the sidecars live next to the checkpoint being loaded (which may belong to another run: ckpt_path=...)
+        ckpt_path = getattr(self.trainer, "ckpt_path", None)
+        directory = str(Path(ckpt_path).parent / "sidecars") if ckpt_path else self.hparams.sidecar_dir
+        self._sidecar = self._sidecars(directory).load(state["sidecar"]) if directory else None
         if self._sidecar is None:
             warnings.warn(f"no replay-buffer sidecar for checkpoint token {state['sidecar']} on rank "
                           f"{self.global_rank}: resuming with an empty buffer", stacklevel=2)
