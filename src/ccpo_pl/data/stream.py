@@ -97,8 +97,11 @@ class OffPolicyStream:
             self._build()
         for _ in range(self.collects_per_epoch):
             self.collect()
-            for _ in range(self.updates_per_collect):
-                yield self.buffer.sample()
+            # all of this collection's batches in one draw (uniform with replacement, as batch-by-batch draws
+            # would be): one sampler call instead of `updates_per_collect` (0.9 ms each on 2 CPU cores)
+            batches = self.buffer.sample(self.batch_size * self.updates_per_collect)
+            for i in range(self.updates_per_collect):
+                yield batches[i * self.batch_size:(i + 1) * self.batch_size]
 
     def collect(self) -> None:
         """Run one collection with the current policy and store its transitions."""
