@@ -120,6 +120,7 @@ def test_changed_config_against_existing_run_is_refused(smoke_run):
         ("total_frames=0", "total_frames=0"),
         ("algo.name=nope", "unknown algo 'nope'"),
         ("run_name=a/b", "run_name='a/b'"),
+        pytest.param("trainer=gpu", "no GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
     ],
 )
 def test_bad_config_values_give_one_line_errors(tmp_path, override, message):

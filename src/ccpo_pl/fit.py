@@ -93,6 +93,8 @@ def _validate_devices(cfg: DictConfig) -> None:
         have, what = torch.cuda.device_count(), "GPUs"
     else:
         have, what = os.cpu_count() or 1, "CPU cores"
+    if have == 0:
+        raise ConfigError(f"trainer.accelerator={accel} but this machine has no GPU; use trainer=cpu")
     if devices > have:
         raise ConfigError(f"trainer.devices={devices} but this machine has {have} {what}; use at most {have}")
 

@@ -220,7 +220,8 @@ class CCPO(SafeRLModule):
         return torch.compiler.disable(self.reduce_mean)
 
     def split_states(self, obs: Tensor, n_eps: int) -> Tensor:
-        """`[B, obs]` -> `[E, S, obs]`: S = states_per_eps distinct states per threshold (default B // E)."""
+        """`[B, obs]` -> `[E, S, obs]`: S = states_per_eps states per threshold (default B // E), distinct across
+        thresholds while S * E <= B, else the first S states shared by every threshold."""
         per = self.hparams.states_per_eps or obs.shape[0] // n_eps
         if per * n_eps <= obs.shape[0]:
             return obs[: per * n_eps].view(n_eps, per, -1)
