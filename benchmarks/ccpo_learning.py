@@ -5,37 +5,47 @@ Expected (issue "CCPO trainer, end to end"): over the behaviour thresholds the e
 policy's. The CCPO paper reaches Avg R 710.86 / Avg CV 0.59 on BallCircle (1M steps).
 
 Runs the public `fit` (default budget 300,000 frames; the run stays in logs/<run_name> and resumes if re-run),
-then evaluates `episodes` deterministic episodes per evaluation threshold.
+then loads the final policy from its checkpoint and evaluates `eval.episodes` episodes per evaluation threshold
+with the mean action (the paper's protocol) and with sampled actions (the policy the E-step constrains).
 
     uv run --locked python benchmarks/ccpo_learning.py [total_frames=1000000] [eval.episodes=10] [seed=0]
     uv run --locked python benchmarks/ccpo_learning.py run_name=<earlier run> total_frames=1000000   # extend it
 
-Prints one line per threshold `eps=<eps> reward=<mean> cost=<mean> episodes=<n>`, then a key=value summary line.
+Prints one line per threshold and policy `eps=<eps> reward=<mean> cost=<mean> episodes=<n> policy=<mode>`, then a
+key=value summary line.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 from _common import commit, compose_cfg, log
+from torchrl.envs import ExplorationType
 from torchrl.envs.utils import RandomPolicy
 
 from ccpo_pl.envs import make_env
-from ccpo_pl.evaluation import cost_violation, rollout_episodes
+from ccpo_pl.evaluation import cost_violation, load_policy, rollout_episodes
 from ccpo_pl.fit import fit
+from ccpo_pl.nets import make_policy
 
 
-def random_policy_scores(cfg) -> tuple[float, float]:
-    """Mean episode reward and cost of uniform random actions (the 'no learning' reference)."""
+def eval_env(cfg):
     evals, n = list(cfg.eps.eval), cfg.eval.episodes
-    env = make_env(cfg.env, num_envs=len(evals) * n, seed=cfg.seed + 123, eps_values=[e for e in evals for _ in
-                   range(n)], eps_mode="fixed")
+    return make_env(cfg.env, num_envs=len(evals) * n, seed=cfg.seed + 123,
+                    eps_values=[e for e in evals for _ in range(n)], eps_mode="fixed")
+
+
+def scores(cfg, policy, exploration) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean episode reward and cost per evaluation threshold `[n_eval]` each."""
+    env = eval_env(cfg)
     try:
-        ep_r, ep_c = rollout_episodes(env, RandomPolicy(env.action_spec), int(cfg.env.max_episode_steps))
+        ep_r, ep_c = rollout_episodes(env, policy, int(cfg.env.max_episode_steps), exploration)
     finally:
         env.close(raise_if_closed=False)
-    return float(ep_r.mean()), float(ep_c.mean())
+    n = cfg.eval.episodes
+    return ep_r.view(-1, n).mean(1), ep_c.view(-1, n).mean(1)
 
 
 def main(argv: list[str]) -> None:
@@ -44,19 +54,22 @@ def main(argv: list[str]) -> None:
         cfg.run_name = f"bench-learning-{cfg.env.name}-{cfg.total_frames}-s{cfg.seed}"
     log(f"benchmark: ccpo learning, env={cfg.env.id} total_frames={cfg.total_frames} run={cfg.run_name}")
     m = fit(cfg)
-    rand_r, rand_c = random_policy_scores(cfg)
-    evals = [float(e) for e in cfg.eps.eval]
-    rewards = torch.tensor([m[f"eval/eps_{e:g}/reward"] for e in evals])
-    costs = torch.tensor([m[f"eval/eps_{e:g}/cost"] for e in evals])
-    for e, r, c in zip(evals, rewards.tolist(), costs.tolist()):
-        print(f"eps={e:g} reward={r:.2f} cost={c:.2f} episodes={cfg.eval.episodes}")
-    beh = [evals.index(float(e)) for e in cfg.eps.behavior]
-    jc_beh = costs[beh]
-    monotone = bool(torch.all(jc_beh[1:] > jc_beh[:-1]))
-    cv = cost_violation(costs, torch.tensor(evals))
-    print(f"bench=ccpo_learning task={cfg.env.id} frames={int(m['train/frames'])} avg_reward={rewards.mean():.2f} "
-          f"avg_cv={cv.mean():.2f} max_cv_behavior={cv[beh].max():.2f} jc_behavior_increasing={monotone} "
-          f"random_reward={rand_r:.2f} random_cost={rand_c:.2f} seed={cfg.seed} commit={commit()}")
+    actor, _ = load_policy(Path(cfg.log_dir) / cfg.run_name / "checkpoints" / "last.ckpt")
+    evals = torch.tensor([float(e) for e in cfg.eps.eval])
+    beh = [evals.tolist().index(float(e)) for e in cfg.eps.behavior]
+    summary = {}
+    for mode, exploration in (("deterministic", ExplorationType.DETERMINISTIC), ("stochastic", ExplorationType.RANDOM)):
+        rewards, costs = scores(cfg, make_policy(actor), exploration)
+        for e, r, c in zip(evals.tolist(), rewards.tolist(), costs.tolist()):
+            print(f"eps={e:g} reward={r:.2f} cost={c:.2f} episodes={cfg.eval.episodes} policy={mode}")
+        cv = cost_violation(costs, evals)
+        summary |= {f"{mode}_avg_reward": f"{rewards.mean():.2f}", f"{mode}_avg_cv": f"{cv.mean():.2f}",
+                    f"{mode}_max_cv_behavior": f"{cv[beh].max():.2f}",
+                    f"{mode}_jc_behavior_increasing": bool(torch.all(costs[beh][1:] > costs[beh][:-1]))}
+    rand_r, rand_c = scores(cfg, RandomPolicy(eval_env(cfg).action_spec), ExplorationType.RANDOM)
+    print(f"bench=ccpo_learning task={cfg.env.id} frames={int(m['train/frames'])} "
+          + " ".join(f"{k}={v}" for k, v in summary.items())
+          + f" random_reward={rand_r.mean():.2f} random_cost={rand_c.mean():.2f} seed={cfg.seed} commit={commit()}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ccpo_pl.checkpointing import safe_load
+from ccpo_pl.evaluation import load_policy
 from ccpo_pl.fit import CONF_DIR, ConfigError, fit, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,3 +190,17 @@ def test_ablations_and_critic_variants_train_through_fit(tmp_path, override, cri
         assert torch.all(eta == 1.0) and torch.all(alpha_mu == 0.0)
     else:
         assert torch.any(eta != 1.0)
+
+
+def test_load_policy_rebuilds_the_trained_actor_without_training_state(smoke_run, tmp_path):
+    run_dir, _, cfg = smoke_run
+    actor, run_cfg = load_policy(run_dir / "checkpoints" / "last.ckpt")
+    state = safe_load(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    assert run_cfg["env"]["id"] == cfg.env.id and run_cfg["algo"]["name"] == "ccpo"
+    assert all(torch.equal(v, state[f"actor.{k}"]) for k, v in actor.state_dict().items())
+    loc, _ = actor(torch.zeros(3, 8), torch.tensor([[10.0], [40.0], [70.0]]))  # BallCircle: 8-dim obs, 2-dim action
+    assert loc.shape == (3, 2)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(ValueError, match="not a ccpo_pl.fit checkpoint"):
+        load_policy(other)
