@@ -165,11 +165,10 @@ class SafeRLModule(L.LightningModule):
                 metrics[f"train/{eps_tag(e)}/episode_reward"] = r / n
                 metrics[f"train/{eps_tag(e)}/episode_cost"] = c / n
         loss_c, loss_a, ms, collect_s, update_s, n = flat[n_named + episodes.numel():].tolist()
-        if n > 0:
-            metrics.update({"loss/critic": loss_c, "loss/actor": loss_a, "time/update_ms": ms})
-        if collect_s + update_s > 0:
+        if n > 0:  # a cycle with updates (the first collection after a start has none)
             frames = self.stream.frames_per_collect * self.trainer.world_size
-            metrics["time/env_steps_per_s"] = frames / (collect_s + update_s)
+            metrics.update({"loss/critic": loss_c, "loss/actor": loss_a, "time/update_ms": ms,
+                            "time/env_steps_per_s": frames / (collect_s + update_s)})
         metrics["train/frames"] = float(self.global_frames)
         self.stream.collect_seconds = 0.0
         self._acc.zero_()

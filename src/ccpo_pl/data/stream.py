@@ -64,9 +64,8 @@ class OffPolicyStream:
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.eps_behavior = torch.as_tensor(list(eps_behavior), dtype=torch.float32)
-        self.buffer = TensorDictReplayBuffer(
-            storage=LazyTensorStorage(int(buffer_size), device=self.device), batch_size=self.batch_size
-        )
+        # no fixed batch size: each collection draws all of its batches at once (see __iter__)
+        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(int(buffer_size), device=self.device))
         self.frames = 0  # env frames collected by this rank
         self.collects = 0
         self.collect_seconds = 0.0
