@@ -114,7 +114,7 @@ def _diff(old, new, prefix="") -> list[str]:
 
 
 def prepare_run(cfg: DictConfig) -> tuple[Path, str | None, int | None]:
-    """Return (run dir, checkpoint to resume from or None, first frame after it); refuse a changed config."""
+    """Return (run dir, checkpoint to resume from or None, its global frame count); refuse a changed config."""
     run_dir = Path(cfg.log_dir) / cfg.run_name
     snapshot = run_dir / "config.yaml"
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -130,17 +130,16 @@ def prepare_run(cfg: DictConfig) -> tuple[Path, str | None, int | None]:
     ckpt = cfg.ckpt_path
     if ckpt is None and (run_dir / "checkpoints" / "last.ckpt").exists():
         ckpt = str(run_dir / "checkpoints" / "last.ckpt")
-    resume_frames = None
+    ckpt_frames = None
     if ckpt is not None:
         state = check_checkpoint(ckpt, cfg)["ccpo"]
-        # purge TensorBoard events logged after the checkpoint (those at its own frame count precede it)
-        resume_frames = state["stream"]["frames"] * state["world_size"] + 1
+        ckpt_frames = state["stream"]["frames"] * state["world_size"]
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = snapshot.with_suffix(".yaml.tmp")
         tmp.write_text(OmegaConf.to_yaml(plain))
         os.replace(tmp, snapshot)
-    return run_dir, ckpt, resume_frames
+    return run_dir, ckpt, ckpt_frames
 
 
 def check_checkpoint(path: str, cfg: DictConfig) -> dict:
@@ -175,11 +174,11 @@ def env_sizes(cfg: DictConfig) -> tuple[int, int]:
 def fit(cfg: DictConfig) -> dict[str, float]:
     """Train as configured; returns the last evaluation's metrics (`eval/...`) and `train/frames`."""
     validate(cfg)
-    run_dir, ckpt, resume_frames = prepare_run(cfg)
-    if resume_frames is not None and resume_frames - 1 >= cfg.total_frames:
-        print(f"ccpo_pl.fit: run {str(run_dir)!r} already has {resume_frames - 1} frames (total_frames="
+    run_dir, ckpt, ckpt_frames = prepare_run(cfg)
+    if ckpt_frames is not None and ckpt_frames >= cfg.total_frames:
+        print(f"ccpo_pl.fit: run {str(run_dir)!r} already has {ckpt_frames} frames (total_frames="
               f"{cfg.total_frames}); raise total_frames to continue it")
-        return {"train/frames": float(resume_frames - 1)}
+        return {"train/frames": float(ckpt_frames)}
     n_ranks = world_size(cfg)
     local_procs = max(1, n_ranks // int(cfg.trainer.get("num_nodes", 1)))
     torch.set_num_threads(int(cfg.threads or max(1, (os.cpu_count() or 1) // local_procs)))
@@ -205,13 +204,13 @@ def fit(cfg: DictConfig) -> dict[str, float]:
         sidecar_dir=str(run_dir / "checkpoints" / "sidecars"), keep_buffers=cfg.checkpoint.keep_buffers,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
-    trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, resume_frames)
+    trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames)
     trainer.fit(module, ckpt_path=ckpt)
     return module.final_metrics
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int,
-                 resume_frames: int | None) -> L.Trainer:
+                 ckpt_frames: int | None) -> L.Trainer:
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
         # last.ckpt after every epoch (overwritten atomically), and a kept checkpoint every N epochs
@@ -223,9 +222,11 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int,
     ]
     if cfg.check_sync:
         callbacks.append(DDPSyncCheck())
-    # a resumed run appends to the same TensorBoard run, dropping events logged after its checkpoint
+    # a resumed run appends to the same TensorBoard run, dropping events logged after its checkpoint (those at
+    # the checkpoint's own frame count were logged before it was written)
+    purge_step = None if ckpt_frames is None else ckpt_frames + 1
     logger = TensorBoardLogger(save_dir=cfg.log_dir, name=cfg.run_name, version="tb", default_hp_metric=False,
-                               purge_step=resume_frames)
+                               purge_step=purge_step)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if kwargs.get("strategy", "auto") == "auto" and n_ranks > 1:
         kwargs["strategy"] = "ddp_find_unused_parameters_true"  # one optimizer per disjoint parameter set
