@@ -9,7 +9,7 @@ from torch import Tensor
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from ccpo_pl.checkpointing import safe_load
-from ccpo_pl.nets import EpsActor
+from ccpo_pl.nets import EpsActor, make_actor
 
 
 def cost_violation(cost: Tensor, eps: Tensor) -> Tensor:
@@ -30,7 +30,7 @@ def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tu
     weights = {k.removeprefix("actor."): v for k, v in ckpt["state_dict"].items() if k.startswith("actor.")}
     obs_dim = weights["trunk.0.weight"].shape[1] - 1  # the actor's input is [observation, e]
     act_dim = weights["mu.weight"].shape[0]
-    actor = EpsActor(obs_dim, act_dim, cfg["algo"]["hidden"], cfg["eps"]["range"], *cfg["algo"]["log_std"])
+    actor = make_actor(cfg["algo"], obs_dim, act_dim, cfg["eps"]["range"])
     actor.load_state_dict(weights)
     return actor.to(device).eval(), cfg
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from ccpo_pl.algos.safe_module import SafeRLModule
-from ccpo_pl.nets import EpsActor, make_critic
+from ccpo_pl.nets import make_actor, make_critic
 
 
 def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> SafeRLModule:
@@ -15,7 +15,7 @@ def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> Sa
     from ccpo_pl.algos.ccpo.module import CCPO
 
     a = cfg.algo
-    actor = EpsActor(obs_dim, act_dim, a.hidden, cfg.eps.range, *a.log_std)
+    actor = make_actor(a, obs_dim, act_dim, cfg.eps.range)
     critic = make_critic(a, obs_dim, act_dim, cfg.eps.range)
     plain = OmegaConf.to_container(a, resolve=True)
     return CCPO(

@@ -45,6 +45,11 @@ class EpsActor(nn.Module):
         return torch.tanh(self.mu(h)), log_std.exp()
 
 
+def make_actor(algo_cfg, obs_dim: int, act_dim: int, eps_range: Sequence[float]) -> EpsActor:
+    """Build the actor from the algorithm config (a DictConfig or the plain dict stored in a checkpoint)."""
+    return EpsActor(obs_dim, act_dim, algo_cfg["hidden"], eps_range, *algo_cfg["log_std"])
+
+
 def make_policy(actor: EpsActor) -> ProbabilisticActor:
     """Wrap the actor for TorchRL collectors: reads `observation` and `eps`, writes `action` (mean when deterministic)."""
     module = TensorDictModule(actor, in_keys=["observation", "eps"], out_keys=["loc", "scale"])
