@@ -78,6 +78,7 @@ class SafeRLModule(L.LightningModule):
         self._n_updates = 0
         self._resume: dict | None = None
         self._sidecar: dict | None = None
+        self._sidecar_written: str | None = None
         self.latest_eval: dict[float, float] = {}
         self.final_metrics: dict[str, float] = {}
         self.timing = {"loop_s": 0.0, "eval_s": 0.0, "update_s": 0.0, "updates": 0}
@@ -97,7 +98,7 @@ class SafeRLModule(L.LightningModule):
                 self.stream.load_state_dict(self._resume["stream"])
                 self._seen_collects = self.stream.collects
             if self._sidecar is not None:
-                self.stream.load_buffer_state(self._sidecar["buffer"])
+                self.stream.load_buffer_state(self._sidecar.pop("buffer"))  # not kept twice in memory
         return self.stream
 
     def _seeded_train_env(self) -> EnvBase:
@@ -224,8 +225,10 @@ class SafeRLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Runs on every rank: each writes its sidecar; the checkpoint (rank 0's) records the shared token."""
         token = f"{self.global_frames:013d}"
-        if self.stream is not None and self.hparams.sidecar_dir:
+        # last.ckpt and a periodic checkpoint of the same epoch share one sidecar: write it once
+        if self.stream is not None and self.hparams.sidecar_dir and token != self._sidecar_written:
             self._sidecars().save(token, {"buffer": self.stream.buffer_state(), "rng": rng_state()})
+            self._sidecar_written = token
         checkpoint["ccpo"] = {
             "stream": self.stream.state_dict() if self.stream is not None else {"frames": 0, "collects": 0},
             "eps_generator": self.eps_generator.get_state(),
@@ -253,6 +256,7 @@ class SafeRLModule(L.LightningModule):
     def on_train_start(self) -> None:
         if self._sidecar is not None:
             set_rng_state(self._sidecar["rng"])
+            self._sidecar = None
         self._loop_start = time.perf_counter()
         self._epoch_marks: list[tuple[float, ...]] = []
 
