@@ -1,20 +1,35 @@
-"""Evaluation of a threshold-conditioned policy: deterministic episodes per eps and the CCPO paper's metrics."""
+"""Evaluation of a threshold-conditioned policy: deterministic episodes per eps and the CCPO paper's metrics.
+
+`evaluate_run` is what `python -m ccpo_pl.evaluate` and the end of `ccpo_pl.fit` call: it loads the policy of a
+checkpoint (no training state), runs episodes on a threshold grid in batched envs and writes `eval/per_eps.csv`,
+`eval/table.md`, `eval/curves.png` and `eval/summary.json`.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from ccpo_pl.checkpointing import safe_load
-from ccpo_pl.nets import EpsActor, make_actor
+from ccpo_pl.envs import make_env
+from ccpo_pl.errors import ConfigError
+from ccpo_pl.metrics import cost_violation  # noqa: F401 - re-exported: the per-threshold metric lives with the others
+from ccpo_pl.metrics import outside_range, per_eps_stats, seen_mask, summarize
+from ccpo_pl.nets import EpsActor, make_actor, make_policy
 
-
-def cost_violation(cost: Tensor, eps: Tensor) -> Tensor:
-    """CCPO paper Table 1: CV(eps) = max(0, J_c(eps) - eps), the episodic cost above the threshold."""
-    return (cost - eps).clamp_min(0.0)
+EXPLORATION = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
+CSV_COLUMNS = ("eps", "reward_mean", "reward_std", "cost_mean", "cost_std", "cv", "seen", "extrapolation")
 
 
 def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[EpsActor, dict]:
@@ -55,3 +70,177 @@ def rollout_episodes(env: EnvBase, policy, max_steps: int,
     ep_r = td["next", "episode_reward"].reshape(*done.shape, -1)[rows, first, 0]
     ep_c = td["next", "episode_cost"].reshape(*done.shape, -1)[rows, first, 0]
     return ep_r.cpu(), ep_c.cpu()
+
+
+def evaluate_thresholds(actor: EpsActor, env_cfg: Mapping, eps: Sequence[float], episodes: int, *, seed: int,
+                        max_steps: int, batch_envs: int = 64,
+                        exploration: ExplorationType = ExplorationType.DETERMINISTIC) -> tuple[Tensor, Tensor]:
+    """Episode reward and cost `[n_eps, episodes]`: `episodes` episodes at each threshold of `eps`.
+
+    All episodes run side by side in batched envs of at most `batch_envs` sub-envs, each sub-env at its own fixed
+    threshold; sub-env j (over the whole grid) is seeded with `seed + j`. The caller's RNG streams (torch, and
+    numpy's global one that bullet-safety-gym draws from) are left as they were.
+    """
+    flat = [float(e) for e in eps for _ in range(episodes)]
+    rewards, costs = [], []
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for start in range(0, len(flat), batch_envs):
+                chunk = flat[start:start + batch_envs]
+                env = make_env(env_cfg, num_envs=len(chunk), seed=seed + start, eps_values=chunk, eps_mode="fixed")
+                try:
+                    r, c = rollout_episodes(env, make_policy(actor), max_steps, exploration)
+                finally:
+                    env.close(raise_if_closed=False)
+                rewards.append(r)
+                costs.append(c)
+    finally:
+        np.random.set_state(np_state)
+    return torch.cat(rewards).view(len(eps), episodes), torch.cat(costs).view(len(eps), episodes)
+
+
+def plot_curves(stats: Mapping[str, Sequence[float]], behavior: Sequence[float], title: str = "") -> Figure:
+    """J_r(eps) and J_c(eps) against eps (mean +- std over episodes), with the line y = eps on the cost panel
+    and the behaviour thresholds marked."""
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    ax_r, ax_c = fig.subplots(1, 2)
+    eps = stats["eps"]
+    ax_r.errorbar(eps, stats["reward_mean"], yerr=stats.get("reward_std"), marker="o", capsize=3, color="C0")
+    ax_c.errorbar(eps, stats["cost_mean"], yerr=stats.get("cost_std"), marker="o", capsize=3, color="C3",
+                  label="J_c(eps)")
+    lo, hi = min(eps), max(eps)
+    ax_c.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = eps")
+    for ax, name in ((ax_r, "J_r(eps): episode reward"), (ax_c, "J_c(eps): episode cost")):
+        for i, b in enumerate(behavior):
+            ax.axvline(float(b), color="grey", linestyle=":", linewidth=1, label="behaviour eps" if i == 0 else None)
+        ax.set_xlabel("cost threshold eps")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    ax_c.legend(loc="upper left")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def markdown_table(stats: Mapping[str, Sequence], summary: Mapping[str, float], title: str) -> str:
+    """The per-threshold table and the summary lines of `eval/table.md`."""
+    lines = [f"# {title}", "", "| eps | J_r(eps) | J_c(eps) | CV(eps) | seen | note |", "|---:|---:|---:|---:|:---:|---|"]
+    for i, e in enumerate(stats["eps"]):
+        note = "extrapolation: outside the trained eps range" if stats["extrapolation"][i] else ""
+        lines.append(f"| {e:g} | {stats['reward_mean'][i]:.2f} ± {stats['reward_std'][i]:.2f} "
+                     f"| {stats['cost_mean'][i]:.2f} ± {stats['cost_std'][i]:.2f} | {stats['cv'][i]:.2f} "
+                     f"| {'yes' if stats['seen'][i] else 'no'} | {note} |")
+    fmt = lambda v: "n/a (no unseen threshold)" if v is None or math.isnan(v) else f"{v:.2f}"  # noqa: E731
+    lines += ["", f"- Avg. R: {fmt(summary['avg_reward'])}", f"- Avg. CV: {fmt(summary['avg_cv'])}",
+              f"- Avg. R-G (unseen thresholds): {fmt(summary['avg_reward_unseen'])}",
+              f"- Avg. CV-G (unseen thresholds): {fmt(summary['avg_cv_unseen'])}", ""]
+    return "\n".join(lines)
+
+
+def write_eval(out_dir: Path, stats: Mapping[str, Sequence], summary: Mapping, behavior: Sequence[float],
+               title: str) -> None:
+    """Write `per_eps.csv`, `table.md`, `curves.png` and `summary.json` into `out_dir`, each atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for i in range(len(stats["eps"])):
+        writer.writerow([f"{stats[k][i]:g}" if k == "eps" else int(stats[k][i]) if k in ("seen", "extrapolation")
+                         else f"{stats[k][i]:.6g}" for k in CSV_COLUMNS])
+    _atomic_write(out_dir / "per_eps.csv", buf.getvalue().encode())
+    _atomic_write(out_dir / "table.md", markdown_table(stats, summary, title).encode())
+    png = io.BytesIO()
+    plot_curves(stats, behavior, title).savefig(png, format="png")
+    _atomic_write(out_dir / "curves.png", png.getvalue())
+    _atomic_write(out_dir / "summary.json", (json.dumps(_json_safe(dict(summary)), indent=2) + "\n").encode())
+
+
+def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:
+    """(checkpoint, run directory) of `run`: a run directory (its `checkpoints/last.ckpt`) or a checkpoint file."""
+    path = Path(run)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise ConfigError(f"run={str(run)!r} has no checkpoints/last.ckpt; pass a ccpo_pl.fit run directory "
+                              f"or a .ckpt file")
+        return ckpt, path
+    if path.is_file():
+        return path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    raise ConfigError(f"run={str(run)!r} does not exist; pass a ccpo_pl.fit run directory or a .ckpt file")
+
+
+def check_thresholds(eps) -> list[float]:
+    """The evaluation thresholds as floats; a one-line error for an empty list or a value that is not > 0."""
+    if eps is None or isinstance(eps, (str, int, float)) or len(eps) == 0:
+        raise ConfigError(f"eps={eps!r} must be a non-empty list of thresholds > 0, e.g. eps=[10,40,70]")
+    bad = [e for e in eps if isinstance(e, bool) or not isinstance(e, (int, float)) or not e > 0]
+    if bad:
+        raise ConfigError(f"eps has {bad}; thresholds must be numbers > 0")
+    return [float(e) for e in eps]
+
+
+def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episodes: int = 10, seed: int = 0,
+                 out: str | Path | None = None, policy: str = "deterministic", batch_envs: int = 64,
+                 expect: Mapping[str, str] | None = None, extra: Mapping | None = None) -> dict:
+    """Evaluate the policy of a run or checkpoint on a threshold grid and write the `eval/` files; returns the
+    summary (the keys of `eval/summary.json`).
+
+    `eps=None` uses the run's own evaluation grid. `expect`, e.g. `{"env.name": "ball_circle"}`, refuses a
+    checkpoint of another env or algorithm. Thresholds outside the run's trained range are evaluated and flagged.
+    """
+    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes <= 0:
+        raise ConfigError(f"episodes={episodes!r} must be a positive integer")
+    if not isinstance(batch_envs, int) or batch_envs <= 0:
+        raise ConfigError(f"batch_envs={batch_envs!r} must be a positive integer")
+    if policy not in EXPLORATION:
+        raise ConfigError(f"policy={policy!r}; allowed: {', '.join(EXPLORATION)}")
+    ckpt, run_dir = resolve_checkpoint(run)
+    try:
+        actor, cfg = load_policy(ckpt)
+    except Exception as err:  # noqa: BLE001 - an unreadable or foreign file is reported the same way
+        reason = str(err).splitlines()[0] if isinstance(err, ValueError) else type(err).__name__
+        raise ConfigError(f"run={str(run)!r}: {str(ckpt)!r} is not a loadable ccpo_pl checkpoint ({reason})") from None
+    for key, want in (expect or {}).items():
+        group, name = key.split(".")
+        have = cfg[group][name]
+        if want is not None and have != want:
+            raise ConfigError(f"{str(ckpt)!r} is a {key}={have!r} checkpoint, not {key}={want!r}")
+    eps = check_thresholds(cfg["eps"]["eval"] if eps is None else list(eps))
+    behavior = [float(b) for b in cfg["eps"]["behavior"]]
+    ep_r, ep_c = evaluate_thresholds(actor, cfg["env"], eps, episodes, seed=seed,
+                                     max_steps=int(cfg["env"]["max_episode_steps"]), batch_envs=batch_envs,
+                                     exploration=EXPLORATION[policy])
+    stats = per_eps_stats(eps, ep_r, ep_c)
+    stats["seen"] = seen_mask(eps, behavior)
+    stats["extrapolation"] = outside_range(eps, cfg["eps"]["range"])
+    state = safe_load(ckpt).get("ccpo", {})
+    summary = summarize(stats["reward_mean"], stats["cv"], stats["seen"]) | {
+        "episodes": episodes, "eps": eps,
+        "task": cfg["env"]["name"], "env_id": cfg["env"]["id"], "algo": cfg["algo"]["name"],
+        "label": cfg.get("label") or cfg["algo"]["name"], "seed": cfg["seed"], "behavior": behavior,
+        "eps_range": [float(x) for x in cfg["eps"]["range"]], "policy": policy, "eval_seed": seed,
+        "checkpoint": os.path.relpath(ckpt, run_dir),
+        "frames": int(state.get("stream", {}).get("frames", 0)) * int(state.get("world_size", 1)),
+        "train_wall_s": state.get("elapsed_s"),
+    } | dict(extra or {})
+    out_dir = Path(out) if out is not None else run_dir / "eval"
+    title = f"{cfg['env']['id']} {summary['label']} seed {cfg['seed']}: {summary['frames']} frames, {policy} policy"
+    write_eval(out_dir, stats, summary, behavior, title)
+    return summary

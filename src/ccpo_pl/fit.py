@@ -12,6 +12,7 @@ import functools
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -20,21 +21,20 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.callbacks import DDPSyncCheck, FramesProgressBar
 from ccpo_pl.checkpointing import AtomicCheckpointIO, safe_load
 from ccpo_pl.envs import make_env
+from ccpo_pl.errors import ConfigError
+from ccpo_pl.evaluation import evaluate_run
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("env", "algo", "trainer", "experiment")
 #: keys that may change when a run is resumed (they do not change what was trained so far)
-RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval")
-
-
-class ConfigError(ValueError):
-    """A bad value in the run configuration; its message is one line naming the value and what is allowed."""
+RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label")
 
 
 # ---------------------------------------------------------------- validation
@@ -77,6 +77,9 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or value <= 0:
             raise ConfigError(f"{key}={value!r} must be a positive integer")
+    final = OmegaConf.select(cfg, "eval.final_episodes")
+    if not isinstance(final, int) or isinstance(final, bool) or final < 0:
+        raise ConfigError(f"eval.final_episodes={final!r} must be an integer >= 0 (0: no final evaluation)")
     if updates_per_collect(cfg) < 1:
         raise ConfigError(f"collect.updates_per_frame={cfg.collect.updates_per_frame} gives no update per "
                           f"collection of {cfg.collect.frames_per_collect} frames; raise it")
@@ -171,10 +174,17 @@ def env_sizes(cfg: DictConfig) -> tuple[int, int]:
         env.close(raise_if_closed=False)
 
 
-def fit(cfg: DictConfig) -> dict[str, float]:
-    """Train as configured; returns the last evaluation's metrics (`eval/...`) and `train/frames`."""
+def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
+    """Train as configured; returns the last evaluation's metrics (`eval/...`), `train/frames` and, after a
+    finished run's final evaluation (`eval.final_episodes` > 0), its averages (`final/...`).
+
+    `command`, the command line that started this process, is appended to `<run dir>/commands.txt`.
+    """
     validate(cfg)
     run_dir, ckpt, ckpt_frames = prepare_run(cfg)
+    if command and rank_zero_only.rank == 0:
+        with open(run_dir / "commands.txt", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {command}\n")
     if ckpt_frames is not None and ckpt_frames >= cfg.total_frames:
         print(f"ccpo_pl.fit: run {str(run_dir)!r} already has {ckpt_frames} frames (total_frames="
               f"{cfg.total_frames}); raise total_frames to continue it")
@@ -206,7 +216,17 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     )
     trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames)
     trainer.fit(module, ckpt_path=ckpt)
-    return module.final_metrics
+    metrics = dict(module.final_metrics)
+    if trainer.global_rank == 0 and cfg.eval.final_episodes > 0 and module.global_frames >= cfg.total_frames:
+        summary = final_evaluation(cfg, run_dir)
+        metrics |= {f"final/{k}": summary[k] for k in ("avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen")}
+    return metrics
+
+
+def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
+    """`eval.final_episodes` deterministic episodes per threshold of `eps.eval` with the final policy, written
+    to `<run dir>/eval/` exactly as `python -m ccpo_pl.evaluate run=<run dir>` would."""
+    return evaluate_run(run_dir, eps=list(cfg.eps.eval), episodes=int(cfg.eval.final_episodes), seed=int(cfg.seed))
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int,
@@ -249,7 +269,7 @@ def _check_group_overrides(argv: list[str]) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        metrics = fit(cfg)
+        metrics = fit(cfg, command=" ".join(["python -m ccpo_pl.fit", *HydraConfig.get().overrides.task]))
     except ConfigError as err:
         print(f"ccpo_pl.fit: error: {err}", file=sys.stderr)
         sys.exit(2)

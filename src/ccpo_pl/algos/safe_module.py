@@ -5,12 +5,15 @@
 - checkpoint extras: frame counters, the threshold generator, and per-rank sidecars (replay buffer + RNG states);
 - logging against environment frames: per-threshold-bin tags `eps_<eps>/...`, per behaviour threshold
   `train/eps_<eps>/episode_{reward,cost}`, losses and timings, all reduced across ranks in one collective;
-- periodic deterministic evaluation on the evaluation grid: `eval/eps_<eps>/{reward,cost}`, `eval/avg_*`.
+- periodic deterministic evaluation on the evaluation grid: `eval/eps_<eps>/{reward,cost,cv}`, the paper's
+  averages `eval/avg_{reward,cv}` and over unseen thresholds `eval/avg_{reward,cv}_unseen`, the J(eps) plot as the
+  image `eval/curves`, and a custom-scalar layout that puts all thresholds' curves of a quantity on one chart;
 Subclasses implement `configure_optimizers`, `training_step`, `on_new_collect` and `per_eps_metrics`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,7 +27,8 @@ from torchrl.envs import EnvBase
 
 from ccpo_pl.checkpointing import Sidecars, rng_state, set_rng_state
 from ccpo_pl.data import OffPolicyStream
-from ccpo_pl.evaluation import cost_violation, rollout_episodes
+from ccpo_pl.evaluation import plot_curves, rollout_episodes
+from ccpo_pl.metrics import cost_violation, seen_mask, summarize
 from ccpo_pl.nets import make_policy
 
 
@@ -79,6 +83,7 @@ class SafeRLModule(L.LightningModule):
         self._resume: dict | None = None
         self._sidecar: dict | None = None
         self._sidecar_written: str | None = None
+        self._elapsed_before = 0.0
         self.latest_eval: dict[float, float] = {}
         self.final_metrics: dict[str, float] = {}
         self.timing = {"loop_s": 0.0, "eval_s": 0.0, "update_s": 0.0, "updates": 0}
@@ -188,7 +193,7 @@ class SafeRLModule(L.LightningModule):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Deterministic episodes on the evaluation grid; logs `eval/eps_<eps>/{reward,cost}` and averages."""
+        """Deterministic episodes on the evaluation grid; logs the per-threshold metrics, the averages and the plot."""
         start = time.perf_counter()
         episodes = self.hparams.eval_episodes
         eval_seed = self.hparams.seed + 10_000 * (1 + self.global_rank)
@@ -203,20 +208,51 @@ class SafeRLModule(L.LightningModule):
         np.random.set_state(np_state)
         n_eps = len(self.eps_eval)
         stats = torch.stack([ep_r.view(n_eps, episodes).mean(1), ep_c.view(n_eps, episodes).mean(1)], 0)
-        stats = self.reduce_mean(stats.to(self.device)).cpu()
+        stats = self.reduce_mean(stats.to(self.device)).cpu().double()
+        reward, cost = stats[0].tolist(), stats[1].tolist()
+        cv = cost_violation(stats[1], torch.tensor(self.eps_eval, dtype=stats.dtype)).tolist()
         metrics = {}
         for i, e in enumerate(self.eps_eval):
-            metrics[f"eval/{eps_tag(e)}/reward"] = float(stats[0, i])
-            metrics[f"eval/{eps_tag(e)}/cost"] = float(stats[1, i])
-        eps = torch.tensor(self.eps_eval, dtype=stats.dtype)
-        metrics["eval/avg_reward"] = float(stats[0].mean())
-        metrics["eval/avg_cv"] = float(cost_violation(stats[1], eps).mean())
-        self.latest_eval = dict(zip(self.eps_eval, stats[1].tolist()))
+            metrics |= {f"eval/{eps_tag(e)}/reward": reward[i], f"eval/{eps_tag(e)}/cost": cost[i],
+                        f"eval/{eps_tag(e)}/cv": cv[i]}
+        summary = summarize(reward, cv, seen_mask(self.eps_eval, self.hparams.eps_behavior))
+        metrics |= {f"eval/{k}": v for k, v in summary.items() if not math.isnan(v)}
+        self.latest_eval = dict(zip(self.eps_eval, cost))
         self.final_metrics = metrics | {"train/frames": float(self.global_frames)}
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_frames)
+            self._log_curves({"eps": self.eps_eval, "reward_mean": reward, "cost_mean": cost})
         self.timing["eval_s"] += time.perf_counter() - start
         return metrics
+
+    def _log_curves(self, stats: dict) -> None:
+        """The J(eps) plot of this evaluation as a TensorBoard image (`eval/curves`), rank 0 only."""
+        writer = getattr(self.logger, "experiment", None)
+        if self.global_rank == 0 and hasattr(writer, "add_figure"):
+            fig = plot_curves(stats, self.hparams.eps_behavior, f"{self.global_frames} frames")
+            writer.add_figure("eval/curves", fig, global_step=self.global_frames, close=False)
+
+    def _log_layout(self) -> None:
+        """TensorBoard custom scalars: every threshold's curve of a quantity on one chart (rank 0 only)."""
+        writer = getattr(self.logger, "experiment", None)
+        if self.global_rank != 0 or not hasattr(writer, "add_custom_scalars"):
+            return
+        multi = lambda pattern: ["Multiline", [pattern]]  # noqa: E731 - a TensorBoard regex over tags
+        layout = {
+            "eval: all thresholds": {
+                "J_c(eps): episode cost": multi(r"eval/eps_[^/]+/cost"),
+                "J_r(eps): episode reward": multi(r"eval/eps_[^/]+/reward"),
+                "CV(eps) = max(0, J_c - eps)": multi(r"eval/eps_[^/]+/cv"),
+                "Avg. CV and Avg. CV-G": multi(r"eval/avg_cv.*"),
+                "Avg. R and Avg. R-G": multi(r"eval/avg_reward.*"),
+            },
+            "train: behaviour thresholds": {
+                "episode cost": multi(r"train/eps_[^/]+/episode_cost"),
+                "episode reward": multi(r"train/eps_[^/]+/episode_reward"),
+            },
+            "per threshold bin": {name: multi(rf"eps_[^/]+/{name}$") for name in self.per_eps_metrics()},
+        }
+        writer.add_custom_scalars(layout)
 
     # ---------------------------------------------------------------- checkpoints
     def _sidecars(self, directory: str | None = None) -> Sidecars:
@@ -234,6 +270,7 @@ class SafeRLModule(L.LightningModule):
             "eps_generator": self.eps_generator.get_state(),
             "sidecar": token,
             "world_size": self.trainer.world_size,
+            "elapsed_s": self._elapsed_s(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -244,6 +281,7 @@ class SafeRLModule(L.LightningModule):
             raise ValueError(f"checkpoint was written with {state['world_size']} ranks, this run has "
                              f"{self.trainer.world_size}; resume with the same trainer.devices x trainer.num_nodes")
         self._resume = state
+        self._elapsed_before = float(state.get("elapsed_s", 0.0))
         self.eps_generator.set_state(state["eps_generator"])
         # the sidecars live next to the checkpoint being loaded (which may belong to another run: ckpt_path=...)
         ckpt_path = getattr(self.trainer, "ckpt_path", None)
@@ -259,6 +297,12 @@ class SafeRLModule(L.LightningModule):
             self._sidecar = None
         self._loop_start = time.perf_counter()
         self._epoch_marks: list[tuple[float, ...]] = []
+        self._log_layout()
+
+    def _elapsed_s(self) -> float:
+        """Wall-clock seconds of training so far, over every process that worked on this run (resumes add up)."""
+        start = getattr(self, "_loop_start", None)
+        return self._elapsed_before + (0.0 if start is None else time.perf_counter() - start)
 
     def on_train_end(self) -> None:
         """Wall-clock of this process's training loop (collection + updates + evaluation), for benchmarks."""

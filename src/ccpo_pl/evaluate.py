@@ -1,0 +1,45 @@
+"""`python -m ccpo_pl.evaluate run=<run dir or checkpoint> eps=[...] episodes=N seed=S [out=DIR]` (Hydra).
+
+Loads the policy pi(a|s, eps) of a checkpoint with `weights_only=True` (no training state), runs `episodes`
+episodes per threshold in batched envs and writes `per_eps.csv`, `table.md`, `curves.png` and `summary.json` into
+`<run dir>/eval` (see `ccpo_pl.evaluation.evaluate_run`). Prints the summary as one `key=value` line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ccpo_pl.errors import ConfigError
+from ccpo_pl.evaluation import evaluate_run
+from ccpo_pl.fit import CONF_DIR
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Run `evaluate_run` with the command line's settings."""
+    if not cfg.run:
+        raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    eps = OmegaConf.to_container(cfg.eps) if OmegaConf.is_list(cfg.eps) else cfg.eps
+    return evaluate_run(cfg.run, eps=eps, episodes=cfg.episodes, seed=cfg.seed, out=cfg.out, policy=cfg.policy,
+                        batch_envs=cfg.batch_envs, expect={"env.name": cfg.expect_env, "algo.name": cfg.expect_algo})
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        summary = evaluate(cfg)
+    except ConfigError as err:
+        print(f"ccpo_pl.evaluate: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    keys = ("task", "label", "seed", "frames", "avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen",
+            "episodes")
+    print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The CCPO paper's evaluation metrics (Table 1), as pure functions of episode data.
+
+Per threshold eps: J_r(eps) and J_c(eps) are the mean episode reward and cost over the evaluation episodes, and
+CV(eps) = max(0, J_c(eps) - eps). Over a threshold grid: Avg. R and Avg. CV average them over every threshold;
+Avg. R-G and Avg. CV-G over the thresholds outside the behaviour set (the zero-shot ones). Over seeds: mean and
+standard deviation (numpy's default, ddof=0) of each run's averages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: tolerance for "this threshold is one of the behaviour thresholds"
+SEEN_ATOL = 1e-6
+
+
+def cost_violation(cost: Tensor, eps: Tensor) -> Tensor:
+    """CCPO paper Table 1: CV(eps) = max(0, J_c(eps) - eps), the episodic cost above the threshold."""
+    return (cost - eps).clamp_min(0.0)
+
+
+def seen_mask(eps: Sequence[float], behavior: Sequence[float]) -> list[bool]:
+    """True for the thresholds of `eps` that are behaviour thresholds (trained on), False for unseen ones."""
+    return [any(abs(float(e) - float(b)) <= SEEN_ATOL for b in behavior) for e in eps]
+
+
+def outside_range(eps: Sequence[float], eps_range: Sequence[float]) -> list[bool]:
+    """True for the thresholds outside the trained interval `eps_range` (extrapolation, not interpolation)."""
+    lo, hi = float(eps_range[0]), float(eps_range[1])
+    return [not lo - SEEN_ATOL <= float(e) <= hi + SEEN_ATOL for e in eps]
+
+
+def per_eps_stats(eps: Sequence[float], ep_reward: Tensor, ep_cost: Tensor) -> dict[str, list[float]]:
+    """Mean and std (over episodes, ddof=0) of episode reward and cost per threshold, and CV(eps).
+
+    `ep_reward`, `ep_cost`: `[n_eps, episodes]`, row i holding the episodes run at `eps[i]`.
+    """
+    if ep_reward.shape != ep_cost.shape or ep_reward.shape[0] != len(eps):
+        raise ValueError(f"episode tensors {tuple(ep_reward.shape)}/{tuple(ep_cost.shape)} do not match "
+                         f"{len(eps)} thresholds")
+    r, c = ep_reward.double(), ep_cost.double()
+    cost_mean = c.mean(1)
+    cv = cost_violation(cost_mean, torch.tensor([float(e) for e in eps], dtype=torch.float64))
+    return {"eps": [float(e) for e in eps],
+            "reward_mean": r.mean(1).tolist(), "reward_std": r.std(1, correction=0).tolist(),
+            "cost_mean": cost_mean.tolist(), "cost_std": c.std(1, correction=0).tolist(), "cv": cv.tolist()}
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def summarize(reward_mean: Sequence[float], cv: Sequence[float], seen: Sequence[bool]) -> dict[str, float]:
+    """CCPO paper Table 1 averages over a threshold grid: Avg. R, Avg. CV, and Avg. R-G, Avg. CV-G over the
+    unseen thresholds (NaN when every threshold was a behaviour threshold)."""
+    unseen = [i for i, s in enumerate(seen) if not s]
+    return {"avg_reward": _mean(list(reward_mean)), "avg_cv": _mean(list(cv)),
+            "avg_reward_unseen": _mean([reward_mean[i] for i in unseen]),
+            "avg_cv_unseen": _mean([cv[i] for i in unseen])}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard deviation (ddof=0) over seeds, ignoring NaN; (nan, nan) when nothing is left."""
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not finite:
+        return math.nan, math.nan
+    return float(np.mean(finite)), float(np.std(finite))
