@@ -209,3 +209,19 @@ def test_paper_table1_sweep_runs_each_job_to_its_final_evaluation_and_reports(tm
     text = report([tmp_path / "paper"])
     assert "| ball_circle | seeds | 2 |" in text
     assert text.count("experiment=paper_table1") == 2  # each run's command, from its commands.txt
+
+
+@pytest.mark.parametrize("behavior_set, behavior", [("b3", [20, 40, 60]), ("b6", [20, 30, 40, 50, 60, 70])])
+def test_eps_sampling_experiment_gives_each_behaviour_set_its_run_and_report_column(behavior_set, behavior):
+    from omegaconf import OmegaConf
+
+    from ccpo_pl.fit import validate
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=eps_sampling", f"behavior_set={behavior_set}", "seed=2"],
+                      return_hydra_config=True)
+    sweep = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    del cfg.hydra
+    validate(cfg)
+    assert list(cfg.eps.behavior) == behavior and len(cfg.eps.eval) == 13
+    assert cfg.run_name == f"ball_circle-ccpo-{behavior_set}-s2" and cfg.label == f"ccpo-{behavior_set}"
+    assert sweep == {"behavior_set": "b3,b6", "seed": "0,1,2"}
