@@ -71,6 +71,18 @@ def _labels(keys) -> list[str]:
     return sorted(labels, key=lambda x: (not x.startswith("ccpo"), x))
 
 
+def tb_span_s(run_dir: Path) -> float | None:
+    """Wall-clock seconds the run's TensorBoard event files span, summed over its processes (one file each):
+    the training time of runs whose checkpoints predate `train_wall_s` (includes evaluations)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    total, files = 0.0, sorted((run_dir / "tb").glob("events.out.tfevents.*"))
+    for f in files:
+        times = [e.wall_time for e in EventFileLoader(str(f)).Load()]
+        total += max(times) - min(times) if times else 0.0
+    return total if files else None
+
+
 def _cell(stat: tuple[float, float, int]) -> str:
     mean, std, n = stat
     return "n/a" if n == 0 else f"{mean:.2f} ± {std:.2f}"
@@ -94,13 +106,16 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
             lines.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
         seeds = [str(table.get((task, label), {}).get("runs", (0, 0, 0))[2]) for label in labels]
         lines.append(f"| {task} | seeds | " + " | ".join(seeds) + " |")
-    lines += ["", "## Runs", "", "| run | task | label | seed | frames | train wall (h) | eval | command |",
+    lines += ["", "## Runs", "", "Train wall: the training loop's wall clock over all of a run's processes; "
+              "~: not recorded, the span of its TensorBoard events instead.", "", "| run | task | label | seed | frames | train wall (h) | eval | command |",
               "|---|---|---|---:|---:|---:|---|---|"]
     for run_dir, s in runs:
         name = run_dir.relative_to(root).as_posix() if root is not None and run_dir.is_relative_to(root) \
             else run_dir.name
-        wall = s.get("train_wall_s")
-        wall = "n/a" if wall is None else f"{wall / 3600:.2f}"
+        wall, approx = s.get("train_wall_s"), ""
+        if wall is None:
+            wall, approx = tb_span_s(run_dir), "~"
+        wall = "n/a" if wall is None else f"{approx}{wall / 3600:.2f}"
         commands = run_dir / "commands.txt"
         cmd = commands.read_text().strip().splitlines()[-1].split(" ", 1)[-1] if commands.is_file() else "n/a"
         evaluation = f"{s['episodes']} × {len(s['eps'])} thresholds, {s.get('policy', 'deterministic')}"
