@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import math
+import shlex
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notes", help="a Markdown file appended to the report (e.g. what was learnt)")
     parser.add_argument("--title", default="CCPO paper Table 1 metrics")
     args = parser.parse_args(argv)
-    command = "python -m ccpo_pl.report " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m ccpo_pl.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         print(report(args.dirs, args.out, args.notes, args.title, command), end="")
     except ConfigError as err:
