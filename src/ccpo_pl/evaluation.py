@@ -38,7 +38,12 @@ def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tu
     Network sizes come from the stored weights; everything else from the resolved config stored as plain data
     in the checkpoint (`hyper_parameters.run_config`). No training state is built.
     """
-    ckpt = safe_load(ckpt_path, map_location=device)
+    return policy_from_checkpoint(safe_load(ckpt_path, map_location=device), ckpt_path, device)
+
+
+def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path,
+                           device: str | torch.device = "cpu") -> tuple[EpsActor, dict]:
+    """`load_policy` on an already loaded checkpoint dict (`ckpt_path` only names it in errors)."""
     cfg = (ckpt.get("hyper_parameters") or {}).get("run_config")
     if not cfg or "state_dict" not in ckpt:
         raise ValueError(f"{str(ckpt_path)!r} is not a ccpo_pl.fit checkpoint")
@@ -213,7 +218,8 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
         raise ConfigError(f"policy={policy!r}; allowed: {', '.join(EXPLORATION)}")
     ckpt, run_dir = resolve_checkpoint(run)
     try:
-        actor, cfg = load_policy(ckpt)
+        data = safe_load(ckpt)
+        actor, cfg = policy_from_checkpoint(data, ckpt)
     except Exception as err:  # noqa: BLE001 - an unreadable or foreign file is reported the same way
         reason = str(err).splitlines()[0] if isinstance(err, ValueError) else type(err).__name__
         raise ConfigError(f"run={str(run)!r}: {str(ckpt)!r} is not a loadable ccpo_pl checkpoint ({reason})") from None
@@ -230,7 +236,7 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     stats = per_eps_stats(eps, ep_r, ep_c)
     stats["seen"] = seen_mask(eps, behavior)
     stats["extrapolation"] = outside_range(eps, cfg["eps"]["range"])
-    state = safe_load(ckpt).get("ccpo", {})
+    state = data.get("ccpo", {})
     summary = summarize(stats["reward_mean"], stats["cv"], stats["seen"]) | {
         "episodes": episodes, "eps": eps,
         "task": cfg["env"]["name"], "env_id": cfg["env"]["id"], "algo": cfg["algo"]["name"],
