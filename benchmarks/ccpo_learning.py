@@ -23,29 +23,31 @@ from pathlib import Path
 import torch
 from _common import commit, compose_cfg, log
 from torchrl.envs import ExplorationType
-from torchrl.envs.utils import RandomPolicy
 
 from ccpo_pl.envs import make_env
-from ccpo_pl.evaluation import cost_violation, load_policy, rollout_episodes
+from ccpo_pl.evaluation import cost_violation, evaluate_thresholds, load_policy
 from ccpo_pl.fit import fit
 from ccpo_pl.nets import make_policy
 
 
-def eval_env(cfg):
-    evals, n = list(cfg.eps.eval), cfg.eval.episodes
-    return make_env(cfg.env, num_envs=len(evals) * n, seed=cfg.seed + 123,
-                    eps_values=[e for e in evals for _ in range(n)], eps_mode="fixed")
-
-
 def scores(cfg, policy, exploration) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean episode reward and cost per evaluation threshold `[n_eval]` each."""
-    env = eval_env(cfg)
+    ep_r, ep_c = evaluate_thresholds(policy, cfg.env, list(cfg.eps.eval), cfg.eval.episodes, seed=cfg.seed + 123,
+                                     max_steps=int(cfg.env.max_episode_steps), exploration=exploration)
+    return ep_r.mean(1), ep_c.mean(1)
+
+
+def random_policy(cfg):
+    """Uniform actions over the task's action box, for any batch of envs."""
+    env = make_env(cfg.env, num_envs=1, seed=cfg.seed, eps_values=list(cfg.eps.behavior))
     try:
-        ep_r, ep_c = rollout_episodes(env, policy, int(cfg.env.max_episode_steps), exploration)
+        low, high = env.action_spec.space.low[0], env.action_spec.space.high[0]
     finally:
         env.close(raise_if_closed=False)
-    n = cfg.eval.episodes
-    return ep_r.view(-1, n).mean(1), ep_c.view(-1, n).mean(1)
+
+    def policy(td):
+        return td.set("action", low + (high - low) * torch.rand(*td.batch_size, low.shape[-1]))
+    return policy
 
 
 def main(argv: list[str]) -> None:
@@ -66,7 +68,7 @@ def main(argv: list[str]) -> None:
         summary |= {f"{mode}_avg_reward": f"{rewards.mean():.2f}", f"{mode}_avg_cv": f"{cv.mean():.2f}",
                     f"{mode}_max_cv_behavior": f"{cv[beh].max():.2f}",
                     f"{mode}_jc_behavior_increasing": bool(torch.all(costs[beh][1:] > costs[beh][:-1]))}
-    rand_r, rand_c = scores(cfg, RandomPolicy(eval_env(cfg).action_spec), ExplorationType.RANDOM)
+    rand_r, rand_c = scores(cfg, random_policy(cfg), ExplorationType.RANDOM)
     print(f"bench=ccpo_learning task={cfg.env.id} frames={int(m['train/frames'])} "
           + " ".join(f"{k}={v}" for k, v in summary.items())
           + f" random_reward={rand_r.mean():.2f} random_cost={rand_c.mean():.2f} seed={cfg.seed} commit={commit()}")

@@ -77,10 +77,11 @@ def rollout_episodes(env: EnvBase, policy, max_steps: int,
     return ep_r.cpu(), ep_c.cpu()
 
 
-def evaluate_thresholds(actor: EpsActor, env_cfg: Mapping, eps: Sequence[float], episodes: int, *, seed: int,
+def evaluate_thresholds(policy, env_cfg: Mapping, eps: Sequence[float], episodes: int, *, seed: int,
                         max_steps: int, batch_envs: int = 64,
                         exploration: ExplorationType = ExplorationType.DETERMINISTIC) -> tuple[Tensor, Tensor]:
-    """Episode reward and cost `[n_eps, episodes]`: `episodes` episodes at each threshold of `eps`.
+    """Episode reward and cost `[n_eps, episodes]` of a TorchRL policy (e.g. `make_policy(actor)`):
+    `episodes` episodes at each threshold of `eps`.
 
     All episodes run side by side in batched envs of at most `batch_envs` sub-envs, each sub-env at its own fixed
     threshold; sub-env j (over the whole grid) is seeded with `seed + j`. The caller's RNG streams (torch, and
@@ -95,7 +96,7 @@ def evaluate_thresholds(actor: EpsActor, env_cfg: Mapping, eps: Sequence[float],
                 chunk = flat[start:start + batch_envs]
                 env = make_env(env_cfg, num_envs=len(chunk), seed=seed + start, eps_values=chunk, eps_mode="fixed")
                 try:
-                    r, c = rollout_episodes(env, make_policy(actor), max_steps, exploration)
+                    r, c = rollout_episodes(env, policy, max_steps, exploration)
                 finally:
                     env.close(raise_if_closed=False)
                 rewards.append(r)
@@ -230,7 +231,7 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
             raise ConfigError(f"{str(ckpt)!r} is a {key}={have!r} checkpoint, not {key}={want!r}")
     eps = check_thresholds(cfg["eps"]["eval"] if eps is None else list(eps))
     behavior = [float(b) for b in cfg["eps"]["behavior"]]
-    ep_r, ep_c = evaluate_thresholds(actor, cfg["env"], eps, episodes, seed=seed,
+    ep_r, ep_c = evaluate_thresholds(make_policy(actor), cfg["env"], eps, episodes, seed=seed,
                                      max_steps=int(cfg["env"]["max_episode_steps"]), batch_envs=batch_envs,
                                      exploration=EXPLORATION[policy])
     stats = per_eps_stats(eps, ep_r, ep_c)
