@@ -3,15 +3,19 @@
 `fit(cfg)` does the work and is what tests call; `main()` is the thin command-line wrapper. The run directory is
 `<log_dir>/<run_name>/` with `config.yaml`, `checkpoints/` (last.ckpt, periodic ones, per-rank buffer sidecars)
 and `tb/` (TensorBoard). Re-running the same `run_name` resumes from `checkpoints/last.ckpt`; a different
-config against an existing run is refused, and nothing of an earlier run is overwritten.
+config against an existing run is refused, and nothing of an earlier run is overwritten. SIGTERM/SIGINT save a
+checkpoint at the next safe point and stop (`callbacks.Preemption`); numerical faults and failed saves stop with
+one line (`faults`). Exit status: 0 done or preempted, 2 refused before training, 3 stopped by a fault.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,16 +29,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ccpo_pl.algos.registry import ALGOS, build
-from ccpo_pl.callbacks import DDPSyncCheck, FramesProgressBar
-from ccpo_pl.checkpointing import AtomicCheckpointIO, safe_load
+from ccpo_pl.callbacks import DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
+from ccpo_pl.checkpointing import CHECKPOINT_FORMAT, READABLE_FORMATS, AtomicCheckpointIO, remove_stale_tmp, safe_load
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_run
+from ccpo_pl.faults import ON_NAN, RunStopped
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("env", "algo", "trainer", "experiment")
 #: keys that may change when a run is resumed (they do not change what was trained so far)
-RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label")
+RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
 
 
 # ---------------------------------------------------------------- validation
@@ -80,6 +85,9 @@ def validate(cfg: DictConfig) -> None:
     final = OmegaConf.select(cfg, "eval.final_episodes")
     if not isinstance(final, int) or isinstance(final, bool) or final < 0:
         raise ConfigError(f"eval.final_episodes={final!r} must be an integer >= 0 (0: no final evaluation)")
+    on_nan = OmegaConf.select(cfg, "faults.on_nan")
+    if on_nan not in ON_NAN:
+        raise ConfigError(f"faults.on_nan={on_nan!r}; allowed: {', '.join(ON_NAN)}")
     if updates_per_collect(cfg) < 1:
         raise ConfigError(f"collect.updates_per_frame={cfg.collect.updates_per_frame} gives no update per "
                           f"collection of {cfg.collect.frames_per_collect} frames; raise it")
@@ -127,7 +135,7 @@ def prepare_run(cfg: DictConfig) -> tuple[Path, str | None, int | None]:
         if diffs:
             raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(diffs[:3])}); "
                               f"use another run_name or the run's own config")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and any(not p.name.endswith(".tmp") for p in run_dir.iterdir()):  # .tmp: killed here
         raise ConfigError(f"{str(run_dir)!r} exists but is not a ccpo_pl run (no config.yaml); "
                           f"choose another run_name or log_dir")
     ckpt = cfg.ckpt_path
@@ -138,11 +146,53 @@ def prepare_run(cfg: DictConfig) -> tuple[Path, str | None, int | None]:
         state = check_checkpoint(ckpt, cfg)["ccpo"]
         ckpt_frames = state["stream"]["frames"] * state["world_size"]
     if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(run_dir, cfg)
         tmp = snapshot.with_suffix(".yaml.tmp")
         tmp.write_text(OmegaConf.to_yaml(plain))
         os.replace(tmp, snapshot)
+        lock_run(run_dir)
+        remove_stale_tmp(run_dir)  # left by a process killed while writing
+        if ckpt_frames is not None and ckpt_frames < cfg.total_frames:
+            print(f"ccpo_pl.fit: resuming run {str(run_dir)!r} from {ckpt} ({ckpt_frames} frames)", flush=True)
     return run_dir, ckpt, ckpt_frames
+
+
+def check_writable(directory: Path, cfg: DictConfig) -> None:
+    """Create `directory`, then write, fsync and delete a small file in it; a one-line `ConfigError` if that fails
+    (read-only or full disk), so that a run never trains for an epoch only to fail at its first checkpoint."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=directory)
+        try:
+            os.write(fd, bytes(64 * 1024))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"log_dir={str(cfg.log_dir)!r}: cannot write in {str(directory)!r} "
+                          f"({err.strerror or err}); choose a writable log_dir with free space") from None
+
+
+_RUN_LOCKS: dict[str, int] = {}  # run dir -> open file holding its lock, for the life of this process
+
+
+def lock_run(run_dir: Path) -> None:
+    """Hold an exclusive lock on `<run dir>/.lock` until this process exits (a kill releases it): a second process
+    training the same run at the same time (e.g. a requeued job while the old one still runs) is refused."""
+    key = str(run_dir.resolve())
+    if key in _RUN_LOCKS:
+        return
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"run {str(run_dir)!r} is being trained by another process; wait for it to end or "
+                          f"use another run_name") from None
+    except OSError:  # a file system without locks: go on unprotected
+        pass
+    _RUN_LOCKS[key] = fd
 
 
 def check_checkpoint(path: str, cfg: DictConfig) -> dict:
@@ -156,9 +206,13 @@ def check_checkpoint(path: str, cfg: DictConfig) -> dict:
     saved = (ckpt.get("hyper_parameters") or {}).get("run_config") or {}
     if "ccpo" not in ckpt or not saved:
         raise ConfigError(f"ckpt_path={path!r} was not written by ccpo_pl.fit")
+    version = ckpt["ccpo"].get("format_version", 1)
+    if version not in READABLE_FORMATS:
+        raise ConfigError(f"ckpt_path={path!r} has checkpoint format {version!r}; this ccpo_pl reads format "
+                          f"{CHECKPOINT_FORMAT}; use the ccpo_pl version that wrote it")
     for key in ("algo.name", "env.id"):
         group, name = key.split(".")
-        was, now = saved[group][name], cfg[group][name]
+        was, now = (saved.get(group) or {}).get(name), cfg[group][name]
         if was != now:
             raise ConfigError(f"ckpt_path={path!r} is a {key}={was!r} checkpoint, this run has {key}={now!r}")
     return ckpt
@@ -239,18 +293,22 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int,
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:04d}", auto_insert_metric_name=False,
                         every_n_epochs=cfg.checkpoint.every_epochs, save_top_k=-1, save_on_train_epoch_end=True),
         FramesProgressBar(refresh_rate=max(1, updates_per_collect(cfg) // 10)),
+        Preemption(ckpt_dir / "last.ckpt", total_frames=int(cfg.total_frames)),  # SIGTERM/SIGINT: save, stop
+        FlushLogs(),
     ]
     if cfg.check_sync:
         callbacks.append(DDPSyncCheck())
     # a resumed run appends to the same TensorBoard run, dropping events logged after its checkpoint (those at
-    # the checkpoint's own frame count were logged before it was written)
-    purge_step = None if ckpt_frames is None else ckpt_frames + 1
+    # the checkpoint's own frame count were logged before it was written); a run started over (killed before its
+    # first checkpoint) drops all earlier events
+    purge_step = 0 if ckpt_frames is None else ckpt_frames + 1
     logger = TensorBoardLogger(save_dir=cfg.log_dir, name=cfg.run_name, version="tb", default_hp_metric=False,
                                purge_step=purge_step)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if kwargs.get("strategy", "auto") == "auto" and n_ranks > 1:
         kwargs["strategy"] = "ddp_find_unused_parameters_true"  # one optimizer per disjoint parameter set
-    return L.Trainer(**kwargs, max_epochs=max_epochs, callbacks=callbacks, logger=logger,
+    # default_root_dir: where Lightning's own SLURM requeue handler would write hpc_ckpt_*.ckpt (this run's dir)
+    return L.Trainer(**kwargs, max_epochs=max_epochs, callbacks=callbacks, logger=logger, default_root_dir=run_dir,
                      plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0, log_every_n_steps=1)
 
 
@@ -273,6 +331,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"ccpo_pl.fit: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RunStopped as err:  # preempted (exit 0), numerical fault or failed save (exit 3): one line
+        print(f"ccpo_pl.fit: {'' if err.exit_code == 0 else 'error: '}{err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     if metrics and rank_zero_only.rank == 0:
         print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/eps_" not in k))
 

@@ -24,7 +24,7 @@ def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> Sa
         num_samples=a.num_samples, kappa=a.kappa, dual=plain["dual"], kl_mean_bound=a.kl_mean_bound,
         kl_cov_bound=a.kl_cov_bound, kl_lr=tuple(a.kl_lr), kl_max=tuple(a.kl_max), cvi=a.cvi,
         lagrangian=plain["lagrangian"], compile=a.compile, estep_precision=a.estep_precision,
-        **base_kwargs,
+        on_nan=OmegaConf.select(cfg, "faults.on_nan", default="stop"), **base_kwargs,
     )
 
 

@@ -3,6 +3,9 @@
 - the train iterable (`data.OffPolicyStream`) built inside each rank, envs seeded per rank and per resume;
 - per-rank seeding once the process group is up (Lightning's `seed_everything` gives every rank the same stream);
 - checkpoint extras: frame counters, the threshold generator, and per-rank sidecars (replay buffer + RNG states);
+- numerical faults: NaN/inf in env data, replay batches, losses, duals, multipliers or parameters stops the run
+  (`NumericalFault`, naming the quantity and the frame) or, with `on_nan="skip"`, skips the update and counts it;
+  a checkpoint is never written from non-finite state;
 - logging against environment frames: per-threshold-bin tags `eps_<eps>/...`, per behaviour threshold
   `train/eps_<eps>/episode_{reward,cost}`, losses and timings, all reduced across ranks in one collective;
 - periodic deterministic evaluation on the evaluation grid: `eval/eps_<eps>/{reward,cost,cv}`, the paper's
@@ -25,9 +28,10 @@ import torch
 from torch import Tensor
 from torchrl.envs import EnvBase
 
-from ccpo_pl.checkpointing import Sidecars, rng_state, set_rng_state
+from ccpo_pl.checkpointing import CHECKPOINT_FORMAT, Sidecars, rng_state, set_rng_state
 from ccpo_pl.data import OffPolicyStream
 from ccpo_pl.evaluation import plot_curves, rollout_episodes
+from ccpo_pl.faults import ON_NAN, NumericalFault, all_finite, first_nonfinite
 from ccpo_pl.metrics import cost_violation, seen_mask, summarize
 from ccpo_pl.nets import make_policy
 
@@ -65,8 +69,11 @@ class SafeRLModule(L.LightningModule):
         sidecar_dir: str | None = None,
         keep_buffers: int = 2,
         run_config: dict | None = None,
+        on_nan: str = "stop",
     ):
         super().__init__()
+        if on_nan not in ON_NAN:
+            raise ValueError(f"faults.on_nan={on_nan!r} is not allowed; use {' or '.join(ON_NAN)}")
         self.automatic_optimization = False
         self.make_train_env, self.make_eval_env = make_train_env, make_eval_env
         self.eps_behavior_t = torch.tensor([float(e) for e in eps_behavior])
@@ -83,6 +90,8 @@ class SafeRLModule(L.LightningModule):
         self._resume: dict | None = None
         self._sidecar: dict | None = None
         self._sidecar_written: str | None = None
+        self._resumed_token: str | None = None
+        self.faults = {"skipped_updates": 0, "dropped_transitions": 0}  # on_nan=skip: counted, kept in checkpoints
         self._elapsed_before = 0.0
         self.latest_eval: dict[float, float] = {}
         self.final_metrics: dict[str, float] = {}
@@ -120,11 +129,65 @@ class SafeRLModule(L.LightningModule):
         """Call first in `training_step`: reacts once to each new collection."""
         if self.stream.collects != self._seen_collects:
             self._seen_collects = self.stream.collects
+            self.check_env_data()
             self.on_new_collect()
             self.log_training_metrics()
+            self.log_fault_counts()
 
     def on_new_collect(self) -> None:
         """Hook: a collection just finished (e.g. refresh the trust-region anchor)."""
+
+    # ---------------------------------------------------------------- numerical faults
+    def check_finite(self, tensors: dict[str, Tensor], can_skip: bool = True,
+                     suspects: dict[str, Tensor] | None = None) -> bool:
+        """True if every tensor is finite, the same answer on every rank. Else stop the run (`NumericalFault`
+        naming the first bad quantity among `suspects` (inputs the tensors were computed from, only looked at
+        after a failure) and the tensors, and the frame), or, with `on_nan="skip"` and `can_skip`, count a skipped
+        update and return False."""
+        ok = bool(all_finite(tensors))
+        if self.trainer.world_size > 1:
+            ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if ok:
+            return True
+        if can_skip and self.hparams.on_nan == "skip":
+            self.faults["skipped_updates"] += 1
+            return False
+        name = first_nonfinite({**(suspects or {}), **tensors}) or "a quantity on another rank"
+        raise NumericalFault(f"non-finite {name} at frame {self.global_frames}; stopped, the last good checkpoint "
+                             f"is kept (faults.on_nan=skip skips such updates instead)")
+
+    def check_env_data(self) -> None:
+        """After each collection: NaN/inf from the env (never stored) stops the run, or is counted (`skip`)."""
+        bad = self.stream.nonfinite
+        any_bad = bool(bad)
+        if self.trainer.world_size > 1:
+            any_bad = self.trainer.strategy.reduce_boolean_decision(any_bad, all=False)
+        if not any_bad or self.hparams.on_nan == "skip":
+            return
+        what = " and ".join(f"{name} ({n} transitions)" for name, n in bad.items()) or "data on another rank"
+        first = f" at frame {self.stream.nonfinite_frame * self.trainer.world_size}" if bad else ""
+        raise NumericalFault(f"non-finite env {what}{first}, in the collection ending at frame {self.global_frames}; "
+                             f"stopped, the last good checkpoint is kept (faults.on_nan=skip drops them instead)")
+
+    def log_fault_counts(self) -> None:
+        """With `on_nan="skip"`: `faults/skipped_updates` and `faults/dropped_transitions` (all ranks), once > 0."""
+        if self.hparams.on_nan != "skip":
+            return
+        self.faults["dropped_transitions"] += self.stream.dropped
+        self.stream.dropped = 0
+        counts = torch.tensor([self.faults["skipped_updates"], self.faults["dropped_transitions"]], dtype=torch.float64)
+        if self.trainer.world_size > 1:  # skipped updates are identical on every rank, dropped transitions summed
+            counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
+            counts[0] /= self.trainer.world_size
+        if counts.sum() > 0 and self.logger is not None:
+            self.logger.log_metrics({"faults/skipped_updates": float(counts[0]),
+                                     "faults/dropped_transitions": float(counts[1])}, step=self.global_frames)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Parameters and floating-point buffers by name: what must be finite before a checkpoint is written."""
+        named = {f"parameter {k}": v for k, v in self.named_parameters()}
+        named |= {f"buffer {k}": v for k, v in self.named_buffers() if v.is_floating_point()}
+        return named
 
     # ---------------------------------------------------------------- distributed
     def reduce_mean(self, t: Tensor) -> Tensor:
@@ -260,12 +323,19 @@ class SafeRLModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Runs on every rank: each writes its sidecar; the checkpoint (rank 0's) records the shared token."""
+        self.check_finite(self.state_tensors(), can_skip=False)  # never overwrite a good checkpoint with NaNs
         token = f"{self.global_frames:013d}"
         # last.ckpt and a periodic checkpoint of the same epoch share one sidecar: write it once
         if self.stream is not None and self.hparams.sidecar_dir and token != self._sidecar_written:
-            self._sidecars().save(token, {"buffer": self.stream.buffer_state(), "rng": rng_state()})
+            # the previous checkpoint (written, or resumed from) keeps its sidecar until this one is in place
+            protect = self._sidecar_written or self._resumed_token
+            self._sidecars().save(token, {"buffer": self.stream.buffer_state(), "rng": rng_state()}, protect=protect)
             self._sidecar_written = token
         checkpoint["ccpo"] = {
+            "format_version": CHECKPOINT_FORMAT,
+            "faults": dict(self.faults),
+            # update metrics not logged yet (they are logged after the next collection): a resumed run logs them
+            "pending_log": {"acc": self._acc.clone(), "n_updates": self._n_updates},
             "stream": self.stream.state_dict() if self.stream is not None else {"frames": 0, "collects": 0},
             "eps_generator": self.eps_generator.get_state(),
             "sidecar": token,
@@ -281,15 +351,23 @@ class SafeRLModule(L.LightningModule):
             raise ValueError(f"checkpoint was written with {state['world_size']} ranks, this run has "
                              f"{self.trainer.world_size}; resume with the same trainer.devices x trainer.num_nodes")
         self._resume = state
+        self._resumed_token = state["sidecar"]
+        self.faults.update(state.get("faults", {}))
+        if "pending_log" in state:
+            self._acc, self._n_updates = state["pending_log"]["acc"].clone(), int(state["pending_log"]["n_updates"])
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
         self.eps_generator.set_state(state["eps_generator"])
         # the sidecars live next to the checkpoint being loaded (which may belong to another run: ckpt_path=...)
         ckpt_path = getattr(self.trainer, "ckpt_path", None)
         directory = str(Path(ckpt_path).parent / "sidecars") if ckpt_path else self.hparams.sidecar_dir
-        self._sidecar = self._sidecars(directory).load(state["sidecar"]) if directory else None
+        try:
+            self._sidecar = self._sidecars(directory).load(state["sidecar"]) if directory else None
+            problem = "no replay-buffer sidecar"
+        except Exception as err:  # noqa: BLE001 - corrupt or foreign: never fatal, never executed (weights_only)
+            self._sidecar, problem = None, f"an unreadable replay-buffer sidecar ({type(err).__name__})"
         if self._sidecar is None:
-            warnings.warn(f"no replay-buffer sidecar for checkpoint token {state['sidecar']} on rank "
-                          f"{self.global_rank}: resuming with an empty buffer", stacklevel=2)
+            warnings.warn(f"{problem} for checkpoint token {state['sidecar']} on rank {self.global_rank}: resuming "
+                          f"with an empty buffer and fresh RNG states", stacklevel=2)
 
     def on_train_start(self) -> None:
         if self._sidecar is not None:

@@ -4,6 +4,9 @@ Lightning gets this object from `train_dataloader()`. It is built lazily inside 
 owns its collector, envs and buffer, seeded per rank) and yields exactly `len(self)` batches per epoch on every rank,
 which DDP needs. One epoch = `collects_per_epoch` collections of `frames_per_collect` frames, each followed by
 `updates_per_collect` sampled batches. Runs are bounded by environment frames, not optimizer steps.
+A checkpoint taken mid-epoch at a collection boundary (preemption) resumes with the epoch's remaining collections.
+Transitions with a NaN or inf in observation, reward or cost are never stored; they are counted per collection
+(`nonfinite`) for the module to stop the run or log them (`faults.on_nan`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 
+#: env quantities checked for NaN/inf in every collection: name -> keys of a transition
+CHECKED_KEYS = {"observation": ("observation", ("next", "observation")), "reward": (("next", "reward"),),
+                "cost": (("next", "cost"),)}
 #: What the update step reads from a transition; everything else the collector writes is dropped before storage.
 TRANSITION_KEYS = (
     "observation",
@@ -69,6 +75,9 @@ class OffPolicyStream:
         self.frames = 0  # env frames collected by this rank
         self.collects = 0
         self.collect_seconds = 0.0
+        self.nonfinite: dict[str, int] = {}  # env quantity -> transitions with a NaN/inf in the latest collection
+        self.nonfinite_frame = 0  # this rank's frame count at the first of them
+        self.dropped = 0  # transitions not stored because of a NaN/inf, since the start of this process
         # per behaviour threshold: [episodes, sum of episode reward, sum of episode cost] since the last pop
         self._episodes = torch.zeros(len(self.eps_behavior), 3, dtype=torch.float64)
         self._collector: Collector | None = None
@@ -94,7 +103,8 @@ class OffPolicyStream:
     def __iter__(self) -> Iterator[TensorDictBase]:
         if self._collector is None:
             self._build()
-        for _ in range(self.collects_per_epoch):
+        # after a mid-epoch checkpoint (taken at a collection boundary) only the epoch's remaining collections
+        for _ in range(self.collects_per_epoch - self.collects % self.collects_per_epoch):
             self.collect()
             # all of this collection's batches in one draw (uniform with replacement, as batch-by-batch draws
             # would be): one sampler call instead of `updates_per_collect` (0.9 ms each on 2 CPU cores)
@@ -107,13 +117,34 @@ class OffPolicyStream:
         start = time.perf_counter()
         batch = next(self._iterator)
         self.collect_seconds += time.perf_counter() - start
+        finite = self._check_finite(batch)
         self.frames += batch.numel()
         self.collects += 1
-        self._tally_episodes(batch)
-        self.buffer.extend(batch.reshape(-1).select(*TRANSITION_KEYS))
+        flat = batch.reshape(-1)
+        if finite is not None:
+            flat = flat[finite.reshape(-1)]
+        self._tally_episodes(flat)
+        self.buffer.extend(flat.select(*TRANSITION_KEYS))
+
+    def _check_finite(self, batch: TensorDictBase) -> torch.Tensor | None:
+        """Record in `nonfinite` which env quantities had a NaN/inf (and the frame of the first); the mask of clean
+        transitions (`batch`'s shape, `[envs, steps]`), None if all are clean."""
+        shape = batch.shape
+        bad = {name: torch.stack([~torch.isfinite(batch[k]).reshape(*shape, -1).all(-1) for k in keys]).any(0)
+               for name, keys in CHECKED_KEYS.items()}
+        self.nonfinite = {name: int(b.sum()) for name, b in bad.items() if bool(b.any())}
+        if not self.nonfinite:
+            return None
+        dirty = torch.stack(list(bad.values())).any(0)
+        step = int(dirty.reshape(-1, shape[-1]).any(0).nonzero()[0]) if len(shape) > 1 else 0
+        self.nonfinite_frame = self.frames + (step + 1) * (batch.numel() // shape[-1] if len(shape) > 1 else 1)
+        self.dropped += int(dirty.sum())
+        return ~dirty
 
     def _tally_episodes(self, batch: TensorDictBase) -> None:
         done = batch["next", "done"].reshape(-1)
+        done = done & torch.isfinite(batch["next", "episode_reward"].reshape(-1)) & torch.isfinite(
+            batch["next", "episode_cost"].reshape(-1))
         if not done.any():
             return
         eps = batch["eps"].reshape(-1)[done].cpu().float()

@@ -31,7 +31,7 @@ from torchrl.envs import (
 from torchrl.envs.gym_like import BaseInfoDictReader
 
 from ccpo_pl import compat
-from ccpo_pl.envs.transforms import CostToReward, EpsSampler
+from ccpo_pl.envs.transforms import CostToReward, EndOnNonFinite, EpsSampler
 
 SUITES = ("bullet", "safety_gymnasium")
 
@@ -156,7 +156,8 @@ def make_env(
       entries, so ``env.reward_key`` raises; pass keys explicitly.
     * ``("next", "episode_reward")``, ``("next", "episode_cost")`` ``[1]``: running sums within the episode.
     * ``done``/``terminated``/``truncated``: the time limit (``max_episode_steps``, enforced by ``StepCounter``
-      as well as the gym ``TimeLimit``) sets ``truncated``, not ``terminated``.
+      as well as the gym ``TimeLimit``) sets ``truncated``, not ``terminated``; so does a step that returns a NaN
+      or inf observation, reward or cost (:class:`EndOnNonFinite`: the value never reaches the policy).
 
     Args:
         env_cfg: mapping with ``name``, ``suite`` (``bullet`` | ``safety_gymnasium``), ``id`` (gym id, one of
@@ -196,5 +197,6 @@ def make_env(
         StepCounter(max_steps=max_episode_steps),
         RewardSum(in_keys=["reward", "cost"], out_keys=["episode_reward", "episode_cost"]),
         eps_sampler,
+        EndOnNonFinite(),
     )
     return TransformedEnv(base_env, transforms)

@@ -106,3 +106,27 @@ class CostToReward(Transform):
             shape=(*observation_spec.shape, 1), dtype=torch.float32, device=cost_spec.device
         )
         return output_spec
+
+
+class EndOnNonFinite(Transform):
+    """Transform that ends (``truncated``) the episode of every env whose step returned a NaN or inf observation,
+    reward or cost, so that the value never reaches the policy or the simulator (bullet asserts on a NaN action).
+
+    The transition itself is kept in the rollout; ``ccpo_pl.data.OffPolicyStream`` never stores it and reports it,
+    and the module stops the run or counts it (``faults.on_nan``). Put it after ``CostToReward`` and
+    ``StepCounter``: it reads ``("next", "cost")`` as a reward entry and extends the time-limit truncation.
+    """
+
+    KEYS = ("observation", "reward", "cost")
+
+    def __init__(self):
+        super().__init__(in_keys=[], out_keys=[])
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        shape = next_tensordict.batch_size
+        bad = torch.stack([~torch.isfinite(next_tensordict.get(k)).reshape(*shape, -1).all(-1) for k in self.KEYS])
+        bad = bad.any(0).unsqueeze(-1)
+        if bool(bad.any()):
+            for key in ("truncated", "done"):
+                next_tensordict.set(key, next_tensordict.get(key) | bad)
+        return next_tensordict

@@ -18,6 +18,9 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    (`states_per_eps`; ARCHITECTURE §7: same cost as one-threshold CVPO).
 5. Thresholds per update (`n_eps`): behaviour thresholds only until `versatile_start` of the frame budget, then a
    `versatile_frac` share drawn uniformly from `eps_range` (the paper's fine-tuning stage; schedule ours).
+6. Numerical faults (ours): the replay batch and critic loss are checked before the critic step; the E-step duals
+   and the actor loss before the duals are stored and the actor steps; the KL multipliers before they are stored;
+   every parameter after the update (`SafeRLModule.check_finite`: stop, or skip the rest of the update).
 Ablations: `cvi=False` replaces steps 2-3 by a Lagrangian actor loss with one multiplier per threshold bin driven
 by Q_c against the Q-unit threshold; `vve=False` is a critic with eps appended to its input (`nets.PlainCritic`).
 """
@@ -106,20 +109,24 @@ class CCPO(SafeRLModule):
         eps = self.sample_train_eps()
         bins = self.bin_index(eps)
         loss_critic = self.critic_step(batch, eps)
+        if loss_critic is None:  # on_nan=skip: a non-finite batch or critic loss, nothing was updated
+            return
         obs = self.split_states(batch["observation"], len(eps))
         if self.hparams.cvi:
             loss_actor = self.cvi_step(obs, eps, bins)
         else:
             loss_actor = self.lagrangian_step(obs, eps, bins)
         _polyak(self.critic_target, self.critic, self.hparams.tau)
-        self.record_update(loss_critic, loss_actor, time.perf_counter() - start)
+        self.check_finite({f"parameter {k}": v for k, v in self.named_parameters()}, can_skip=False)
+        if loss_actor is not None:
+            self.record_update(loss_critic, loss_actor, time.perf_counter() - start)
 
     def on_new_collect(self) -> None:
         """After every collection: the trust-region anchor pi_old becomes the policy that collected it (FSRL)."""
         self.actor_old.load_state_dict(self.actor.state_dict())
 
-    def critic_step(self, batch: TensorDictBase, eps: Tensor) -> Tensor:
-        """VVE fit: TD(0) for every (transition, eps_i) pair, f in {r, c}."""
+    def critic_step(self, batch: TensorDictBase, eps: Tensor) -> Tensor | None:
+        """VVE fit: TD(0) for every (transition, eps_i) pair, f in {r, c}; None if skipped (non-finite input)."""
         hp, nxt = self.hparams, batch["next"]
         eps_b = eps.view(-1, 1, 1)  # [E, 1, 1] against B transitions
         with torch.no_grad():
@@ -130,14 +137,19 @@ class CCPO(SafeRLModule):
             y_c = nxt["cost"].view(-1) + hp.gamma * not_term * q_c_next
         q_r, q_c = self.critic(batch["observation"], batch["action"], eps_b)  # [E, B]
         loss = F.mse_loss(q_r, y_r) + F.mse_loss(q_c, y_c)
+        suspects = {"batch observation": batch["observation"], "batch action": batch["action"],
+                    "batch next observation": nxt["observation"], "batch reward": nxt["reward"],
+                    "batch cost": nxt["cost"]}  # a NaN in any of them makes the loss NaN
+        if not self.check_finite({"critic loss": loss}, suspects=suspects):
+            return None
         opt = self.optimizers()[0]
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
         return loss.detach()
 
-    def cvi_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor:
-        """Conditioned E-step (per-eps dual, eq. 10, weights eq. 8) then the multi-eps M-step."""
+    def cvi_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor | None:
+        """Conditioned E-step (per-eps dual, eq. 10, weights eq. 8) then the multi-eps M-step; None if skipped."""
         hp = self.hparams
         n_eps, n_states = obs.shape[:2]
         eps_b = eps.view(-1, 1, 1)
@@ -153,7 +165,6 @@ class CCPO(SafeRLModule):
                 q_r, q_c, eps_q, hp.kappa, self.eta[bins], self.lam[bins], reduce=self.dual_reduce,
                 **{k: v for k, v in self.dual.items() if k not in ("eta_init", "lam_init")},
             )
-            self.eta[bins], self.lam[bins] = eta, lam
             weights = eq.estep_weights(q_r, q_c, eta, lam)
         loc, scale = self.actor(obs, eps_b)
         loss_mle = eq.mstep_loss(actions, weights, loc, scale, loc_old, scale_old)
@@ -161,6 +172,9 @@ class CCPO(SafeRLModule):
         kl_sigma = eq.kl_cov(scale_old, scale)
         loss = (loss_mle + self.alpha_mu[bins] * (kl_mu - hp.kl_mean_bound)
                 + self.alpha_sigma[bins] * (kl_sigma - hp.kl_cov_bound)).mean()
+        if not self.check_finite({"E-step dual eta": eta, "E-step dual lam": lam, "actor loss": loss}):
+            return None
+        self.eta[bins], self.lam[bins] = eta, lam
         opt = self.optimizers()[1]
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -169,14 +183,18 @@ class CCPO(SafeRLModule):
             stats = self.reduce_mean(torch.stack((kl_mu.detach(), kl_sigma.detach(), q_r.mean((1, 2)),
                                                   q_c.mean((1, 2)))))
             kl_mu, kl_sigma = stats[0], stats[1]
-            self.alpha_mu[bins] = eq.kl_multiplier_update(self.alpha_mu[bins], kl_mu, hp.kl_mean_bound,
-                                                          hp.kl_lr[0], hp.kl_max[0])
-            self.alpha_sigma[bins] = eq.kl_multiplier_update(self.alpha_sigma[bins], kl_sigma, hp.kl_cov_bound,
-                                                             hp.kl_lr[1], hp.kl_max[1])
+            alpha_mu = eq.kl_multiplier_update(self.alpha_mu[bins], kl_mu, hp.kl_mean_bound, hp.kl_lr[0],
+                                               hp.kl_max[0])
+            alpha_sigma = eq.kl_multiplier_update(self.alpha_sigma[bins], kl_sigma, hp.kl_cov_bound, hp.kl_lr[1],
+                                                  hp.kl_max[1])
+            if not self.check_finite({"KL multiplier alpha_mu": alpha_mu, "KL multiplier alpha_sigma": alpha_sigma,
+                                      "E-step statistics": stats}):
+                return None
+            self.alpha_mu[bins], self.alpha_sigma[bins] = alpha_mu, alpha_sigma
             self.update_stats(bins, stats[2], stats[3], kl_mu, kl_sigma)
         return loss.detach()
 
-    def lagrangian_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor:
+    def lagrangian_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor | None:
         """`cvi=False` ablation: reparameterised Lagrangian actor loss, one multiplier per threshold bin."""
         hp, lag = self.hparams, self.lagrangian
         eps_b = eps.view(-1, 1, 1)
@@ -185,6 +203,8 @@ class CCPO(SafeRLModule):
         actions = dist.rsample()
         q_r, q_c = self.critic(obs, actions, eps_b)  # [E, S]; critic grads are discarded (zeroed next step)
         loss = eq.lagrangian_actor_loss(q_r, q_c, self.lam[bins], dist.log_prob(actions), lag["alpha"]).mean()
+        if not self.check_finite({"actor loss": loss}):
+            return None
         opt = self.optimizers()[1]
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -192,8 +212,10 @@ class CCPO(SafeRLModule):
         with torch.no_grad():
             q_r_mean, q_c_mean = self.reduce_mean(torch.stack((q_r.detach().mean(-1), q_c.detach().mean(-1))))
             eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
-            self.lam[bins] = eq.lagrange_multiplier_update(self.lam[bins], q_c_mean, eps_q, lag["lr"],
-                                                           lag["lam_max"])
+            lam = eq.lagrange_multiplier_update(self.lam[bins], q_c_mean, eps_q, lag["lr"], lag["lam_max"])
+            if not self.check_finite({"Lagrange multiplier lam": lam}):
+                return None
+            self.lam[bins] = lam
             kl = torch.zeros_like(q_c_mean)
             self.update_stats(bins, q_r_mean, q_c_mean, kl, kl)
         return loss.detach()

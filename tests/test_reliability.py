@@ -1,0 +1,513 @@
+"""Fault tolerance on the smoke config: kills, preemption, reproducibility, numerical faults, safe loading, disk.
+
+Runs that must die (SIGKILL, signals, the command line's exit codes) are forked from this process and run the
+command line's `main()` (no 10 s of imports per process); everything else calls `fit` in this process. All runs
+use one torch thread, so that they are fast and bit-reproducible.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchrl.envs.transforms import Transform
+
+import ccpo_pl.algos.ccpo.equations as eq
+import ccpo_pl.algos.ccpo.module as ccpo_module
+import ccpo_pl.checkpointing as checkpointing
+import ccpo_pl.fit as fit_module
+from ccpo_pl.algos.ccpo.module import CCPO
+from ccpo_pl.callbacks import Preemption, requeue_slurm_job
+from ccpo_pl.checkpointing import Sidecars, safe_load
+from ccpo_pl.data import OffPolicyStream
+from ccpo_pl.errors import ConfigError
+from ccpo_pl.faults import NumericalFault, StorageError
+from ccpo_pl.fit import CONF_DIR, check_checkpoint, fit
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import fault_injection  # noqa: E402 - the benchmark's trials, run here with forked processes
+
+#: 2 epochs x 2 collections x 200 frames, 40 updates per collection
+BASE = ("experiment=smoke", "threads=1", "total_frames=800", "run_name=r")
+
+
+def make_cfg(log_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[*BASE, f"log_dir={log_dir}", *overrides])
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def last_ckpt(run_dir: Path) -> dict:
+    return safe_load(run_dir / "checkpoints" / "last.ckpt")
+
+
+def _run_main(args: list[str], output: str, before) -> None:
+    out = open(output, "w", buffering=1)  # noqa: SIM115 - lives as long as the forked process
+    os.dup2(out.fileno(), 1)
+    os.dup2(out.fileno(), 2)
+    sys.stdout = sys.stderr = out
+    if before is not None:
+        before()
+    sys.argv = ["ccpo_pl.fit", *args]
+    fit_module.main()
+
+
+class ForkedFit:
+    """`python -m ccpo_pl.fit <args>` as a forked child running `main()`, output into a file; the parts of
+    `subprocess.Popen` the fault-injection benchmark uses (`poll`, `wait`, `kill`)."""
+
+    def __init__(self, args: list[str], output: Path, before=None):
+        self.output = Path(output)
+        self.proc = multiprocessing.get_context("fork").Process(target=_run_main, args=(list(args), str(output),
+                                                                                         before))
+        self.proc.start()
+
+    def poll(self) -> int | None:
+        return self.proc.exitcode
+
+    def wait(self, timeout: float | None = 120) -> int:
+        self.proc.join(timeout)
+        if self.proc.exitcode is None:
+            self.proc.kill()
+            raise subprocess.TimeoutExpired("ccpo_pl.fit", timeout)
+        return self.proc.exitcode
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+def forked_cli(log_dir: Path, *overrides: str, before=None) -> ForkedFit:
+    return ForkedFit([*BASE, f"log_dir={log_dir}", *overrides], log_dir.parent / f"{log_dir.name}.out", before)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run, recording the thresholds drawn for every update."""
+    log_dir = tmp_path_factory.mktemp("reference")
+    draws = []
+    with pytest.MonkeyPatch.context() as mp:
+        original = CCPO.sample_train_eps
+        mp.setattr(CCPO, "sample_train_eps", lambda self: draws.append(original(self)) or draws[-1])
+        fit(make_cfg(log_dir))
+    return log_dir / "r", draws
+
+
+# ---------------------------------------------------------------- 3. reproducibility
+def test_same_config_and_seed_give_identical_parameters_and_metrics(reference, tmp_path):
+    run_dir, _ = reference
+    fit(make_cfg(tmp_path))
+    ours, theirs = last_ckpt(tmp_path / "r"), last_ckpt(run_dir)
+    assert ours["state_dict"].keys() == theirs["state_dict"].keys()
+    assert all(torch.equal(ours["state_dict"][k], theirs["state_dict"][k]) for k in ours["state_dict"])
+    mine, ref = scalars(tmp_path / "r"), scalars(run_dir)
+    timing = [t for t in ref if t.startswith("time/")]
+    assert mine.keys() == ref.keys() and len(ref) > 40
+    assert {t: v for t, v in mine.items() if t not in timing} == {t: v for t, v in ref.items() if t not in timing}
+
+
+# ---------------------------------------------------------------- 2. preemption (and 3. what a resume keeps)
+def _train_frames_logged(run_dir: Path) -> bool:
+    events = list((run_dir / "tb").glob("events.*"))
+    return bool(events) and "train/frames" in scalars(run_dir)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_at_a_collection_boundary_and_the_same_command_resumes(reference, tmp_path, monkeypatch,
+                                                                             signum):
+    ref_dir, ref_draws = reference
+    run = forked_cli(tmp_path / "logs")
+    run_dir = tmp_path / "logs" / "r"
+    deadline = time.monotonic() + 120
+    while not _train_frames_logged(run_dir) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.01)  # the first collection's metrics are flushed: training has started
+    run.send_signal(signum)
+    assert run.wait() == 0, run.text()[-3000:]
+    lines = [ln for ln in run.text().splitlines() if ln.startswith("ccpo_pl.fit: stopped by")]
+    assert len(lines) == 1 and signal.Signals(signum).name in lines[0]
+    assert "re-run the same command to resume" in lines[0] and "Traceback" not in run.text()
+    stopped = last_ckpt(run_dir)
+    frames = stopped["ccpo"]["stream"]["frames"]
+    assert frames in (200, 400, 600) and f"at frame {frames};" in lines[0]  # a collection boundary, not the end
+    assert stopped["global_step"] == 2 * 40 * frames // 200  # every collection's 40 updates (2 optimizer steps)
+    shutil.copytree(tmp_path / "logs", tmp_path / "again")
+
+    draws = []
+    original = CCPO.sample_train_eps
+    monkeypatch.setattr(CCPO, "sample_train_eps", lambda self: draws.append(original(self)) or draws[-1])
+    assert fit(make_cfg(tmp_path / "logs"))["train/frames"] == 800
+    monkeypatch.undo()
+    done, ref = last_ckpt(run_dir), last_ckpt(ref_dir)
+    for key in ("global_step", "epoch"):
+        assert done[key] == ref[key]
+    assert done["ccpo"]["stream"] == ref["ccpo"]["stream"] == {"frames": 800, "collects": 4}
+    # bit-identical after the resume: the thresholds drawn for every update, and the update metrics of the
+    # collection before the stop (logged after the next one)
+    updates_before = 40 * frames // 200
+    assert len(draws) == len(ref_draws) - updates_before
+    assert all(torch.equal(a, b) for a, b in zip(draws, ref_draws[updates_before:]))
+    tags, ref_tags = scalars(run_dir), scalars(ref_dir)
+    assert [s for s, _ in tags["train/frames"]] == [200, 400, 600, 800]  # no gap, no duplicate
+    assert [s for s, _ in tags["loss/critic"]] == [s for s, _ in ref_tags["loss/critic"]]
+    if frames < 800:
+        first_after = frames + 200
+        assert dict(tags["loss/critic"])[first_after] == dict(ref_tags["loss/critic"])[first_after]
+    # a resume is deterministic: resuming the same checkpoint again gives the same run
+    fit(make_cfg(tmp_path / "again"))
+    twin = last_ckpt(tmp_path / "again" / "r")
+    assert all(torch.equal(twin["state_dict"][k], done["state_dict"][k]) for k in done["state_dict"])
+
+
+def test_preemption_watches_slurms_requeue_signal_and_requeues_through_scontrol(tmp_path, monkeypatch):
+    class Connector:
+        cluster_environment = SLURMEnvironment(auto_requeue=True)
+
+    class Trainer:
+        _accelerator_connector = Connector()
+
+    assert Preemption(tmp_path / "last.ckpt").watched_signals(Trainer()) == [signal.SIGTERM, signal.SIGINT,
+                                                                              signal.SIGUSR1]
+    Connector.cluster_environment = SLURMEnvironment(auto_requeue=False)
+    assert signal.SIGUSR1 not in Preemption(tmp_path / "last.ckpt").watched_signals(Trainer())
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'called'}\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert requeue_slurm_job() == "SLURM job 4242 requeued"
+    assert (tmp_path / "called").read_text().strip() == "requeue 4242"
+
+
+# ---------------------------------------------------------------- 1. kill at any moment
+def test_fault_injection_kills_resume_and_finish():
+    summary = fault_injection.run_trials(2, seed=1, overrides=["threads=1", "total_frames=800"], launch=ForkedFit,
+                                         timeout=120)
+    assert summary["trials"] == summary["resumed"] == summary["finished"] == 2
+    assert summary["corrupt"] == 0
+    assert 0 <= summary["max_frames_lost"] <= 400  # one checkpoint interval (an epoch)
+
+
+def _die_while_writing_the_second_last_ckpt() -> None:
+    """In the forked run: after the sidecar of epoch 2 is written, SIGKILL half-way through writing last.ckpt."""
+    original, calls = checkpointing.atomic_torch_save, []
+
+    def dying(obj, path):
+        if Path(path).name == "last.ckpt":
+            calls.append(path)
+            if len(calls) == 2:
+                (Path(path).parent / ".last.ckpt.half.tmp").write_bytes(b"PK\x03\x04" + bytes(1000))
+                os.kill(os.getpid(), signal.SIGKILL)
+        original(obj, path)
+
+    checkpointing.atomic_torch_save = dying
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_pair_and_the_rerun_resumes(tmp_path, capsys):
+    run = forked_cli(tmp_path / "logs", "checkpoint.keep_buffers=1", before=_die_while_writing_the_second_last_ckpt)
+    assert run.wait() == -signal.SIGKILL
+    ckpt_dir = tmp_path / "logs" / "r" / "checkpoints"
+    state = safe_load(ckpt_dir / "last.ckpt")["ccpo"]
+    assert state["stream"]["frames"] == 400
+    sidecars = sorted(p.name for p in (ckpt_dir / "sidecars" / "rank0").iterdir())
+    assert sidecars == [f"{400:013d}.pt", f"{800:013d}.pt"]  # the pair, and a newer unreferenced sidecar
+    assert (ckpt_dir / ".last.ckpt.half.tmp").exists()
+    assert fit(make_cfg(tmp_path / "logs", "checkpoint.keep_buffers=1"))["train/frames"] == 800
+    assert "resuming run" in capsys.readouterr().out
+    assert not list(ckpt_dir.rglob("*.tmp"))
+    assert safe_load(ckpt_dir / "last.ckpt")["ccpo"]["stream"]["frames"] == 800
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+@pytest.mark.parametrize("sidecar", ["missing", "malicious"])
+def test_a_missing_or_unreadable_sidecar_warns_and_the_run_continues(reference, tmp_path, sidecar):
+    run_dir, _ = reference
+    shutil.copytree(run_dir, tmp_path / "r")
+    token = last_ckpt(tmp_path / "r")["ccpo"]["sidecar"]
+    path = tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{token}.pt"
+    marker = tmp_path / "pwned"
+    if sidecar == "missing":
+        path.unlink()
+    else:
+        torch.save({"buffer": _RunsCode(str(marker)), "rng": {}}, path)
+    match = "no replay-buffer sidecar" if sidecar == "missing" else r"unreadable replay-buffer sidecar \(Unpickl"
+    with pytest.warns(UserWarning, match=match):
+        assert fit(make_cfg(tmp_path, "total_frames=1200"))["train/frames"] == 1200
+    assert not marker.exists()
+
+
+def test_sidecar_pruning_spares_the_previous_checkpoints_pair_and_newer_leftovers(tmp_path):
+    sidecars = Sidecars(tmp_path, rank=0, keep=1)
+    sidecars.save(f"{400:013d}", {"f": torch.tensor(400)})
+    checkpointing.atomic_torch_save({"f": torch.tensor(1200)}, sidecars.path(f"{1200:013d}"))  # a killed run's
+    sidecars.save(f"{800:013d}", {"f": torch.tensor(800)}, protect=f"{400:013d}")
+    assert sorted(p.stem for p in (tmp_path / "rank0").iterdir()) == [f"{f:013d}" for f in (400, 800, 1200)]
+    sidecars.save(f"{1200:013d}", {"f": torch.tensor(1200)}, protect=f"{800:013d}")
+    assert sorted(p.stem for p in (tmp_path / "rank0").iterdir()) == [f"{f:013d}" for f in (800, 1200)]
+
+
+# ---------------------------------------------------------------- 4. numerical faults
+class InjectNaN(Transform):
+    """A faulty simulator: NaN in `key` of the first sub-env at the `at`-th step of the batched env (as the first
+    transform, i.e. in what the simulator returned)."""
+
+    def __init__(self, key: str, at: int):
+        super().__init__(in_keys=[], out_keys=[])
+        self.key, self.at, self.steps = key, at, 0
+
+    def _step(self, tensordict, next_tensordict):
+        self.steps += 1
+        if self.steps == self.at:
+            value = next_tensordict.get(self.key).clone()
+            value[0] = float("nan")
+            next_tensordict.set(self.key, value)
+        return next_tensordict
+
+
+def faulty_train_env(monkeypatch, key: str, at: int) -> None:
+    make_env = fit_module.make_env
+
+    def make(*args, **kwargs):
+        env = make_env(*args, **kwargs)
+        if kwargs.get("eps_mode", "sample") == "sample":
+            env.insert_transform(0, InjectNaN(key, at))
+        return env
+
+    monkeypatch.setattr(fit_module, "make_env", make)
+
+
+#: 1 collection of 200 frames per epoch: last.ckpt at 200, a fault in the second collection is found at frame 400
+SHORT = ("collect.collects_per_epoch=1", "total_frames=400")
+
+
+@pytest.mark.parametrize("key", ["observation", "reward", "cost"])
+def test_nan_from_the_env_stops_the_run_naming_it_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, key):
+    faulty_train_env(monkeypatch, key, at=150)  # env step 150 of 2 sub-envs: frame 300, in the 2nd collection
+    with pytest.raises(NumericalFault) as err:
+        fit(make_cfg(tmp_path, *SHORT))
+    message = str(err.value)
+    assert message.startswith(f"non-finite env {key} (1 transitions) at frame 300, in the collection ending at frame "
+                              f"400;") and "\n" not in message
+    assert last_ckpt(tmp_path / "r")["ccpo"]["stream"]["frames"] == 200  # the last good one, not overwritten
+    assert not (tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{400:013d}.pt").exists()
+
+
+def test_nan_from_the_env_with_on_nan_skip_is_dropped_and_counted(tmp_path, monkeypatch):
+    faulty_train_env(monkeypatch, "reward", at=150)
+    assert fit(make_cfg(tmp_path, *SHORT, "faults.on_nan=skip"))["train/frames"] == 400
+    ckpt = last_ckpt(tmp_path / "r")
+    assert ckpt["ccpo"]["faults"] == {"skipped_updates": 0, "dropped_transitions": 1}
+    sidecar = safe_load(tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['ccpo']['sidecar']}.pt")
+    assert int(sidecar["buffer"]["_storage"]["_len"]) == 399
+    assert scalars(tmp_path / "r")["faults/dropped_transitions"] == [(400, 1.0)]
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def poison_batches(monkeypatch, index: int) -> None:
+    """The `index`-th replay batch of every epoch gets a NaN observation."""
+    original = OffPolicyStream.__iter__
+
+    def poisoned(self):
+        for i, batch in enumerate(original(self)):
+            if i == index:
+                batch = batch.clone()
+                batch["observation"][0, 0] = float("nan")
+            yield batch
+
+    monkeypatch.setattr(OffPolicyStream, "__iter__", poisoned)
+
+
+def test_a_poisoned_batch_stops_the_run_naming_it(tmp_path, monkeypatch):
+    poison_batches(monkeypatch, 5)
+    with pytest.raises(NumericalFault, match=r"^non-finite batch observation at frame 200;"):
+        fit(make_cfg(tmp_path, *SHORT))
+    assert not (tmp_path / "r" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_poisoned_batch_with_on_nan_skip_is_skipped_and_counted(tmp_path, monkeypatch):
+    poison_batches(monkeypatch, 5)
+    assert fit(make_cfg(tmp_path, *SHORT, "faults.on_nan=skip"))["train/frames"] == 400
+    ckpt = last_ckpt(tmp_path / "r")
+    assert ckpt["ccpo"]["faults"] == {"skipped_updates": 2, "dropped_transitions": 0}  # one per epoch
+    assert scalars(tmp_path / "r")["faults/skipped_updates"] == [(400, 1.0)]
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_nan_dual_stops_the_run_naming_it(tmp_path, monkeypatch):
+    original, calls = eq.solve_estep_dual, []
+
+    def faulty(*args, **kwargs):
+        calls.append(1)
+        eta, lam = original(*args, **kwargs)
+        return (torch.full_like(eta, float("nan")) if len(calls) == 3 else eta), lam
+
+    monkeypatch.setattr(eq, "solve_estep_dual", faulty)
+    with pytest.raises(NumericalFault, match=r"^non-finite E-step dual eta at frame 200;"):
+        fit(make_cfg(tmp_path, *SHORT))
+
+
+def test_a_non_finite_parameter_stops_the_run_even_with_on_nan_skip(tmp_path, monkeypatch):
+    original, calls = ccpo_module._polyak, []
+
+    def faulty(target, source, tau):
+        original(target, source, tau)
+        calls.append(1)
+        if len(calls) == 3:
+            next(target.parameters()).data[0] = float("inf")
+
+    monkeypatch.setattr(ccpo_module, "_polyak", faulty)
+    with pytest.raises(NumericalFault, match=r"^non-finite parameter critic_target\.\S+ at frame 200;"):
+        fit(make_cfg(tmp_path, *SHORT, "faults.on_nan=skip"))
+
+
+def test_duals_and_multipliers_stay_within_their_bounds(reference):
+    q_r = torch.randn(3, 16, 8) * 1e6
+    q_c = torch.randn(3, 16, 8).abs() * 1e6
+    for start in (1e-9, -5.0), (1e9, 1e9):  # warm starts outside the box
+        eta0, lam0 = torch.full((3,), start[0]), torch.full((3,), start[1])
+        eta, lam = eq.solve_estep_dual(q_r, q_c, torch.tensor([0.0, 1.0, 1e9]), 0.02, eta0, lam0, lam_max=100.0)
+        assert torch.all((eta >= 1e-3) & (eta <= 1e3)) and torch.all((lam >= 0) & (lam <= 100.0))
+    kl = torch.tensor([float("inf"), -1e9, 0.3])
+    assert eq.kl_multiplier_update(torch.zeros(3), kl, 0.005, 1.0, 1.0).tolist() == [1.0, 0.0, pytest.approx(0.295)]
+    lam = eq.lagrange_multiplier_update(torch.zeros(3), torch.tensor([1e12, -1e12, 0.0]), torch.zeros(3), 0.01, 100.0)
+    assert lam.tolist() == [100.0, 0.0, 0.0]
+    ckpt = last_ckpt(reference[0])
+    state, dual, kl_max = ckpt["state_dict"], ckpt["hyper_parameters"]["dual"], ckpt["hyper_parameters"]["kl_max"]
+    assert torch.all((state["eta"] >= 1e-3) & (state["eta"] <= 1e3))
+    assert torch.all((state["lam"] >= 0) & (state["lam"] <= dual["lam_max"]))
+    for name, cap in zip(("alpha_mu", "alpha_sigma"), kl_max):
+        assert torch.all((state[name] >= 0) & (state[name] <= cap))
+
+
+# ---------------------------------------------------------------- 5. safe loading
+def _write_malicious(path: Path, marker: Path, as_torch_file: bool) -> None:
+    if as_torch_file:  # a real checkpoint layout with code hidden inside
+        torch.save({"state_dict": {}, "ccpo": {"sidecar": _RunsCode(str(marker))}}, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump({"state_dict": _RunsCode(str(marker))}, f)
+
+
+@pytest.mark.parametrize("where", ["ckpt_path", "last.ckpt"])
+def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_by_the_command_line(reference, tmp_path, where):
+    marker = tmp_path / "pwned"
+    if where == "ckpt_path":
+        evil, args = tmp_path / "evil.ckpt", [f"ckpt_path={tmp_path / 'evil.ckpt'}"]
+        _write_malicious(evil, marker, as_torch_file=False)
+    else:
+        shutil.copytree(reference[0], tmp_path / "logs" / "r")
+        evil, args = tmp_path / "logs" / "r" / "checkpoints" / "last.ckpt", ["total_frames=1200"]
+        _write_malicious(evil, marker, as_torch_file=True)
+    run = forked_cli(tmp_path / "logs", *args)
+    assert run.wait() == 2
+    errors = [ln for ln in run.text().splitlines() if "error" in ln.lower()]
+    assert errors == [f"ccpo_pl.fit: error: ckpt_path={str(evil)!r} is not a readable checkpoint (UnpicklingError)"]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c["ccpo"].__setitem__("format_version", 99), "has checkpoint format 99; this ccpo_pl reads format 1"),
+    (lambda c: c["hyper_parameters"]["run_config"]["env"].__setitem__("id", "SafetyCarRun-v0"),
+     "is a env.id='SafetyCarRun-v0' checkpoint, this run has env.id='SafetyBallCircle-v0'"),
+    (lambda c: c["hyper_parameters"]["run_config"]["algo"].__setitem__("name", "cvpo"),
+     "is a algo.name='cvpo' checkpoint, this run has algo.name='ccpo'"),
+])
+def test_checkpoints_of_another_format_env_or_algorithm_are_refused_in_one_line(reference, tmp_path, change,
+                                                                                 message):
+    ckpt = last_ckpt(reference[0])
+    assert ckpt["ccpo"]["format_version"] == 1
+    change(ckpt)
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(ConfigError) as err:
+        check_checkpoint(str(tmp_path / "other.ckpt"), make_cfg(tmp_path))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- 6. disk
+def test_an_unwritable_log_dir_is_refused_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match=r"cannot write in .*a_file/r.*; choose a writable log_dir") as err:
+        fit(make_cfg(tmp_path / "a_file"))
+    assert "\n" not in str(err.value)
+
+
+def test_a_full_disk_is_refused_before_training(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(ConfigError, match="No space left on device"):
+        fit(make_cfg(tmp_path))
+    assert not list((tmp_path / "r").glob("*.tmp"))
+
+
+def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint_and_sidecar(tmp_path, monkeypatch):
+    original, calls = checkpointing.atomic_torch_save, []
+
+    def disk_full_at_second_last_ckpt(obj, path):
+        calls.append(Path(path).name)
+        if calls.count("last.ckpt") == 2 and Path(path).name == "last.ckpt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original(obj, path)
+
+    monkeypatch.setattr(checkpointing, "atomic_torch_save", disk_full_at_second_last_ckpt)
+    with pytest.raises(StorageError) as err:
+        fit(make_cfg(tmp_path, *SHORT, "checkpoint.keep_buffers=1"))
+    assert "cannot write checkpoint" in str(err.value) and "No space left on device" in str(err.value)
+    assert "the previous one is kept" in str(err.value) and "\n" not in str(err.value)
+    state = last_ckpt(tmp_path / "r")["ccpo"]
+    assert state["stream"]["frames"] == 200
+    assert (tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{state['sidecar']}.pt").exists()
+
+
+def test_a_run_resumed_from_another_runs_checkpoint_leaves_that_run_untouched(reference, tmp_path):
+    parent = reference[0]
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in parent.rglob("*") if p.is_file()}
+    fit(make_cfg(tmp_path, "total_frames=1200", "run_name=child", f"ckpt_path={parent}/checkpoints/last.ckpt"))
+    assert last_ckpt(tmp_path / "child")["ccpo"]["stream"]["frames"] == 1200
+    assert before == {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in parent.rglob("*") if p.is_file()}
+
+
+def test_a_run_being_trained_by_another_process_is_refused(reference, tmp_path):
+    (tmp_path / "r").mkdir()
+    shutil.copy(reference[0] / "config.yaml", tmp_path / "r" / "config.yaml")  # a run that has not saved yet
+    fd = os.open(tmp_path / "r" / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what another process training this run holds
+        with pytest.raises(ConfigError, match="is being trained by another process"):
+            fit(make_cfg(tmp_path))
+    finally:
+        os.close(fd)
