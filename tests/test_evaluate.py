@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import CSV_COLUMNS, evaluate_run
 from ccpo_pl.fit import CONF_DIR, fit
@@ -133,12 +134,17 @@ def test_evaluate_refuses_bad_inputs_in_one_line(run_dir, kwargs, message):
     assert "\n" not in str(err.value)
 
 
-def test_evaluate_refuses_a_run_without_checkpoint_or_a_foreign_file(tmp_path):
+def test_evaluate_refuses_a_run_without_checkpoint_or_a_foreign_file(run_dir, tmp_path):
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(ConfigError, match="has no checkpoints/last.ckpt"):
         evaluate_run(tmp_path / "empty_run")
     with pytest.raises(ConfigError, match="does not exist"):
         evaluate_run(tmp_path / "missing")
+    future = safe_load(run_dir / "checkpoints" / "last.ckpt")
+    future["ccpo"]["format_version"] = 99
+    torch.save(future, tmp_path / "future.ckpt")
+    with pytest.raises(ConfigError, match="checkpoint format 99"):
+        evaluate_run(tmp_path / "future.ckpt")
     junk = tmp_path / "junk.ckpt"
     torch.save({"state_dict": {}}, junk)
     with pytest.raises(ConfigError, match="not a loadable ccpo_pl checkpoint"):

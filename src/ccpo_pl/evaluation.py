@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
-from ccpo_pl.checkpointing import safe_load
+from ccpo_pl.checkpointing import READABLE_FORMATS, safe_load
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.metrics import cost_violation  # noqa: F401 - re-exported: the per-threshold metric lives with the others
@@ -47,6 +47,10 @@ def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path,
     cfg = (ckpt.get("hyper_parameters") or {}).get("run_config")
     if not cfg or "state_dict" not in ckpt:
         raise ValueError(f"{str(ckpt_path)!r} is not a ccpo_pl.fit checkpoint")
+    version = (ckpt.get("ccpo") or {}).get("format_version", 1)
+    if version not in READABLE_FORMATS:
+        raise ValueError(f"{str(ckpt_path)!r} has checkpoint format {version!r}; this ccpo_pl reads "
+                         f"{', '.join(map(str, READABLE_FORMATS))}")
     weights = {k.removeprefix("actor."): v for k, v in ckpt["state_dict"].items() if k.startswith("actor.")}
     obs_dim = weights["trunk.0.weight"].shape[1] - 1  # the actor's input is [observation, e]
     act_dim = weights["mu.weight"].shape[0]
