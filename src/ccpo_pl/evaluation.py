@@ -26,7 +26,7 @@ from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.metrics import cost_violation  # noqa: F401 - re-exported: the per-threshold metric lives with the others
 from ccpo_pl.metrics import outside_range, per_eps_stats, seen_mask, summarize
-from ccpo_pl.nets import EpsActor, make_actor, make_policy
+from ccpo_pl.nets import EpsActor, make_policy
 
 EXPLORATION = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
 CSV_COLUMNS = ("eps", "reward_mean", "reward_std", "cost_mean", "cost_std", "cv", "seen", "extrapolation")
@@ -51,10 +51,19 @@ def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path,
     if version not in READABLE_FORMATS:
         raise ValueError(f"{str(ckpt_path)!r} has checkpoint format {version!r}; this ccpo_pl reads "
                          f"{', '.join(map(str, READABLE_FORMATS))}")
+    from ccpo_pl.algos.registry import ALGOS  # here: the registry imports the modules, which import this file
+
+    name = cfg["algo"]["name"]
+    if name not in ALGOS:
+        raise ValueError(f"{str(ckpt_path)!r} is a checkpoint of algo {name!r}, which this ccpo_pl does not know; "
+                         f"known: {', '.join(sorted(ALGOS))}")
     weights = {k.removeprefix("actor."): v for k, v in ckpt["state_dict"].items() if k.startswith("actor.")}
-    obs_dim = weights["trunk.0.weight"].shape[1] - 1  # the actor's input is [observation, e]
-    act_dim = weights["mu.weight"].shape[0]
-    actor = make_actor(cfg["algo"], obs_dim, act_dim, cfg["eps"]["range"])
+    hp = ckpt["hyper_parameters"]
+    if hp.get("obs_dim") is not None:
+        obs_dim, act_dim = int(hp["obs_dim"]), int(hp["act_dim"])
+    else:  # checkpoints written before the sizes were stored: an EpsActor, whose input is [observation, e]
+        obs_dim, act_dim = weights["trunk.0.weight"].shape[1] - 1, weights["mu.weight"].shape[0]
+    actor = ALGOS[name].make_actor(cfg, obs_dim, act_dim)
     actor.load_state_dict(weights)
     return actor.to(device).eval(), cfg
 

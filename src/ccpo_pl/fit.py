@@ -88,7 +88,7 @@ def validate(cfg: DictConfig) -> None:
     on_nan = OmegaConf.select(cfg, "faults.on_nan")
     if on_nan not in ON_NAN:
         raise ConfigError(f"faults.on_nan={on_nan!r}; allowed: {', '.join(ON_NAN)}")
-    if updates_per_collect(cfg) < 1:
+    if not ALGOS[cfg.algo.name].on_policy and updates_per_collect(cfg) < 1:
         raise ConfigError(f"collect.updates_per_frame={cfg.collect.updates_per_frame} gives no update per "
                           f"collection of {cfg.collect.frames_per_collect} frames; raise it")
     _validate_devices(cfg)
@@ -266,7 +266,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
                     batch_size=cfg.collect.batch_size),
         seed=int(cfg.seed), eval_every=cfg.eval.every_epochs, eval_episodes=episodes, max_epochs=max_epochs,
         sidecar_dir=str(run_dir / "checkpoints" / "sidecars"), keep_buffers=cfg.checkpoint.keep_buffers,
-        run_config=OmegaConf.to_container(cfg, resolve=True),
+        run_config=OmegaConf.to_container(cfg, resolve=True), on_nan=cfg.faults.on_nan,
     )
     trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames)
     trainer.fit(module, ckpt_path=ckpt)

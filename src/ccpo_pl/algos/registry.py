@@ -1,13 +1,35 @@
-"""Algorithm name -> builder. Builders take the composed config and the env's sizes and return a module."""
+"""Algorithm name -> `AlgoSpec`: how to build its training module and how to rebuild its policy for evaluation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from ccpo_pl.algos.safe_module import SafeRLModule
 from ccpo_pl.nets import make_actor, make_critic
+
+
+def eps_actor(run_cfg: Mapping, obs_dim: int, act_dim: int) -> nn.Module:
+    """The `EpsActor` pi(a|s, eps) of a run, from its plain resolved config (what `load_policy` rebuilds)."""
+    return make_actor(run_cfg["algo"], obs_dim, act_dim, run_cfg["eps"]["range"])
+
+
+@dataclass(frozen=True)
+class AlgoSpec:
+    """An algorithm as the trainer and the evaluation see it.
+
+    build: `(cfg, obs_dim, act_dim, **base_kwargs) -> SafeRLModule`; the module holds its policy as `self.actor`.
+    make_actor: `(run_cfg, obs_dim, act_dim) -> nn.Module` with `forward(observation, eps) -> (loc, scale)`; the
+        evaluation loads the checkpoint's `actor.*` weights into it (deterministic action: `loc`).
+    on_policy: one collection per update (no replay; `collect.updates_per_frame` is not used).
+    """
+
+    build: Callable[..., SafeRLModule]
+    make_actor: Callable[[Mapping, int, int], nn.Module] = eps_actor
+    on_policy: bool = False
 
 
 def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> SafeRLModule:
@@ -23,12 +45,14 @@ def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> Sa
         versatile_start=a.versatile_start, versatile_frac=a.versatile_frac, states_per_eps=a.states_per_eps,
         num_samples=a.num_samples, kappa=a.kappa, dual=plain["dual"], kl_mean_bound=a.kl_mean_bound,
         kl_cov_bound=a.kl_cov_bound, kl_lr=tuple(a.kl_lr), kl_max=tuple(a.kl_max), cvi=a.cvi,
-        lagrangian=plain["lagrangian"], compile=a.compile, estep_precision=a.estep_precision,
-        on_nan=OmegaConf.select(cfg, "faults.on_nan", default="stop"), **base_kwargs,
+        lagrangian=plain["lagrangian"], compile=a.compile, estep_precision=a.estep_precision, **base_kwargs,
     )
 
 
-ALGOS: dict[str, Callable[..., SafeRLModule]] = {"ccpo": build_ccpo}
+ALGOS: dict[str, AlgoSpec] = {
+    "ccpo": AlgoSpec(build_ccpo),
+}
+
 
 
 def build(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> SafeRLModule:
@@ -36,4 +60,6 @@ def build(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> SafeRLM
     name = cfg.algo.name
     if name not in ALGOS:
         raise ValueError(f"unknown algo {name!r}; allowed: {', '.join(sorted(ALGOS))}")
-    return ALGOS[name](cfg, obs_dim, act_dim, **base_kwargs)
+    module = ALGOS[name].build(cfg, obs_dim, act_dim, **base_kwargs)
+    module.hparams.update(obs_dim=int(obs_dim), act_dim=int(act_dim))  # in the checkpoint, for `make_actor`
+    return module

@@ -11,7 +11,8 @@
 - periodic deterministic evaluation on the evaluation grid: `eval/eps_<eps>/{reward,cost,cv}`, the paper's
   averages `eval/avg_{reward,cv}` and over unseen thresholds `eval/avg_{reward,cv}_unseen`, the J(eps) plot as the
   image `eval/curves`, and a custom-scalar layout that puts all thresholds' curves of a quantity on one chart;
-Subclasses implement `configure_optimizers`, `training_step`, `on_new_collect` and `per_eps_metrics`.
+Subclasses implement `configure_optimizers`, `training_step`, `on_new_collect` and `per_eps_metrics`; on-policy
+ones (`algos.onpolicy.OnPolicyModule`) replace the stream through `make_stream`.
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ class SafeRLModule(L.LightningModule):
         keep_buffers: int = 2,
         run_config: dict | None = None,
         on_nan: str = "stop",
+        total_frames: int | None = None,
     ):
         super().__init__()
         if on_nan not in ON_NAN:
             raise ValueError(f"faults.on_nan={on_nan!r} is not allowed; use {' or '.join(ON_NAN)}")
         self.automatic_optimization = False
+        self.on_nan = on_nan
         self.make_train_env, self.make_eval_env = make_train_env, make_eval_env
         self.eps_behavior_t = torch.tensor([float(e) for e in eps_behavior])
         self.eps_range = (float(eps_range[0]), float(eps_range[1]))
@@ -101,13 +104,14 @@ class SafeRLModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         L.seed_everything(self.hparams.seed + self.global_rank, verbose=False)
 
+    def make_stream(self) -> OffPolicyStream:
+        """The train iterable (built once, inside the rank): a replay stream here; on-policy modules override."""
+        return OffPolicyStream(self._seeded_train_env, make_policy(self.actor), device=self.device,
+                               eps_behavior=self.hparams.eps_behavior, **self.hparams.stream)
+
     def train_dataloader(self) -> OffPolicyStream:
         if self.stream is None:
-            s = self.hparams.stream
-            self.stream = OffPolicyStream(
-                self._seeded_train_env, make_policy(self.actor), device=self.device,
-                eps_behavior=self.hparams.eps_behavior, **s,
-            )
+            self.stream = self.make_stream()
             if self._resume is not None:
                 self.stream.load_state_dict(self._resume["stream"])
                 self._seen_collects = self.stream.collects
@@ -149,7 +153,7 @@ class SafeRLModule(L.LightningModule):
             ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
         if ok:
             return True
-        if can_skip and self.hparams.on_nan == "skip":
+        if can_skip and self.on_nan == "skip":
             self.faults["skipped_updates"] += 1
             return False
         name = first_nonfinite({**(suspects or {}), **tensors}) or "a quantity on another rank"
@@ -162,7 +166,7 @@ class SafeRLModule(L.LightningModule):
         any_bad = bool(bad)
         if self.trainer.world_size > 1:
             any_bad = self.trainer.strategy.reduce_boolean_decision(any_bad, all=False)
-        if not any_bad or self.hparams.on_nan == "skip":
+        if not any_bad or self.on_nan == "skip":
             return
         what = " and ".join(f"{name} ({n} transitions)" for name, n in bad.items()) or "data on another rank"
         first = f" at frame {self.stream.nonfinite_frame * self.trainer.world_size}" if bad else ""
@@ -171,7 +175,7 @@ class SafeRLModule(L.LightningModule):
 
     def log_fault_counts(self) -> None:
         """With `on_nan="skip"`: `faults/skipped_updates` and `faults/dropped_transitions` (all ranks), once > 0."""
-        if self.hparams.on_nan != "skip":
+        if self.on_nan != "skip":
             return
         self.faults["dropped_transitions"] += self.stream.dropped
         self.stream.dropped = 0

@@ -1,5 +1,6 @@
-"""Data flow: TorchRL Collector -> replay buffer -> the train iterable Lightning consumes, one per rank."""
+"""Data flow: TorchRL Collector -> replay buffer (off-policy) or the whole collection (on-policy) -> the train
+iterable Lightning consumes, one per rank."""
 
-from ccpo_pl.data.stream import OffPolicyStream
+from ccpo_pl.data.stream import OffPolicyStream, OnPolicyStream
 
-__all__ = ["OffPolicyStream"]
+__all__ = ["OffPolicyStream", "OnPolicyStream"]

@@ -177,3 +177,56 @@ class OffPolicyStream:
         if self._collector is not None:
             self._collector.shutdown()
             self._collector = self._iterator = None
+
+
+#: What an on-policy update reads from a collection (kept in time order, `[envs, steps]`).
+ROLLOUT_KEYS = TRANSITION_KEYS + (("next", "done"), ("next", "episode_cost"))
+
+
+class OnPolicyStream(OffPolicyStream):
+    """Collector without replay: yields each collection whole, `[envs, steps]` in time order, once.
+
+    One Lagrange/trust-region update per collection, so an epoch is `collects_per_epoch` items. The collection of
+    the current policy is used once and dropped (nothing to save beside a checkpoint but the RNG states).
+    A collection with a NaN/inf in env data is still yielded (GAE needs the whole time series) with
+    `clean = False`; the module stops the run or skips that update (`faults.on_nan`).
+    """
+
+    def __init__(self, make_env: Callable[[], EnvBase], policy: Callable, *, frames_per_collect: int,
+                 collects_per_epoch: int, eps_behavior: Sequence[float], device: torch.device | str = "cpu",
+                 **_unused):
+        super().__init__(make_env, policy, frames_per_collect=frames_per_collect, updates_per_collect=1,
+                         collects_per_epoch=collects_per_epoch, buffer_size=1, batch_size=1,
+                         eps_behavior=eps_behavior, device=device)
+        self.clean = True
+        self._latest: TensorDictBase | None = None
+
+    def __len__(self) -> int:
+        return self.collects_per_epoch
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        if self._collector is None:
+            self._build()
+        for _ in range(self.collects_per_epoch - self.collects % self.collects_per_epoch):
+            self.collect()
+            batch, self._latest = self._latest, None
+            yield batch
+
+    def collect(self) -> None:
+        """Run one collection with the current policy and keep it for the next update."""
+        start = time.perf_counter()
+        batch = next(self._iterator)
+        self.collect_seconds += time.perf_counter() - start
+        finite = self._check_finite(batch)
+        self.clean = finite is None
+        self.frames += batch.numel()
+        self.collects += 1
+        self._tally_episodes(batch.reshape(-1) if finite is None else batch.reshape(-1)[finite.reshape(-1)])
+        self._latest = batch.select(*ROLLOUT_KEYS)
+
+    def buffer_state(self) -> dict:
+        """Nothing is replayed: an on-policy run resumes with a fresh collection."""
+        return {}
+
+    def load_buffer_state(self, state: dict) -> None:
+        """See `buffer_state`."""

@@ -100,6 +100,20 @@ class PlainCritic(nn.Module):
         return q_r.squeeze(-1), q_c.squeeze(-1)
 
 
+class ValueCritic(nn.Module):
+    """On-policy state values V_r(s, eps), V_c(s, eps): two separate MLPs of [s, e] (e the normalised threshold)."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int], eps_range: Sequence[float]):
+        super().__init__()
+        self.eps_range = tuple(float(x) for x in eps_range)
+        self.v = _TwoHeads(obs_dim + 1, 1, hidden, shared=False)
+
+    def forward(self, obs: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """`obs [..., obs_dim]`, `eps [..., 1]` -> (v_r, v_c), each `[...]`."""
+        v_r, v_c = self.v(_cat_broadcast(obs, normalise_eps(eps, self.eps_range)))
+        return v_r.squeeze(-1), v_c.squeeze(-1)
+
+
 class _TwoHeads(nn.Module):
     """(reward, cost) outputs of size `out` each, from one shared MLP or from two separate MLPs."""
 

@@ -260,15 +260,6 @@ def test_kl_multiplier_update_hand_sequence_with_clamps():
     assert seq[2] == pytest.approx([0.0, 0.0])  # 0.05 - 0.05; clamped at 0
 
 
-def test_lagrange_multiplier_update_hand_sequence_with_clamps():
-    lam, eps_q = torch.tensor([0.0, 9.0]), torch.tensor([3.0, 3.0])
-    seq = []
-    for q_c in ([2.0, 6.0], [5.0, 1.0], [3.5, 2.0]):
-        lam = eq.lagrange_multiplier_update(lam, torch.tensor(q_c), eps_q, lr=0.5, lam_max=10.0)
-        seq.append(lam.tolist())
-    assert seq == [pytest.approx([0.0, 10.0]), pytest.approx([1.0, 9.0]), pytest.approx([1.25, 8.5])]
-
-
 def test_lagrangian_actor_loss_gradients_scale_with_lam():
     gen = torch.Generator().manual_seed(12)
     q_r, q_c, log_prob = (torch.randn(3, 4, generator=gen, dtype=F64).requires_grad_() for _ in range(3))

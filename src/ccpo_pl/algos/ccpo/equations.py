@@ -351,21 +351,3 @@ def lagrangian_actor_loss(q_r: Tensor, q_c: Tensor, lam: Tensor, log_prob: Tenso
     """
     lam_ = lam.detach()[:, None]
     return ((alpha * log_prob - q_r + lam_ * q_c) / (1.0 + lam_)).mean(-1)
-
-
-def lagrange_multiplier_update(lam: Tensor, q_c_mean: Tensor, eps_q: Tensor, lr: float, lam_max: float) -> Tensor:
-    """Primal-dual (slides eq. (5)) dual step: projected gradient ascent, clamp(lam + lr (Q_c - eps_q), 0, lam_max).
-
-    Args:
-        lam: [E] current multipliers.
-        q_c_mean: [E] mean cost Q of the current policy's actions.
-        eps_q: [E] thresholds in Q units.
-        lr: step size.
-        lam_max: cap.
-
-    Returns:
-        [E] new multipliers, detached.
-
-    Differs from FSRL: driven by Q_c, not by the PID on the last collect's episodic cost.
-    """
-    return (lam + lr * (q_c_mean - eps_q)).clamp(0.0, lam_max).detach()

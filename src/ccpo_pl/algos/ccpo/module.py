@@ -39,6 +39,7 @@ from tensordict import TensorDictBase
 from torch import Tensor, nn
 
 from ccpo_pl.algos.ccpo import equations as eq
+from ccpo_pl.algos.lagrange import gradient_step
 from ccpo_pl.algos.safe_module import SafeRLModule
 
 
@@ -212,7 +213,7 @@ class CCPO(SafeRLModule):
         with torch.no_grad():
             q_r_mean, q_c_mean = self.reduce_mean(torch.stack((q_r.detach().mean(-1), q_c.detach().mean(-1))))
             eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
-            lam = eq.lagrange_multiplier_update(self.lam[bins], q_c_mean, eps_q, lag["lr"], lag["lam_max"])
+            lam = gradient_step(self.lam[bins], q_c_mean, eps_q, lag["lr"], lag["lam_max"])  # driven by Q_c
             if not self.check_finite({"Lagrange multiplier lam": lam}):
                 return None
             self.lam[bins] = lam
