@@ -1,4 +1,4 @@
-"""How fast is a CCPO run at the default config on BallCircle? Env steps/s and ms per update.
+"""How fast is a run of an algorithm (default: CCPO) at its default config on BallCircle? Env steps/s and ms per update.
 
 Reference (ARCHITECTURE §7 and `../shared/peers/README.md`, measured on this 2-core machine): FSRL CVPO on
 SafetyBallCircle-v0 runs 240-300 env steps/s at 0.2 updates per env step, one threshold per update, 15-18 ms per
@@ -10,9 +10,14 @@ The result line is the steady state, epochs 2..N: frames / (training-loop wall t
 collection + updates + Lightning overhead, without the one-off compilation of the first epoch; the line before it
 has the whole-run figures.
 
-    uv run --locked python benchmarks/ccpo_throughput.py [hydra overrides, e.g. collect.num_envs=20]
+    uv run --locked python benchmarks/ccpo_throughput.py [--algo NAME] [hydra overrides, e.g. collect.num_envs=20]
 
-Last line: env_steps_per_s=<x> ms_per_update=<y> thresholds_per_update=<n> updates_per_step=<u> ...
+`--algo NAME` (default ccpo) benchmarks any registered algorithm (`conf/algo/NAME.yaml`) the same way. FSRL's same
+algorithm on SafetyBallCircle-v0, measured on this machine: SAC-Lag ~280 env steps/s, PPO-Lag ~2,000, CPO ~1,080,
+CVPO 240-300 (`bash ../shared/peers/fsrl_run.sh <algo>`).
+
+Last line: env_steps_per_s=<x> ms_per_update=<y> thresholds_per_update=<n> updates_per_step=<u> algo=<name>
+(thresholds_per_update only for algorithms with `algo.n_eps`, the CCPO family).
 """
 
 from __future__ import annotations
@@ -21,23 +26,43 @@ import sys
 import tempfile
 
 from _common import commit, compose_cfg, log
+from omegaconf import OmegaConf
 
 from ccpo_pl.fit import fit
 
 
+def split_algo(argv: list[str]) -> tuple[str, list[str]]:
+    """(`--algo NAME`, `--algo=NAME` or the Hydra override `algo=NAME`, default ccpo; the other overrides)."""
+    algo, rest, i = "ccpo", [], 0
+    while i < len(argv):
+        if argv[i] == "--algo" and i + 1 < len(argv):
+            algo, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith(("--algo=", "algo=")):
+            algo = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    return algo, rest
+
+
 def main(argv: list[str]) -> None:
+    algo, overrides = split_algo(argv)
     with tempfile.TemporaryDirectory() as log_dir:
-        cfg = compose_cfg(["total_frames=30000", "eval.every_epochs=1000", "eval.episodes=1", f"log_dir={log_dir}",
-                           "run_name=throughput"], argv)
-        log(f"benchmark: ccpo throughput, env={cfg.env.id} total_frames={cfg.total_frames}")
+        cfg = compose_cfg([f"algo={algo}", "total_frames=30000", "eval.every_epochs=1000", "eval.episodes=1",
+                           f"log_dir={log_dir}", "run_name=throughput"], overrides)
+        log(f"benchmark: {algo} throughput, env={cfg.env.id} total_frames={cfg.total_frames}")
         m = fit(cfg)
     train_s = m["time/loop_s"] - m["time/eval_s"]
-    print(f"bench=ccpo_throughput task={cfg.env.id} frames={int(m['train/frames'])} wall_s={train_s:.1f} "
+    n_eps = OmegaConf.select(cfg, "algo.n_eps")
+    per_update = f"thresholds_per_update={n_eps} " if n_eps is not None else ""
+    print(f"bench=ccpo_throughput algo={algo} task={cfg.env.id} frames={int(m['train/frames'])} "
+          f"wall_s={train_s:.1f} "
           f"whole_run_env_steps_per_s={m['train/frames'] / train_s:.1f} "
           f"whole_run_ms_per_update={1e3 * m['time/update_s'] / m['time/updates']:.2f} "
           f"update_share={m['time/update_s'] / train_s:.2f} commit={commit()}")
     print(f"env_steps_per_s={m['time/steady_env_steps_per_s']:.1f} ms_per_update={m['time/steady_update_ms']:.2f} "
-          f"thresholds_per_update={cfg.algo.n_eps} updates_per_step={cfg.collect.updates_per_frame}")
+          f"{per_update}updates_per_step={cfg.collect.updates_per_frame} algo={algo}")
 
 
 if __name__ == "__main__":

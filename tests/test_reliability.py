@@ -381,7 +381,7 @@ def test_a_nan_dual_stops_the_run_naming_it(tmp_path, monkeypatch):
 
 
 def test_a_non_finite_parameter_stops_the_run_even_with_on_nan_skip(tmp_path, monkeypatch):
-    original, calls = ccpo_module._polyak, []
+    original, calls = ccpo_module.polyak, []
 
     def faulty(target, source, tau):
         original(target, source, tau)
@@ -389,7 +389,7 @@ def test_a_non_finite_parameter_stops_the_run_even_with_on_nan_skip(tmp_path, mo
         if len(calls) == 3:
             next(target.parameters()).data[0] = float("inf")
 
-    monkeypatch.setattr(ccpo_module, "_polyak", faulty)
+    monkeypatch.setattr(ccpo_module, "polyak", faulty)
     with pytest.raises(NumericalFault, match=r"^non-finite parameter critic_target\.\S+ at frame 200;"):
         fit(make_cfg(tmp_path, *SHORT, "faults.on_nan=skip"))
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ccpo_pl.algos.ccpo.cvpo import build_cvpo, cvpo_actor
+from ccpo_pl.algos.lagrangian.build import build_v_ddpg_lag, build_v_sac_lag
+from ccpo_pl.algos.lagrangian.nets import ddpg_actor, sac_actor
 from ccpo_pl.algos.safe_module import SafeRLModule
 from ccpo_pl.nets import make_actor, make_critic
 
@@ -32,15 +35,16 @@ class AlgoSpec:
     on_policy: bool = False
 
 
-def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> SafeRLModule:
-    """CCPO with its ablations as flags (`algo.vve`, `algo.cvi`)."""
+def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, module_cls: Callable[..., SafeRLModule] | None = None,
+               **base_kwargs) -> SafeRLModule:
+    """CCPO with its ablations as flags (`algo.vve`, `algo.cvi`); `module_cls`: a CCPO subclass (e.g. CVPO)."""
     from ccpo_pl.algos.ccpo.module import CCPO
 
     a = cfg.algo
     actor = make_actor(a, obs_dim, act_dim, cfg.eps.range)
     critic = make_critic(a, obs_dim, act_dim, cfg.eps.range)
     plain = OmegaConf.to_container(a, resolve=True)
-    return CCPO(
+    return (module_cls or CCPO)(
         actor, critic, gamma=a.gamma, tau=a.tau, lr_actor=a.lr_actor, lr_critic=a.lr_critic, n_eps=a.n_eps,
         versatile_start=a.versatile_start, versatile_frac=a.versatile_frac, states_per_eps=a.states_per_eps,
         num_samples=a.num_samples, kappa=a.kappa, dual=plain["dual"], kl_mean_bound=a.kl_mean_bound,
@@ -51,8 +55,12 @@ def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> Sa
 
 ALGOS: dict[str, AlgoSpec] = {
     "ccpo": AlgoSpec(build_ccpo),
+    "ccpo_wo_vve": AlgoSpec(build_ccpo),  # CCPO paper Table 3 ablations: conf/algo/ccpo_wo_{vve,cvi}.yaml
+    "ccpo_wo_cvi": AlgoSpec(build_ccpo),
+    "cvpo": AlgoSpec(build_cvpo, make_actor=cvpo_actor),
+    "v_sac_lag": AlgoSpec(build_v_sac_lag, make_actor=sac_actor),
+    "v_ddpg_lag": AlgoSpec(build_v_ddpg_lag, make_actor=ddpg_actor),
 }
-
 
 
 def build(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> SafeRLModule:

@@ -154,6 +154,10 @@ class OffPolicyStream:
         stats = torch.stack([torch.ones_like(ep_r), ep_r, ep_c], -1)
         self._episodes.index_add_(0, which, stats)
 
+    def peek_episode_stats(self) -> torch.Tensor:
+        """The tallies `pop_episode_stats` will return, left in place (`[n_behavior, 3]`: n, sum R, sum C)."""
+        return self._episodes.clone()
+
     def pop_episode_stats(self) -> torch.Tensor:
         """Finished-episode tallies per behaviour threshold since the last call: `[n_behavior, 3]` (n, sum R, sum C)."""
         out, self._episodes = self._episodes, torch.zeros_like(self._episodes)

@@ -7,7 +7,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 
-from ccpo_pl.algos.ccpo.module import CCPO, _polyak
+from ccpo_pl.algos.ccpo import equations as eq
+from ccpo_pl.algos.ccpo.module import CCPO
+from ccpo_pl.algos.common import polyak
 from ccpo_pl.algos.registry import build
 from ccpo_pl.fit import CONF_DIR
 
@@ -48,7 +50,7 @@ def test_critic_step_learns_the_known_cost_value_for_every_eps(terminated, expec
     eps = torch.tensor([10.0, 40.0, 70.0])
     for _ in range(600):
         module.critic_step(batch, eps)
-        _polyak(module.critic_target, module.critic, module.hparams.tau)
+        polyak(module.critic_target, module.critic, module.hparams.tau)
     q_r, q_c = module.critic(batch["observation"], batch["action"], torch.tensor([15.0, 55.0]).view(-1, 1, 1))
     assert q_c.mean().item() == pytest.approx(expected, abs=0.1)
     assert q_r.abs().max().item() < 0.1
@@ -89,3 +91,32 @@ def test_cvi_step_keeps_duals_in_bounds_and_moves_the_policy_within_the_trust_re
     assert torch.all(module.alpha_mu >= 0) and torch.all(module.alpha_sigma >= 0)
     assert any(not torch.equal(a, b) for a, b in zip(before, module.actor.parameters()))
     assert torch.all(module.stats[bins, 2] < 1.0)  # KL(mean) stays small after a few steps
+
+
+class _ConstantCostCritic(torch.nn.Module):
+    """Q_r = 0 and Q_c = `cost` for every action (kept differentiable in the action)."""
+
+    cost = 0.0
+
+    def forward(self, obs, act, eps):
+        zero = act.sum(-1) * 0.0
+        return zero, zero + self.cost
+
+
+@pytest.mark.parametrize(("method", "expected"), [("gradient", [1.0, 3.0, 3.5]), ("pid", [3.0, 11.0, 4.5])])
+def test_wo_cvi_multipliers_follow_the_selected_lagrange_rule(method, expected):
+    """Q_c above the Q-unit threshold by 2, 4, 1. Gradient (lr 0.5): 0+1, 1+2, 3+0.5. PID (kp 1, ki 0.5, kd 2):
+    2+1+0, 4+3+2*2, 1+3.5+0 (the first step has no derivative term)."""
+    module = make_module("algo.cvi=false", f"algo.lagrangian.method={method}", "algo.lagrangian.lr=0.5",
+                         "algo.lagrangian.pid={kp: 1.0, ki: 0.5, kd: 2.0}")
+    module.critic = _ConstantCostCritic()
+    eps = torch.tensor([40.0])
+    bins = module.bin_index(eps)
+    eps_q = float(eq.eps_to_q_units(eps, module.hparams.gamma, module.hparams.horizon))
+    seen = []
+    for above in (2.0, 4.0, 1.0):
+        module.critic.cost = eps_q + above
+        module.lagrangian_step(torch.randn(1, 8, OBS), eps, bins)
+        seen.append(module.lam[bins].item())
+    assert seen == pytest.approx(expected, rel=1e-5)
+    assert module.lam[module.bin_index(torch.tensor([20.0]))].item() == 0.0  # other bins untouched

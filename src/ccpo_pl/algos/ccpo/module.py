@@ -22,12 +22,12 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    and the actor loss before the duals are stored and the actor steps; the KL multipliers before they are stored;
    every parameter after the update (`SafeRLModule.check_finite`: stop, or skip the rest of the update).
 Ablations: `cvi=False` replaces steps 2-3 by a Lagrangian actor loss with one multiplier per threshold bin driven
-by Q_c against the Q-unit threshold; `vve=False` is a critic with eps appended to its input (`nets.PlainCritic`).
+by Q_c against the Q-unit threshold (`lagrangian.method`: projected gradient or PID, `algos.lagrange`);
+`vve=False` is a critic with eps appended to its input (`nets.PlainCritic`).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import time
 import warnings
@@ -39,7 +39,8 @@ from tensordict import TensorDictBase
 from torch import Tensor, nn
 
 from ccpo_pl.algos.ccpo import equations as eq
-from ccpo_pl.algos.lagrange import gradient_step
+from ccpo_pl.algos.common import frozen_copy, polyak
+from ccpo_pl.algos.lagrange import METHODS, gradient_step, pid_step
 from ccpo_pl.algos.safe_module import SafeRLModule
 
 
@@ -81,10 +82,14 @@ class CCPO(SafeRLModule):
                          **base_kwargs)
         self.save_hyperparameters(ignore=["actor", "critic", "make_train_env", "make_eval_env"])
         self.actor, self.critic = actor, critic
-        self.actor_old = _frozen_copy(actor)
-        self.critic_target = _frozen_copy(critic)
+        self.actor_old = frozen_copy(actor)
+        self.critic_target = frozen_copy(critic)
         self.dual = {"eta_init": 1.0, "lam_init": 0.0, **(dual or {})}
-        self.lagrangian = {"lr": 0.01, "lam_max": 100.0, "alpha": 0.0, **(lagrangian or {})}
+        self.lagrangian = {"method": "gradient", "lr": 0.01, "lam_max": 100.0, "alpha": 0.0,
+                           "pid": {"kp": 0.1, "ki": 0.01, "kd": 0.01}, **(lagrangian or {})}
+        if self.lagrangian["method"] not in METHODS:
+            raise ValueError(f"algo.lagrangian.method={self.lagrangian['method']!r} is not allowed; use "
+                             f"{' or '.join(METHODS)}")
         n_bins = len(self.eps_bins)
         self.register_buffer("eta", torch.full((n_bins,), float(self.dual["eta_init"])))
         self.register_buffer("lam", torch.full((n_bins,), float(self.dual["lam_init"])))
@@ -92,6 +97,9 @@ class CCPO(SafeRLModule):
         self.register_buffer("alpha_sigma", torch.zeros(n_bins))
         # per-bin running estimates for logging: q_r, q_c, kl_mean, kl_cov
         self.register_buffer("stats", torch.zeros(n_bins, 4))
+        if not cvi and self.lagrangian["method"] == "pid":  # PID state of the w/o-CVI multipliers, per bin
+            self.register_buffer("lam_integral", torch.zeros(n_bins))
+            self.register_buffer("lam_prev_cost", torch.full((n_bins,), float("nan")))  # nan: no step yet
         self.solve_dual = _maybe_compiled(eq.solve_estep_dual) if compile else eq.solve_estep_dual
         if estep_precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"algo.estep_precision={estep_precision!r} is not allowed; use auto, bf16 or fp32")
@@ -117,7 +125,7 @@ class CCPO(SafeRLModule):
             loss_actor = self.cvi_step(obs, eps, bins)
         else:
             loss_actor = self.lagrangian_step(obs, eps, bins)
-        _polyak(self.critic_target, self.critic, self.hparams.tau)
+        polyak(self.critic_target, self.critic, self.hparams.tau)
         self.check_finite({f"parameter {k}": v for k, v in self.named_parameters()}, can_skip=False)
         if loss_actor is not None:
             self.record_update(loss_critic, loss_actor, time.perf_counter() - start)
@@ -213,10 +221,18 @@ class CCPO(SafeRLModule):
         with torch.no_grad():
             q_r_mean, q_c_mean = self.reduce_mean(torch.stack((q_r.detach().mean(-1), q_c.detach().mean(-1))))
             eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
-            lam = gradient_step(self.lam[bins], q_c_mean, eps_q, lag["lr"], lag["lam_max"])  # driven by Q_c
+            if lag["method"] == "pid":  # Stooke et al.: on Q_c against eps in Q units; no derivative kick at first
+                prev = self.lam_prev_cost[bins]
+                prev = torch.where(torch.isnan(prev), q_c_mean, prev)
+                lam, integral, prev = pid_step(q_c_mean, eps_q, self.lam_integral[bins], prev,
+                                               lam_max=lag["lam_max"], **lag["pid"])
+            else:
+                lam = gradient_step(self.lam[bins], q_c_mean, eps_q, lag["lr"], lag["lam_max"])  # driven by Q_c
             if not self.check_finite({"Lagrange multiplier lam": lam}):
                 return None
             self.lam[bins] = lam
+            if lag["method"] == "pid":
+                self.lam_integral[bins], self.lam_prev_cost[bins] = integral, prev
             kl = torch.zeros_like(q_c_mean)
             self.update_stats(bins, q_r_mean, q_c_mean, kl, kl)
         return loss.detach()
@@ -297,15 +313,3 @@ def _maybe_compiled(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return call
-
-
-def _frozen_copy(module: nn.Module) -> nn.Module:
-    copy_ = copy.deepcopy(module)
-    copy_.requires_grad_(False)
-    return copy_
-
-
-@torch.no_grad()
-def _polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """theta_target <- (1 - tau) theta_target + tau theta (Polyak averaging of the target critic)."""
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

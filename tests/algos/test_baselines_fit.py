@@ -1,0 +1,90 @@
+"""Smoke fits of the baselines and ablations through `ccpo_pl.fit.fit` (the real config, `experiment=smoke`):
+each writes a checkpoint whose policy `load_policy` rebuilds and evaluates at an unseen threshold, and whose
+multipliers were driven by the run."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ccpo_pl.checkpointing import safe_load
+from ccpo_pl.evaluation import evaluate_thresholds, load_policy
+from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.nets import make_policy
+
+UNSEEN = 25.0  # not a behaviour threshold, not on the smoke evaluation grid
+
+
+def make_cfg(log_dir, algo: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        # 2 collections of 200 frames: episodes (200 steps, 2 envs) end in the second, so multipliers step once
+        return compose("config", overrides=["experiment=smoke", f"algo={algo}", f"log_dir={log_dir}",
+                                            "total_frames=400", "threads=1", "eps.eval=[10,70]"])
+
+
+@pytest.mark.parametrize("algo", ["v_sac_lag", "v_ddpg_lag", "cvpo", "ccpo_wo_vve", "ccpo_wo_cvi"])
+def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo):
+    cfg = make_cfg(tmp_path, algo)
+    metrics = fit(cfg)
+    assert cfg.label == algo and cfg.run_name == f"ball_circle-{algo}-s0"  # the named config's own name
+    run_dir = tmp_path / cfg.run_name
+    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    assert metrics["train/frames"] == 400 and math.isfinite(metrics["eval/avg_reward"])
+
+    actor, run_cfg = load_policy(ckpt_path)
+    assert run_cfg["algo"]["name"] == algo
+    reward, cost = evaluate_thresholds(make_policy(actor), run_cfg["env"], [UNSEEN], 1, seed=0,
+                                       max_steps=int(run_cfg["env"]["max_episode_steps"]))
+    assert torch.isfinite(reward).all() and (cost >= 0).all()
+
+    ckpt = safe_load(ckpt_path)
+    state = ckpt["state_dict"]
+    sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['ccpo']['sidecar']}.pt")
+    storage = sidecar["buffer"]["_storage"]
+    collected = set(storage["_storage"]["eps"][: int(storage["_len"])].view(-1).tolist())
+    # the episodes were collected under the behaviour thresholds; CVPO's only under its own threshold (the middle one)
+    if algo == "cvpo":
+        assert collected == {40.0}
+    else:
+        assert collected and collected <= {float(e) for e in cfg.eps.behavior}
+    if algo.startswith("v_"):  # one multiplier per behaviour threshold, stepped on episode costs
+        assert state["multipliers.lam"].shape == (len(cfg.eps.behavior),)
+        assert torch.all(state["multipliers.lam"] >= 0)
+        assert state["multipliers.started"].any()  # a threshold that finished an episode was stepped
+        assert torch.all(state["multipliers.prev_cost"] >= 0)
+    else:  # CCPO family: per-threshold-bin duals lam (E-step, or the Lagrangian of w/o CVI)
+        assert torch.all(state["lam"] >= 0) and state["lam"].numel() > 0
+    if algo == "ccpo_wo_vve" or algo == "cvpo":
+        assert any(k.startswith("critic.q.") for k in state) and not any(k.startswith("critic.psi") for k in state)
+    if algo.startswith("v_"):  # per behaviour threshold: lam at every collection, Q means once updates ran
+        acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        assert all(f"eps_{e:g}/lam" in tags for e in cfg.eps.behavior)
+        q_c = [v.value for e in cfg.eps.behavior if f"eps_{e:g}/q_c" in tags for v in acc.Scalars(f"eps_{e:g}/q_c")]
+        assert q_c and all(math.isfinite(v) for v in q_c)
+    if algo == "v_sac_lag":
+        assert "log_alpha" in state and state["log_alpha"] != 0  # the temperature was tuned
+
+
+@pytest.mark.slow
+def test_v_sac_lag_ddp_two_cpu_processes_keep_parameters_and_multipliers_identical(tmp_path):
+    # the multipliers step on episode costs summed over ranks: every rank must hold the same lam (check_sync
+    # compares every parameter and buffer after each batch)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run([sys.executable, "-m", "ccpo_pl.fit", "experiment=smoke", "algo=v_sac_lag",
+                          "trainer.devices=2", "check_sync=true", "run_name=ddp", "total_frames=800", "threads=1",
+                          "eps.eval=[25]"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("ddp_sync_checks="))
+    fields = dict(kv.split("=") for kv in line.split())
+    assert int(fields["ddp_sync_checks"]) == 80 and float(fields["max_param_diff"]) == 0.0
+    state = safe_load(tmp_path / "logs" / "ddp" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert state["multipliers.started"].any()
