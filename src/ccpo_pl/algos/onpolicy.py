@@ -208,7 +208,7 @@ class OnPolicyModule(SafeRLModule):
         if self.trainer.world_size == 1:
             return grads
         flat = self.reduce_mean(torch.cat([g.reshape(-1) for g in grads]))
-        return list(flat.split([g.numel() for g in grads]))
+        return [t.view_as(g) for t, g in zip(flat.split([g.numel() for g in grads]), grads)]
 
     @staticmethod
     def apply_grads(opt, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:

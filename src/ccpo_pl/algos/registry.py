@@ -53,6 +53,20 @@ def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, module_cls: Callable
     )
 
 
+def build_combined(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> SafeRLModule:
+    """C-PPO-Lag / C-TRPO-Lag: one Lagrangian policy per behaviour threshold, linearly combined (`algos.combined`)."""
+    from ccpo_pl.algos.combined.module import build_module
+
+    return build_module(cfg, obs_dim, act_dim, **base_kwargs)
+
+
+def combined_actor(run_cfg: Mapping, obs_dim: int, act_dim: int) -> nn.Module:
+    """The `CombinedActor` of a C-PPO-Lag / C-TRPO-Lag run: pi(.|eps) for any eps by the linear combination."""
+    from ccpo_pl.algos.combined.actor import make_combined_actor
+
+    return make_combined_actor(run_cfg["algo"], obs_dim, act_dim, run_cfg["eps"]["behavior"])
+
+
 ALGOS: dict[str, AlgoSpec] = {
     "ccpo": AlgoSpec(build_ccpo),
     "ccpo_wo_vve": AlgoSpec(build_ccpo),  # CCPO paper Table 3 ablations: conf/algo/ccpo_wo_{vve,cvi}.yaml
@@ -60,6 +74,8 @@ ALGOS: dict[str, AlgoSpec] = {
     "cvpo": AlgoSpec(build_cvpo, make_actor=cvpo_actor),
     "v_sac_lag": AlgoSpec(build_v_sac_lag, make_actor=sac_actor),
     "v_ddpg_lag": AlgoSpec(build_v_ddpg_lag, make_actor=ddpg_actor),
+    "c_ppo_lag": AlgoSpec(build_combined, make_actor=combined_actor, on_policy=True),
+    "c_trpo_lag": AlgoSpec(build_combined, make_actor=combined_actor, on_policy=True),
 }
 
 
