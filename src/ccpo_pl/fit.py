@@ -68,6 +68,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.algo.name not in ALGOS:
         raise ConfigError(f"unknown algo {cfg.algo.name!r}; allowed: {', '.join(sorted(ALGOS))}")
     behavior = _positive_list(cfg, "eps.behavior")
+    if OmegaConf.select(cfg, "algo.single_threshold", default=False) and len(behavior) != 1:  # CPO family
+        raise ConfigError(f"algo={cfg.algo.name} trains at one cost limit: eps.behavior={behavior} must hold one "
+                          f"value, e.g. eps.behavior=[25]")
     evals = _positive_list(cfg, "eps.eval")
     lo, hi = (float(x) for x in cfg.eps.range)
     if not 0 < lo < hi:

@@ -67,6 +67,13 @@ def combined_actor(run_cfg: Mapping, obs_dim: int, act_dim: int) -> nn.Module:
     return make_combined_actor(run_cfg["algo"], obs_dim, act_dim, run_cfg["eps"]["behavior"])
 
 
+def build_cpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> SafeRLModule:
+    """CPO and the CPO paper's baselines PDO, TRPO, FPO (`algos.cpo`), chosen by `algo.name`."""
+    from ccpo_pl.algos.cpo.module import build_module
+
+    return build_module(cfg, obs_dim, act_dim, **base_kwargs)
+
+
 ALGOS: dict[str, AlgoSpec] = {
     "ccpo": AlgoSpec(build_ccpo),
     "ccpo_wo_vve": AlgoSpec(build_ccpo),  # CCPO paper Table 3 ablations: conf/algo/ccpo_wo_{vve,cvi}.yaml
@@ -76,6 +83,10 @@ ALGOS: dict[str, AlgoSpec] = {
     "v_ddpg_lag": AlgoSpec(build_v_ddpg_lag, make_actor=ddpg_actor),
     "c_ppo_lag": AlgoSpec(build_combined, make_actor=combined_actor, on_policy=True),
     "c_trpo_lag": AlgoSpec(build_combined, make_actor=combined_actor, on_policy=True),
+    "cpo": AlgoSpec(build_cpo, on_policy=True),  # CPO paper: conf/algo/{cpo,pdo,trpo,fpo}.yaml
+    "pdo": AlgoSpec(build_cpo, on_policy=True),
+    "trpo": AlgoSpec(build_cpo, on_policy=True),
+    "fpo": AlgoSpec(build_cpo, on_policy=True),
 }
 
 

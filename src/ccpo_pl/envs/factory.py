@@ -45,6 +45,7 @@ TASKS: dict[str, tuple[str, str, int]] = {
     "ant_run": ("bullet", "SafetyAntRun-v0", 200),
     "ball_run": ("bullet", "SafetyBallRun-v0", 100),
     "car_run": ("bullet", "SafetyCarRun-v0", 200),
+    "ant_circle": ("bullet", "SafetyAntCircle-v0", 500),  # the CPO paper's Ant-Circle analogue
     # Safety-Gymnasium 1.0.0.
     "point_circle": ("safety_gymnasium", "SafetyPointCircle1-v0", 500),
     "car_circle_sg": ("safety_gymnasium", "SafetyCarCircle1-v0", 500),
