@@ -192,6 +192,23 @@ def test_report_aggregates_seeds_per_task_and_label_and_bolds_the_lowest_cv(tmp_
     assert float(rows[("ball_circle", "ccpo")]["avg_cv_std"]) == 1.0 and rows[("ball_circle", "ccpo")]["runs"] == "2"
 
 
+def test_report_sections_build_one_file_and_regenerate_in_place(tmp_path):
+    main, extra = tmp_path / "main", tmp_path / "extra"
+    _fake_run(main, "a", avg_reward=700.0, avg_cv=1.0)
+    _fake_run(extra, "b", label="v_sac_lag", algo="v_sac_lag", avg_reward=650.0, avg_cv=9.0)
+    out = tmp_path / "RESULTS.md"
+    first = report([main], out=out, title="CCPO per task")
+    report([extra], out=out, title="Baselines at 100k", section=True)
+    text = out.read_text()
+    assert text.startswith(first) and "## Baselines at 100k" in text and "| ball_circle | Avg. CV ↓ | **9.00 ± 0.00** |" in text
+    assert (tmp_path / "RESULTS-baselines-at-100k.csv").is_file() and (tmp_path / "RESULTS.csv").is_file()
+    _fake_run(extra, "c", label="v_sac_lag", algo="v_sac_lag", seed=1, avg_reward=660.0, avg_cv=7.0)
+    report([extra], out=out, title="Baselines at 100k", section=True)  # regenerated: replaced, not appended
+    again = out.read_text()
+    assert again.count("## Baselines at 100k") == 1 and "| ball_circle | Avg. CV ↓ | **8.00 ± 1.00** |" in again
+    assert again.startswith(first)
+
+
 def test_report_refuses_a_directory_without_evaluated_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ccpo_pl.report", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)

@@ -1,10 +1,13 @@
-"""`python -m ccpo_pl.report <sweep dir> [<dir> ...] [--out FILE.md] [--notes FILE]`: the CCPO paper's Table 1.
+"""`python -m ccpo_pl.report <sweep dir> [<dir> ...] [--out FILE.md] [--notes FILE] [--section]`: the CCPO paper's Table 1.
 
 Collects every evaluated run under the given directories (each `<run>/eval/summary.json`, written by
 `python -m ccpo_pl.evaluate` or at the end of `ccpo_pl.fit`) and aggregates them per task and per run label
 (`label`, by default the algorithm's name): Avg. R, Avg. CV, Avg. R-G and Avg. CV-G as mean ± std over seeds, one
 column per label, the lowest CV of each row in bold. Writes a Markdown report (the table, then one line per run
-with its frames, wall time and command) and a CSV beside it; prints the Markdown.
+with its frames, wall time and command) and a CSV beside it; prints the Markdown. With `--section`, the report is
+one section of `--out` instead: written between markers named by its title, replacing that section if it is there
+and leaving the rest of the file as it is (one results file built from several generated tables); its CSV is
+`<out stem>-<title slug>.csv`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import shlex
 import sys
 from collections import defaultdict
@@ -140,9 +144,9 @@ def write_csv(table: dict, path: Path) -> None:
 
 
 def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str | Path | None = None,
-           title: str = "CCPO paper Table 1 metrics", command: str | None = None) -> str:
-    """Aggregate the runs under `dirs`; write `out` (default `<first dir>/report.md`) and its `.csv`; return
-    the Markdown."""
+           title: str = "CCPO paper Table 1 metrics", command: str | None = None, section: bool = False) -> str:
+    """Aggregate the runs under `dirs`; write `out` (default `<first dir>/report.md`) and its `.csv`, or with
+    `section` replace or add this report's section of `out` (see the module docstring); return the Markdown."""
     runs = find_runs(dirs)
     table = aggregate([s for _, s in runs])
     root = Path(dirs[0]) if len(dirs) == 1 else None
@@ -153,6 +157,19 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str
             raise ConfigError(f"--notes {str(notes)!r} does not exist")
         text += "\n" + Path(notes).read_text()
     out.parent.mkdir(parents=True, exist_ok=True)
+    if section:
+        slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+        begin, end = f"<!-- report section: {slug} -->", f"<!-- end of report section: {slug} -->"
+        block = f"{begin}\n{text.replace('# ', '## ', 1)}{end}\n"
+        old = out.read_text() if out.is_file() else ""
+        if begin in old and end in old:
+            head, rest = old.split(begin, 1)
+            new_text = head + block + rest.split(end, 1)[1].removeprefix("\n")
+        else:
+            new_text = old + ("\n" if old and not old.endswith("\n\n") else "") + block
+        out.write_text(new_text)
+        write_csv(table, out.with_name(f"{out.stem}-{slug}.csv"))
+        return text
     out.write_text(text)
     write_csv(table, out.with_suffix(".csv"))
     return text
@@ -164,10 +181,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="Markdown report (default <first dir>/report.md); the CSV goes beside it")
     parser.add_argument("--notes", help="a Markdown file appended to the report (e.g. what was learnt)")
     parser.add_argument("--title", default="CCPO paper Table 1 metrics")
+    parser.add_argument("--section", action="store_true",
+                        help="write the report as a section of --out (replacing the section of the same title)")
     args = parser.parse_args(argv)
+    if args.section and args.out is None:
+        print("ccpo_pl.report: error: --section needs --out FILE.md (the file the section goes into)", file=sys.stderr)
+        sys.exit(2)
     command = "python -m ccpo_pl.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
-        print(report(args.dirs, args.out, args.notes, args.title, command), end="")
+        print(report(args.dirs, args.out, args.notes, args.title, command, args.section), end="")
     except ConfigError as err:
         print(f"ccpo_pl.report: error: {err}", file=sys.stderr)
         sys.exit(2)
