@@ -160,6 +160,20 @@ class SafeRLModule(L.LightningModule):
         raise NumericalFault(f"non-finite {name} at frame {self.global_frames}; stopped, the last good checkpoint "
                              f"is kept (faults.on_nan=skip skips such updates instead)")
 
+    @staticmethod
+    def batch_suspects(batch) -> dict[str, Tensor]:
+        """The replay-batch entries a NaN in a critic loss can come from, for `check_finite`'s message."""
+        nxt = batch["next"]
+        return {"batch observation": batch["observation"], "batch action": batch["action"],
+                "batch next observation": nxt["observation"], "batch reward": nxt["reward"],
+                "batch cost": nxt["cost"]}
+
+    def optimizer_step(self, opt, loss: Tensor) -> None:
+        """zero_grad, manual_backward (DDP-averaged gradients), step."""
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+
     def check_env_data(self) -> None:
         """After each collection: NaN/inf from the env (never stored) stops the run, or is counted (`skip`)."""
         bad = self.stream.nonfinite

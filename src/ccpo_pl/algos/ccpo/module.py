@@ -146,15 +146,9 @@ class CCPO(SafeRLModule):
             y_c = nxt["cost"].view(-1) + hp.gamma * not_term * q_c_next
         q_r, q_c = self.critic(batch["observation"], batch["action"], eps_b)  # [E, B]
         loss = F.mse_loss(q_r, y_r) + F.mse_loss(q_c, y_c)
-        suspects = {"batch observation": batch["observation"], "batch action": batch["action"],
-                    "batch next observation": nxt["observation"], "batch reward": nxt["reward"],
-                    "batch cost": nxt["cost"]}  # a NaN in any of them makes the loss NaN
-        if not self.check_finite({"critic loss": loss}, suspects=suspects):
+        if not self.check_finite({"critic loss": loss}, suspects=self.batch_suspects(batch)):
             return None
-        opt = self.optimizers()[0]
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
+        self.optimizer_step(self.optimizers()[0], loss)
         return loss.detach()
 
     def cvi_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor | None:
@@ -184,10 +178,7 @@ class CCPO(SafeRLModule):
         if not self.check_finite({"E-step dual eta": eta, "E-step dual lam": lam, "actor loss": loss}):
             return None
         self.eta[bins], self.lam[bins] = eta, lam
-        opt = self.optimizers()[1]
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
+        self.optimizer_step(self.optimizers()[1], loss)
         with torch.no_grad():  # one collective: every rank updates the multipliers and statistics identically
             stats = self.reduce_mean(torch.stack((kl_mu.detach(), kl_sigma.detach(), q_r.mean((1, 2)),
                                                   q_c.mean((1, 2)))))
@@ -214,10 +205,7 @@ class CCPO(SafeRLModule):
         loss = eq.lagrangian_actor_loss(q_r, q_c, self.lam[bins], dist.log_prob(actions), lag["alpha"]).mean()
         if not self.check_finite({"actor loss": loss}):
             return None
-        opt = self.optimizers()[1]
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
+        self.optimizer_step(self.optimizers()[1], loss)
         with torch.no_grad():
             q_r_mean, q_c_mean = self.reduce_mean(torch.stack((q_r.detach().mean(-1), q_c.detach().mean(-1))))
             eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)

@@ -161,15 +161,9 @@ class OffPolicyLagrangian(SafeRLModule):
         for critic in self.critics:
             q_r, q_c = critic(batch["observation"], batch["action"], eps)
             loss = loss + F.mse_loss(q_r, y_r) + F.mse_loss(q_c, y_c)
-        suspects = {"batch observation": batch["observation"], "batch action": batch["action"],
-                    "batch next observation": nxt["observation"], "batch reward": nxt["reward"],
-                    "batch cost": nxt["cost"]}
-        if not self.check_finite({"critic loss": loss}, suspects=suspects):
+        if not self.check_finite({"critic loss": loss}, suspects=self.batch_suspects(batch)):
             return None
-        opt = self.optimizers()[0]
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
+        self.optimizer_step(self.optimizers()[0], loss)
         return loss.detach()
 
     def actor_step(self, obs: Tensor, eps: Tensor, index: Tensor) -> Tensor | None:
@@ -178,10 +172,7 @@ class OffPolicyLagrangian(SafeRLModule):
             loss, q_r, q_c = self.actor_loss(obs, eps, self.multipliers.lam[index])
         if not self.check_finite({"actor loss": loss}):
             return None
-        opt = self.optimizers()[1]
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
+        self.optimizer_step(self.optimizers()[1], loss)
         with torch.no_grad():
             self.q_sums = self.q_sums.to(q_r.device)  # no copy once there
             ones = torch.ones_like(q_r)
@@ -284,10 +275,7 @@ class VSACLag(OffPolicyLagrangian):
         loss = super().actor_step(obs, eps, index)
         if loss is not None and self.log_alpha.requires_grad:
             loss_alpha = eq.temperature_loss(self.log_alpha, self._log_prob, self.target_entropy)
-            opt = self.optimizers()[2]
-            opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss_alpha)
-            opt.step()
+            self.optimizer_step(self.optimizers()[2], loss_alpha)
             self._entropy = -self._log_prob.mean()
         return loss
 
