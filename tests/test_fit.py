@@ -154,9 +154,10 @@ def test_cli_unknown_env_exits_nonzero_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path):
+@pytest.mark.parametrize("compile_update", ["false", "true"])  # true: the default config's compiled update
+def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path, compile_update):
     out = _run_cli("experiment=smoke", "trainer.devices=2", "check_sync=true", "run_name=ddp", "total_frames=1600",
-                   cwd=tmp_path)
+                   f"algo.compile={compile_update}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("ddp_sync_checks="))
     fields = dict(kv.split("=") for kv in line.split())

@@ -21,6 +21,11 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
 6. Numerical faults (ours): the replay batch and critic loss are checked before the critic step; the E-step duals
    and the actor loss before the duals are stored and the actor steps; the KL multipliers before they are stored;
    every parameter after the update (`SafeRLModule.check_finite`: stop, or skip the rest of the update).
+7. Speed (ours): with `compile=True` the three fixed-shape blocks of an update (`td_loss`, `estep`,
+   `mstep_objective`) are each one `torch.compile`d graph, forward and backward; the noise they use is drawn
+   outside them, so compiled and eager updates draw the same numbers.
+8. Critic ensemble (`critic_ensemble` n > 1, ours): n critics trained on one target built from the pessimistic pair
+   (min_j Q_r^j, max_j Q_c^j) of the target critics, which also gives the E-step's Q values (`nets.CriticEnsemble`).
 Ablations: `cvi=False` replaces steps 2-3 by a Lagrangian actor loss with one multiplier per threshold bin driven
 by Q_c against the Q-unit threshold (`lagrangian.method`: projected gradient or PID, `algos.lagrange`);
 `vve=False` is a critic with eps appended to its input (`nets.PlainCritic`).
@@ -42,6 +47,7 @@ from ccpo_pl.algos.ccpo import equations as eq
 from ccpo_pl.algos.common import frozen_copy, polyak
 from ccpo_pl.algos.lagrange import METHODS, gradient_step, pid_step
 from ccpo_pl.algos.safe_module import SafeRLModule
+from ccpo_pl.nets import critic_members
 
 
 class CCPO(SafeRLModule):
@@ -100,7 +106,9 @@ class CCPO(SafeRLModule):
         if not cvi and self.lagrangian["method"] == "pid":  # PID state of the w/o-CVI multipliers, per bin
             self.register_buffer("lam_integral", torch.zeros(n_bins))
             self.register_buffer("lam_prev_cost", torch.full((n_bins,), float("nan")))  # nan: no step yet
-        self.solve_dual = _maybe_compiled(eq.solve_estep_dual) if compile else eq.solve_estep_dual
+        # compile=True: the three fixed-shape blocks of an update, each one fused graph (forward and backward)
+        maybe = _maybe_compiled if compile else (lambda fn: fn)
+        self.td_loss_fn, self.estep_fn, self.mstep_fn = maybe(self.td_loss), maybe(self.estep), maybe(self.mstep_objective)
         if estep_precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"algo.estep_precision={estep_precision!r} is not allowed; use auto, bf16 or fp32")
 
@@ -136,52 +144,46 @@ class CCPO(SafeRLModule):
 
     def critic_step(self, batch: TensorDictBase, eps: Tensor) -> Tensor | None:
         """VVE fit: TD(0) for every (transition, eps_i) pair, f in {r, c}; None if skipped (non-finite input)."""
-        hp, nxt = self.hparams, batch["next"]
-        eps_b = eps.view(-1, 1, 1)  # [E, 1, 1] against B transitions
-        with torch.no_grad():
-            loc, scale = self.actor(nxt["observation"], eps_b)  # [E, B, A]
-            q_r_next, q_c_next = self.critic_target(nxt["observation"], loc + scale * torch.randn_like(loc), eps_b)
-            not_term = 1.0 - nxt["terminated"].float().view(-1)
-            y_r = nxt["reward"].view(-1) + hp.gamma * not_term * q_r_next
-            y_c = nxt["cost"].view(-1) + hp.gamma * not_term * q_c_next
-        q_r, q_c = self.critic(batch["observation"], batch["action"], eps_b)  # [E, B]
-        loss = F.mse_loss(q_r, y_r) + F.mse_loss(q_c, y_c)
+        nxt = batch["next"]
+        act = batch["action"]
+        noise = torch.randn(len(eps), *act.shape, device=act.device)  # next actions from pi(.|s', eps_i)
+        loss = self.td_loss_fn(batch["observation"], act, nxt["observation"], nxt["reward"].view(-1),
+                               nxt["cost"].view(-1), nxt["terminated"].view(-1), eps.view(-1, 1, 1), noise)
         if not self.check_finite({"critic loss": loss}, suspects=self.batch_suspects(batch)):
             return None
         self.optimizer_step(self.optimizers()[0], loss)
         return loss.detach()
 
+    def td_loss(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, cost: Tensor, terminated: Tensor,
+                eps: Tensor, noise: Tensor) -> Tensor:
+        """Slides eq. 3 fitted by TD(0): sum over f in {r, c} of MSE(Q_f(s,a|eps), f + gamma Q_f'(s',a'|eps)),
+        a' = loc + scale * noise from pi(.|s', eps); `eps [E, 1, 1]` against `[B, ...]` transitions."""
+        gamma = self.hparams.gamma
+        with torch.no_grad():
+            loc, scale = self.actor(next_obs, eps)  # [E, B, A]
+            q_r_next, q_c_next = self.critic_target(next_obs, loc + scale * noise, eps)
+            not_term = 1.0 - terminated.float()
+            y_r = reward + gamma * not_term * q_r_next
+            y_c = cost + gamma * not_term * q_c_next
+        q_r, q_c = critic_members(self.critic, obs, act, eps)  # [n, E, B]: every ensemble member on one target
+        return F.mse_loss(q_r, y_r.expand_as(q_r)) + F.mse_loss(q_c, y_c.expand_as(q_c))
+
     def cvi_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor | None:
         """Conditioned E-step (per-eps dual, eq. 10, weights eq. 8) then the multi-eps M-step; None if skipped."""
         hp = self.hparams
         n_eps, n_states = obs.shape[:2]
-        eps_b = eps.view(-1, 1, 1)
-        with torch.no_grad():
-            loc_old, scale_old = self.actor_old(obs, eps_b)  # [E, S, A]
-            noise = torch.randn(n_eps, n_states, hp.num_samples, loc_old.shape[-1], device=obs.device)
-            actions = loc_old.unsqueeze(2) + scale_old.unsqueeze(2) * noise  # [E, S, K, A]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.estep_bf16):
-                q_r, q_c = self.critic_target(obs.unsqueeze(2), actions, eps.view(-1, 1, 1, 1))  # [E, S, K]
-            q_r, q_c = q_r.float(), q_c.float()
-            eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
-            eta, lam = self.solve_dual(
-                q_r, q_c, eps_q, hp.kappa, self.eta[bins], self.lam[bins], reduce=self.dual_reduce,
-                **{k: v for k, v in self.dual.items() if k not in ("eta_init", "lam_init")},
-            )
-            weights = eq.estep_weights(q_r, q_c, eta, lam)
-        loc, scale = self.actor(obs, eps_b)
-        loss_mle = eq.mstep_loss(actions, weights, loc, scale, loc_old, scale_old)
-        kl_mu = eq.kl_mean(loc_old, loc, scale_old)
-        kl_sigma = eq.kl_cov(scale_old, scale)
-        loss = (loss_mle + self.alpha_mu[bins] * (kl_mu - hp.kl_mean_bound)
-                + self.alpha_sigma[bins] * (kl_sigma - hp.kl_cov_bound)).mean()
+        noise = torch.randn(n_eps, n_states, hp.num_samples, hp.act_dim, device=obs.device)  # K samples per state
+        _ = self.estep_bf16, self.dual_reduce  # resolved once, outside the compiled E-step
+        actions, weights, eta, lam, loc_old, scale_old, q_means = self.estep_fn(
+            obs, eps, noise, self.eta[bins], self.lam[bins])
+        loss, kl_mu, kl_sigma = self.mstep_fn(obs, eps.view(-1, 1, 1), actions, weights, loc_old, scale_old,
+                                              self.alpha_mu[bins], self.alpha_sigma[bins])
         if not self.check_finite({"E-step dual eta": eta, "E-step dual lam": lam, "actor loss": loss}):
             return None
         self.eta[bins], self.lam[bins] = eta, lam
         self.optimizer_step(self.optimizers()[1], loss)
         with torch.no_grad():  # one collective: every rank updates the multipliers and statistics identically
-            stats = self.reduce_mean(torch.stack((kl_mu.detach(), kl_sigma.detach(), q_r.mean((1, 2)),
-                                                  q_c.mean((1, 2)))))
+            stats = self.reduce_mean(torch.cat((torch.stack((kl_mu.detach(), kl_sigma.detach())), q_means)))
             kl_mu, kl_sigma = stats[0], stats[1]
             alpha_mu = eq.kl_multiplier_update(self.alpha_mu[bins], kl_mu, hp.kl_mean_bound, hp.kl_lr[0],
                                                hp.kl_max[0])
@@ -193,6 +195,39 @@ class CCPO(SafeRLModule):
             self.alpha_mu[bins], self.alpha_sigma[bins] = alpha_mu, alpha_sigma
             self.update_stats(bins, stats[2], stats[3], kl_mu, kl_sigma)
         return loss.detach()
+
+    @torch.no_grad()
+    def estep(self, obs: Tensor, eps: Tensor, noise: Tensor, eta0: Tensor, lam0: Tensor) -> tuple[Tensor, ...]:
+        """Conditioned E-step (slides eqs. 7-10) for `obs [E, S, obs]` at thresholds `eps [E]`: K = noise.shape[2]
+        actions per state from pi_old(.|s, eps_i), their Q from the target critic, the dual (eta_i, lam_i) warm-
+        started at (eta0, lam0), and the weights (eq. 8). Returns (actions [E,S,K,A], weights [E,S,K], eta, lam,
+        loc_old, scale_old, the batch means of q_r and q_c stacked [2, E])."""
+        hp = self.hparams
+        loc_old, scale_old = self.actor_old(obs, eps.view(-1, 1, 1))  # [E, S, A]
+        actions = loc_old.unsqueeze(2) + scale_old.unsqueeze(2) * noise  # [E, S, K, A]
+        with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=self.estep_bf16):
+            q_r, q_c = self.critic_target(obs.unsqueeze(2), actions, eps.view(-1, 1, 1, 1))  # [E, S, K]
+        q_r, q_c = q_r.float(), q_c.float()
+        eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
+        eta, lam = eq.solve_estep_dual(
+            q_r, q_c, eps_q, hp.kappa, eta0, lam0, reduce=self.dual_reduce,
+            **{k: v for k, v in self.dual.items() if k not in ("eta_init", "lam_init")},
+        )
+        weights = eq.estep_weights(q_r, q_c, eta, lam)
+        return actions, weights, eta, lam, loc_old, scale_old, torch.stack((q_r.mean((1, 2)), q_c.mean((1, 2))))
+
+    def mstep_objective(self, obs: Tensor, eps: Tensor, actions: Tensor, weights: Tensor, loc_old: Tensor,
+                        scale_old: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Multi-eps M-step (slides "Versatile M-step"): decoupled weighted MLE plus the KL trust-region terms
+        alpha_mu (kl_mean - bound) + alpha_sigma (kl_cov - bound), averaged over thresholds; (loss, kl_mu [E],
+        kl_sigma [E])."""
+        hp = self.hparams
+        loc, scale = self.actor(obs, eps)
+        loss_mle = eq.mstep_loss(actions, weights, loc, scale, loc_old, scale_old)
+        kl_mu = eq.kl_mean(loc_old, loc, scale_old)
+        kl_sigma = eq.kl_cov(scale_old, scale)
+        loss = (loss_mle + alpha_mu * (kl_mu - hp.kl_mean_bound) + alpha_sigma * (kl_sigma - hp.kl_cov_bound)).mean()
+        return loss, kl_mu, kl_sigma
 
     def lagrangian_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor | None:
         """`cvi=False` ablation: reparameterised Lagrangian actor loss, one multiplier per threshold bin."""
@@ -238,10 +273,11 @@ class CCPO(SafeRLModule):
         return self.device.type == "cpu" and torch.backends.mkldnn.is_available() and bool(
             torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
-    @property
+    @functools.cached_property
     def dual_reduce(self) -> Callable | None:
         """The across-rank mean for the dual solver: None on one process; under DDP kept out of torch.compile
-        (a graph break that runs the collective eagerly)."""
+        (a graph break that runs the collective eagerly). One object for the whole run, so that the compiled
+        E-step's guard on it holds."""
         if self.trainer.world_size == 1:
             return None
         return torch.compiler.disable(self.reduce_mean)
