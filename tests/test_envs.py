@@ -8,6 +8,7 @@ from torchrl.envs.utils import check_env_specs, step_mdp
 
 from ccpo_pl import compat
 from ccpo_pl.envs import TASKS, make_env
+from ccpo_pl.envs.batched import BulletBatchEnv
 
 
 def task_cfg(name: str, max_episode_steps: int | None = None) -> dict:
@@ -114,8 +115,7 @@ def test_bullet_cost_matches_simulator_and_raw_action_is_kept():
     with compat.process_std_streams():
         raw = gymnasium.make("SafetyBallCircle-v0")
     np.random.seed(seed)  # bullet-safety-gym draws from numpy's global RNG; reset(seed=) is ignored
-    raw.reset(seed=seed)  # what TorchRL's set_seed does, then the rollout's own reset
-    obs, _ = raw.reset()
+    obs, _ = raw.reset()  # BulletBatchEnv.set_seed seeds that stream only; then the rollout's own reset
     raw_costs, raw_observations = [], [obs]
     for action in actions:
         obs, _, _, _, info = raw.step(np.clip(action, -1.0, 1.0))
@@ -131,17 +131,17 @@ def test_simulator_receives_clipped_action():
     env = make_env(task_cfg("ball_circle"), num_envs=2, seed=0, eps_values=[20])
     td = env.reset()
     received = []
-    inner = env.base_env._envs[0]
-    inner_step = inner._step
+    inner = env.base_env._envs[0]  # the first gym env of the BulletBatchEnv
+    inner_step = inner.step
 
-    def spy(tensordict):
-        received.append(tensordict["action"].clone())
-        return inner_step(tensordict)
+    def spy(action):
+        received.append(np.array(action))
+        return inner_step(action)
 
-    inner._step = spy
+    inner.step = spy
     td["action"] = torch.tensor([[3.0, -0.5], [-2.0, 0.25]])
     td = env.step(td)
-    assert torch.equal(received[0], torch.tensor([1.0, -0.5]))
+    assert np.array_equal(received[0], np.array([1.0, -0.5], np.float32))
     assert torch.equal(td["action"], torch.tensor([[3.0, -0.5], [-2.0, 0.25]]))
     env.close()
 
@@ -221,3 +221,44 @@ def test_env_configs_match_tasks():
         assert TASKS[path.stem] == (cfg.env.suite, cfg.env.id, cfg.env.max_episode_steps), path.name
         low, high = cfg.eps.range
         assert all(low <= eps <= high for eps in [*cfg.eps.behavior, *cfg.eps.eval]), path.name
+
+
+def test_bullet_batch_env_resets_only_the_flagged_envs():
+    env = BulletBatchEnv("SafetyBallCircle-v0", 3, seed=4)
+    td = env.reset()
+    for _ in range(5):
+        td["action"] = torch.rand(3, 2) * 2 - 1
+        td = step_mdp(env.step(td))
+    before = td["observation"].clone()
+    td["_reset"] = torch.tensor([[False], [True], [False]])  # as a collector asks for it: with the current data
+    after = env.reset(td)["observation"]
+    assert torch.equal(after[0], before[0]) and torch.equal(after[2], before[2])
+    assert not torch.equal(after[1], before[1])
+    env.close()
+
+
+def test_bullet_batch_env_ends_an_episode_at_the_time_limit_without_resetting_it():
+    """The step that hits the time limit is truncated (not terminated) and returns that episode's last
+    observation, as the raw simulator does; the next episode starts only at the next reset."""
+    seed, limit = 5, 200  # SafetyBallCircle-v0's gym TimeLimit
+    action = np.array([0.5, -0.3], np.float32)
+    env = BulletBatchEnv("SafetyBallCircle-v0", 1, seed=seed)
+    td = env.reset()
+    truncated = []
+    for _ in range(limit):
+        td["action"] = torch.as_tensor(action).unsqueeze(0)
+        td = env.step(td)
+        truncated.append(bool(td["next", "truncated"]))
+        assert not td["next", "terminated"].any()
+        last = td["next", "observation"][0]
+        td = step_mdp(td)
+    env.close()
+    with compat.process_std_streams():
+        raw = gymnasium.make("SafetyBallCircle-v0")
+    np.random.seed(seed)
+    raw.reset()
+    for _ in range(limit):
+        obs, _, terminated, raw_truncated, _ = raw.step(action)
+    raw.close()
+    assert truncated == [False] * (limit - 1) + [True] and raw_truncated and not terminated
+    assert torch.equal(last, torch.as_tensor(obs, dtype=last.dtype))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ccpo_pl.checkpointing import safe_load
@@ -169,6 +171,21 @@ def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path, compile_updat
     obs = [safe_load(ckpt_dir / "sidecars" / f"rank{r}" / f"{token}.pt")["buffer"]["_storage"]["_storage"]
            ["observation"] for r in (0, 1)]
     assert obs[0].shape == obs[1].shape and not torch.equal(obs[0], obs[1])  # each rank collected its own data
+
+
+def test_a_run_older_than_a_setting_resumes_with_it_and_says_so(smoke_run, tmp_path, capsys):
+    """A setting added to the configs after the run started (here `algo.critic_ensemble`) does not block resuming;
+    a setting the run had, changed, still does."""
+    run_dir, _, _ = smoke_run
+    old_dir = tmp_path / "smoke"
+    shutil.copytree(run_dir, old_dir)
+    snapshot = OmegaConf.load(old_dir / "config.yaml")
+    del snapshot.algo["critic_ensemble"]
+    OmegaConf.save(snapshot, old_dir / "config.yaml")
+    with pytest.raises(ConfigError, match="algo.kappa"):
+        fit(make_cfg(tmp_path, "total_frames=1200", "run_name=smoke", "algo.kappa=0.5"))
+    assert fit(make_cfg(tmp_path, "total_frames=1200", "run_name=smoke"))["train/frames"] == 1200
+    assert "predates the settings algo.critic_ensemble=1; continuing" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from torchrl.envs import (
 from torchrl.envs.gym_like import BaseInfoDictReader
 
 from ccpo_pl import compat
+from ccpo_pl.envs.batched import BulletBatchEnv
 from ccpo_pl.envs.transforms import CostToReward, EndOnNonFinite, EpsSampler
 
 SUITES = ("bullet", "safety_gymnasium")
@@ -148,7 +149,9 @@ def make_env(
     """Builds a batch of ``num_envs`` envs of one task, with cost, threshold and episode statistics.
 
     The result is ``TransformedEnv(SerialEnv(num_envs, ...))`` (``ParallelEnv`` if ``parallel``), batch size
-    ``[num_envs]``. All transforms run batched in the calling process. Entries, per env (float32 unless noted):
+    ``[num_envs]``; for the bullet suite in one process, ``TransformedEnv(BulletBatchEnv(...))``, the same
+    entries with one tensordict per batched step (:mod:`ccpo_pl.envs.batched`). All transforms run batched in the
+    calling process. Entries, per env (float32 unless noted):
 
     * ``observation`` ``[obs_dim]``; ``eps`` ``[1]``, the raw cost threshold of the current episode, also in
       ``("next", "eps")`` (see :class:`EpsSampler`); ``step_count`` int64 ``[1]``.
@@ -166,7 +169,8 @@ def make_env(
         num_envs: number of envs in the batch.
         seed: sub-env ``i`` is seeded with ``seed + i`` when built. Under DDP pass ``base_seed + rank * num_envs``
             so that no two envs of the run share a seed. Bullet envs draw from numpy's global RNG (see
-            :class:`BulletSafetyEnv`), so in a ``SerialEnv`` they share one seeded stream. ``eps`` draws use torch's
+            :class:`BulletSafetyEnv`), so in one process they share one stream, seeded with ``seed``
+            (``BulletBatchEnv``) or ``seed + num_envs - 1`` (``SerialEnv``, the last sub-env's seed). ``eps`` draws use torch's
             global RNG: seed torch per rank as well.
         eps_values: thresholds for ``eps``: the set to draw from (``sample``) or one per env (``fixed``).
         eps_mode: ``"sample"`` (redrawn at every reset with torch's global RNG) or ``"fixed"`` (env ``i`` always
@@ -183,13 +187,16 @@ def make_env(
         raise ValueError(
             f"eps_mode='fixed' needs len(eps_values) == num_envs; got eps_values={list(eps_values)}, num_envs={num_envs}"
         )
-    batched_cls = ParallelEnv if parallel else SerialEnv
-    base_env = batched_cls(
-        num_envs,
-        functools.partial(make_base_env, suite, env_id),
-        create_env_kwargs=[{"seed": seed + i} for i in range(num_envs)],
-        device=device,
-    )
+    if suite == "bullet" and not parallel:
+        base_env = BulletBatchEnv(env_id, num_envs, seed=seed, device=device)
+    else:
+        batched_cls = ParallelEnv if parallel else SerialEnv
+        base_env = batched_cls(
+            num_envs,
+            functools.partial(make_base_env, suite, env_id),
+            create_env_kwargs=[{"seed": seed + i} for i in range(num_envs)],
+            device=device,
+        )
     low, high = _action_bounds(base_env)
     transforms = Compose(
         ClipTransform(in_keys_inv=["action"], low=low, high=high),

@@ -108,7 +108,8 @@ class CCPO(SafeRLModule):
             self.register_buffer("lam_prev_cost", torch.full((n_bins,), float("nan")))  # nan: no step yet
         # compile=True: the three fixed-shape blocks of an update, each one fused graph (forward and backward)
         maybe = _maybe_compiled if compile else (lambda fn: fn)
-        self.td_loss_fn, self.estep_fn, self.mstep_fn = maybe(self.td_loss), maybe(self.estep), maybe(self.mstep_objective)
+        self.td_loss_fn, self.estep_fn = maybe(self.td_loss), maybe(self.estep)
+        self.mstep_fn = maybe(self.mstep_objective)
         if estep_precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"algo.estep_precision={estep_precision!r} is not allowed; use auto, bf16 or fp32")
 
