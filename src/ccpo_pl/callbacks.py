@@ -129,7 +129,7 @@ class Preemption(Callback):
         if self.total_frames is not None and getattr(pl_module, "global_frames", 0) >= self.total_frames:
             return  # the budget is collected: a checkpoint here would look finished to a re-run
         if self._stop_requested(trainer):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # full training state; unset, Lightning logs a note
             self.stop(trainer, pl_module, saved=True)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
