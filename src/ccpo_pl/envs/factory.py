@@ -170,8 +170,8 @@ def make_env(
         seed: sub-env ``i`` is seeded with ``seed + i`` when built. Under DDP pass ``base_seed + rank * num_envs``
             so that no two envs of the run share a seed. Bullet envs draw from numpy's global RNG (see
             :class:`BulletSafetyEnv`), so in one process they share one stream, seeded with ``seed``
-            (``BulletBatchEnv``) or ``seed + num_envs - 1`` (``SerialEnv``, the last sub-env's seed). ``eps`` draws use torch's
-            global RNG: seed torch per rank as well.
+            (``BulletBatchEnv``) or ``seed + num_envs - 1`` (``SerialEnv``, the last sub-env's seed). ``eps``
+            draws use torch's global RNG: seed torch per rank as well.
         eps_values: thresholds for ``eps``: the set to draw from (``sample``) or one per env (``fixed``).
         eps_mode: ``"sample"`` (redrawn at every reset with torch's global RNG) or ``"fixed"`` (env ``i`` always
             has ``eps_values[i]``; needs ``len(eps_values) == num_envs``).

@@ -12,4 +12,7 @@ from ccpo_pl.nets.critics import (
     normalise_eps,
 )
 
-__all__ = ["CriticEnsemble", "EpsActor", "PlainCritic", "ValueCritic", "VVECritic", "critic_members", "eps_features", "make_actor", "make_critic", "make_policy", "normalise_eps"]
+__all__ = [
+    "CriticEnsemble", "EpsActor", "PlainCritic", "ValueCritic", "VVECritic", "critic_members", "eps_features",
+    "make_actor", "make_critic", "make_policy", "normalise_eps",
+]
