@@ -1,6 +1,7 @@
 """Tests for ccpo_pl.compat: the safety-gymnasium dataclass shim and the bullet std-stream shim."""
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -69,3 +70,26 @@ def test_bullet_env_builds_under_pytest_capture():
     obs, _ = env.reset()
     assert obs.shape == (8,)
     env.close()
+
+
+def _nvml_missing(name):
+    raise OSError(f"{name}: cannot open shared object file")
+
+
+def test_cuda_check_leaves_nvml_where_it_loads_and_switches_to_the_runtime_where_it_is_missing(monkeypatch):
+    monkeypatch.setenv(compat.NVML_CHECK, "1")
+    assert compat.cuda_check_without_nvml(load_nvml=lambda name: object()) is False
+    assert os.environ[compat.NVML_CHECK] == "1"
+    assert compat.cuda_check_without_nvml(load_nvml=_nvml_missing) is True
+    assert os.environ[compat.NVML_CHECK] == "0"
+    assert compat.cuda_check_without_nvml(load_nvml=_nvml_missing) is False  # only Lightning's "1" is switched
+
+
+def test_cuda_availability_is_the_same_through_nvml_and_the_runtime(monkeypatch):
+    """The switch must not change the answer on this machine (with or without a GPU)."""
+    import torch
+
+    monkeypatch.setenv(compat.NVML_CHECK, "1")
+    through_nvml = (torch.cuda.is_available(), torch.cuda.device_count())
+    monkeypatch.setenv(compat.NVML_CHECK, "0")
+    assert (torch.cuda.is_available(), torch.cuda.device_count()) == through_nvml

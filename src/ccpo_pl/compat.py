@@ -15,6 +15,8 @@ Two third-party packages fail in ways no version pin fixes (facts in ``../shared
    import and every env constructor fail with ``undefined symbol: _io.FileIO ...``. Run both inside
    :func:`process_std_streams`.
 
+One shim is about speed, not import: :func:`cuda_check_without_nvml` (called by ``ccpo_pl.fit``; see its docstring).
+
 ``ccpo_pl/__init__.py`` calls :func:`install`, so any module importing ``ccpo_pl`` (including spawn-started
 ``ParallelEnv`` workers whose env factory lives in ``ccpo_pl``) can import ``safety_gymnasium``.
 """
@@ -22,9 +24,11 @@ Two third-party packages fail in ways no version pin fixes (facts in ``../shared
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 from collections.abc import Iterator
 
@@ -101,3 +105,28 @@ def process_std_streams() -> Iterator[None]:
     """
     with contextlib.redirect_stdout(sys.__stdout__), contextlib.redirect_stderr(sys.__stderr__):
         yield
+
+
+#: Lightning sets it to "1" when imported: `torch.cuda.is_available()` asks NVML first (it does not poison fork).
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def cuda_check_without_nvml(load_nvml=ctypes.CDLL) -> bool:
+    """Where NVML cannot be loaded, switch torch's CUDA availability check from NVML to the CUDA runtime; True if
+    switched.
+
+    ``import lightning`` sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``. On a machine without ``libnvidia-ml`` (a CUDA
+    build of torch on a CPU-only machine, the common case for CPU training), torch then retries loading the library
+    on every ``torch.cuda.is_available()`` and, when that fails, asks the CUDA runtime anyway. ``torch.optim.Adam``
+    calls it on every step: 0.2-0.4 ms per step here, two steps per CCPO update. With the library missing, the
+    runtime check gives the same answer with the same fork behaviour (torch falls back to it every time), without
+    the failed load. Nothing changes where NVML loads.
+    """
+    if os.environ.get(NVML_CHECK) != "1":
+        return False
+    try:
+        load_nvml("libnvidia-ml.so.1")
+    except OSError:
+        os.environ[NVML_CHECK] = "0"
+        return True
+    return False

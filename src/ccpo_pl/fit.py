@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from ccpo_pl import compat
 from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.callbacks import DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
 from ccpo_pl.checkpointing import CHECKPOINT_FORMAT, READABLE_FORMATS, AtomicCheckpointIO, remove_stale_tmp, safe_load
@@ -259,6 +260,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     n_ranks = world_size(cfg)
     local_procs = max(1, n_ranks // int(cfg.trainer.get("num_nodes", 1)))
     torch.set_num_threads(int(cfg.threads or max(1, (os.cpu_count() or 1) // local_procs)))
+    compat.cuda_check_without_nvml()  # no failed NVML load in every optimizer step where NVML is missing
     L.seed_everything(cfg.seed, verbose=False)
 
     frames_per_epoch = cfg.collect.frames_per_collect * cfg.collect.collects_per_epoch * n_ranks
