@@ -28,6 +28,7 @@ from torchrl.envs.transforms import Transform
 
 import ccpo_pl.algos.ccpo.equations as eq
 import ccpo_pl.algos.ccpo.module as ccpo_module
+from ccpo_pl.faults import all_finite, finite_now
 from ccpo_pl.algos.lagrange import gradient_step
 import ccpo_pl.checkpointing as checkpointing
 import ccpo_pl.fit as fit_module
@@ -512,3 +513,16 @@ def test_a_run_being_trained_by_another_process_is_refused(reference, tmp_path):
             fit(make_cfg(tmp_path))
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(("values", "finite"), [
+    ([1.0, -2.0], True),
+    ([1.0, float("nan")], False),
+    ([float("inf"), 1.0], False),
+    ([float("inf"), float("-inf")], False),  # the sum is nan
+    ([3e38, 3e38], True),  # finite values whose sum overflows: checked element by element
+])
+def test_the_fast_finiteness_check_agrees_with_the_elementwise_one(values, finite):
+    tensors = {"a": torch.tensor(values[:1]), "b": torch.tensor(values[1:]).view(1, 1)}
+    assert finite_now(tensors) is finite
+    assert bool(all_finite(tensors)) is finite

@@ -32,7 +32,7 @@ from torchrl.envs import EnvBase
 from ccpo_pl.checkpointing import CHECKPOINT_FORMAT, Sidecars, rng_state, set_rng_state
 from ccpo_pl.data import OffPolicyStream
 from ccpo_pl.evaluation import plot_curves, rollout_episodes
-from ccpo_pl.faults import ON_NAN, NumericalFault, all_finite, first_nonfinite
+from ccpo_pl.faults import ON_NAN, NumericalFault, finite_now, first_nonfinite
 from ccpo_pl.metrics import cost_violation, seen_mask, summarize
 from ccpo_pl.nets import make_policy
 
@@ -143,12 +143,13 @@ class SafeRLModule(L.LightningModule):
 
     # ---------------------------------------------------------------- numerical faults
     def check_finite(self, tensors: dict[str, Tensor], can_skip: bool = True,
-                     suspects: dict[str, Tensor] | None = None) -> bool:
+                     suspects: dict[str, Tensor] | None = None, finite: Tensor | None = None) -> bool:
         """True if every tensor is finite, the same answer on every rank. Else stop the run (`NumericalFault`
         naming the first bad quantity among `suspects` (inputs the tensors were computed from, only looked at
         after a failure) and the tensors, and the frame), or, with `on_nan="skip"` and `can_skip`, count a skipped
-        update and return False."""
-        ok = bool(all_finite(tensors))
+        update and return False. `finite`: that answer for this rank, already computed (`faults.all_finite` of the
+        tensors, e.g. inside a compiled graph); the tensors are then only looked at after a failure."""
+        ok = finite_now(tensors) if finite is None else bool(finite)
         if self.trainer.world_size > 1:
             ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
         if ok:

@@ -62,28 +62,65 @@ def test_critic_step_learns_the_known_cost_value_for_every_eps(terminated, expec
     assert q_r.abs().max().item() < 0.1
 
 
+def random_batch() -> TensorDict:
+    return TensorDict({
+        "observation": torch.randn(B, OBS), "action": torch.rand(B, ACT) * 2 - 1, "eps": torch.full((B, 1), 40.0),
+        "next": {"observation": torch.randn(B, OBS), "reward": torch.rand(B, 1), "cost": torch.rand(B, 1),
+                 "terminated": torch.rand(B, 1) < 0.1},
+    }, [B])
+
+
 def test_compiled_update_matches_the_eager_one():
-    """`algo.compile=true` fuses the TD loss, the E-step and the M-step objective: same update as eager, to float
+    """`algo.compile=true` fuses the update's objectives (TD loss, E-step, M-step): same update as eager, to float
     rounding (the E-step's bfloat16 Q values are switched off so that both run in float32; the dual's Newton
     iterations amplify the reordered float32 sums of the fused kernels to ~1e-4 relative)."""
     eager, compiled = (make_module("algo.estep_precision=fp32", f"algo.compile={c}") for c in ("false", "true"))
     compiled.load_state_dict(eager.state_dict())
-    obs = torch.randn(B, OBS)
-    batch = TensorDict({
-        "observation": obs, "action": torch.rand(B, ACT) * 2 - 1, "eps": torch.full((B, 1), 40.0),
-        "next": {"observation": torch.randn(B, OBS), "reward": torch.rand(B, 1), "cost": torch.rand(B, 1),
-                 "terminated": torch.rand(B, 1) < 0.1},
-    }, [B])
+    batch = random_batch()
     eps = torch.tensor([20.0, 40.0, 60.0, 33.0])
     for module in (eager, compiled):
         torch.manual_seed(7)
         for _ in range(3):
             module.on_new_collect()
-            module.critic_step(batch, eps)
-            module.cvi_step(module.split_states(batch["observation"], len(eps)), eps, module.bin_index(eps))
+            assert module.cvi_update(batch, eps, module.bin_index(eps)) is not None
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         assert torch.allclose(a, b, rtol=2e-3, atol=1e-5), name
     assert not torch.equal(eager.actor.state_dict()["mu.weight"], make_module().actor.state_dict()["mu.weight"])
+
+
+def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_the_e_and_m_steps():
+    """`cvi_update` against the sequential algorithm written out: critic step (own backward), then the E-step on the
+    target critic and pi_old, the M-step objective and the actor step (own backward), then the KL multipliers."""
+    fused, sequential = make_module("algo.estep_precision=fp32"), make_module("algo.estep_precision=fp32")
+    batch = random_batch()
+    eps = torch.tensor([20.0, 40.0, 60.0, 33.0])
+    bins = fused.bin_index(eps)
+    for module in (fused, sequential):
+        module.on_new_collect()
+        module.alpha_mu[bins] = torch.tensor([0.1, 0.2, 0.3, 0.4])  # non-zero trust-region terms
+        module.alpha_sigma[bins] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    torch.manual_seed(7)
+    fused.cvi_update(batch, eps, bins)
+
+    m, hp = sequential, sequential.hparams
+    torch.manual_seed(7)
+    m.critic_step(batch, eps)  # draws the next-action noise first, as cvi_update does
+    states = m.split_states(batch["observation"], len(eps))
+    noise = torch.randn(*states.shape[:2], hp.num_samples, hp.act_dim)
+    actions, weights, eta, lam, loc_old, scale_old, _ = m.estep(states, eps, noise, m.eta[bins], m.lam[bins])
+    loss, kl_mu, kl_sigma = m.mstep_objective(states, eps.view(-1, 1, 1), actions, weights, loc_old, scale_old,
+                                              m.alpha_mu[bins], m.alpha_sigma[bins])
+    m.optimizer_step(m.optimizers()[1], loss)
+    alpha_mu = eq.kl_multiplier_update(m.alpha_mu[bins], kl_mu.detach(), hp.kl_mean_bound, hp.kl_lr[0],
+                                       hp.kl_max[0])
+
+    for (name, a), b in zip(fused.critic.state_dict().items(), m.critic.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), f"critic {name}"
+    for (name, a), b in zip(fused.actor.state_dict().items(), m.actor.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), f"actor {name}"
+    assert not torch.equal(fused.actor.state_dict()["mu.weight"], make_module().actor.state_dict()["mu.weight"])
+    assert torch.allclose(fused.eta[bins], eta) and torch.allclose(fused.lam[bins], lam)
+    assert torch.allclose(fused.alpha_mu[bins], alpha_mu)
 
 
 def test_thresholds_are_behaviour_ones_before_the_versatile_stage_then_drawn_from_the_range(monkeypatch):
@@ -108,15 +145,15 @@ def test_thresholds_are_behaviour_ones_before_the_versatile_stage_then_drawn_fro
     assert torch.equal(torch.stack(twin_draws), torch.cat([early, late]))
 
 
-def test_cvi_step_keeps_duals_in_bounds_and_moves_the_policy_within_the_trust_region():
+def test_cvi_update_keeps_duals_in_bounds_and_moves_the_policy_within_the_trust_region():
     module = make_module()
     module.on_new_collect()
-    obs = torch.randn(4, 16, OBS)
+    batch = random_batch()
     eps = torch.tensor([20.0, 40.0, 60.0, 33.0])
     bins = module.bin_index(eps)
     before = [p.clone() for p in module.actor.parameters()]
     for _ in range(5):
-        module.cvi_step(obs, eps, bins)
+        module.cvi_update(batch, eps, bins)
     assert torch.all(module.eta[bins] > 0) and torch.all(module.lam[bins] >= 0)
     assert torch.all(module.alpha_mu >= 0) and torch.all(module.alpha_sigma >= 0)
     assert any(not torch.equal(a, b) for a, b in zip(before, module.actor.parameters()))

@@ -18,12 +18,15 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    (`states_per_eps`; ARCHITECTURE §7: same cost as one-threshold CVPO).
 5. Thresholds per update (`n_eps`): behaviour thresholds only until `versatile_start` of the frame budget, then a
    `versatile_frac` share drawn uniformly from `eps_range` (the paper's fine-tuning stage; schedule ours).
-6. Numerical faults (ours): the replay batch and critic loss are checked before the critic step; the E-step duals
-   and the actor loss before the duals are stored and the actor steps; the KL multipliers before they are stored;
-   every parameter after the update (`SafeRLModule.check_finite`: stop, or skip the rest of the update).
-7. Speed (ours): with `compile=True` the three fixed-shape blocks of an update (`td_loss`, `estep`,
-   `mstep_objective`) are each one `torch.compile`d graph, forward and backward; the noise they use is drawn
-   outside them, so compiled and eager updates draw the same numbers.
+6. Numerical faults (ours): the replay batch, both losses, the E-step duals and the KL multipliers are checked
+   once, before anything is stepped or stored; every parameter after the update (`SafeRLModule.check_finite`:
+   stop, or skip the update).
+7. Speed (ours): the critic and actor losses share no parameters and the E/M-steps do not read the critic being
+   fitted, so one update evaluates all three objectives in one pass (`update_objectives`), runs one backward
+   through their sum and steps both optimizers (`cvi_update`): the same update as the sequential steps, with one
+   check, one backward and, under DDP, one gradient all-reduce. With `compile=True` that pass is one
+   `torch.compile`d graph, forward and backward; the noise it uses is drawn outside it, so compiled and eager
+   updates draw the same numbers.
 8. Critic ensemble (`critic_ensemble` n > 1, ours): n critics trained on one target built from the pessimistic pair
    (min_j Q_r^j, max_j Q_c^j) of the target critics, which also gives the E-step's Q values (`nets.CriticEnsemble`).
 Ablations: `cvi=False` replaces steps 2-3 by a Lagrangian actor loss with one multiplier per threshold bin driven
@@ -47,6 +50,7 @@ from ccpo_pl.algos.ccpo import equations as eq
 from ccpo_pl.algos.common import frozen_copy, polyak
 from ccpo_pl.algos.lagrange import METHODS, gradient_step, pid_step
 from ccpo_pl.algos.safe_module import SafeRLModule
+from ccpo_pl.faults import all_finite
 from ccpo_pl.nets import critic_members
 
 
@@ -106,10 +110,9 @@ class CCPO(SafeRLModule):
         if not cvi and self.lagrangian["method"] == "pid":  # PID state of the w/o-CVI multipliers, per bin
             self.register_buffer("lam_integral", torch.zeros(n_bins))
             self.register_buffer("lam_prev_cost", torch.full((n_bins,), float("nan")))  # nan: no step yet
-        # compile=True: the three fixed-shape blocks of an update, each one fused graph (forward and backward)
+        # compile=True: the objectives of an update as one fused graph, forward and backward (w/o CVI: the TD loss)
         maybe = _maybe_compiled if compile else (lambda fn: fn)
-        self.td_loss_fn, self.estep_fn = maybe(self.td_loss), maybe(self.estep)
-        self.mstep_fn = maybe(self.mstep_objective)
+        self.objectives_fn, self.td_loss_fn = maybe(self.update_objectives), maybe(self.td_loss)
         if estep_precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"algo.estep_precision={estep_precision!r} is not allowed; use auto, bf16 or fp32")
 
@@ -126,25 +129,24 @@ class CCPO(SafeRLModule):
         self.on_new_data()
         eps = self.sample_train_eps()
         bins = self.bin_index(eps)
-        loss_critic = self.critic_step(batch, eps)
-        if loss_critic is None:  # on_nan=skip: a non-finite batch or critic loss, nothing was updated
-            return
-        obs = self.split_states(batch["observation"], len(eps))
         if self.hparams.cvi:
-            loss_actor = self.cvi_step(obs, eps, bins)
+            losses = self.cvi_update(batch, eps, bins)
         else:
-            loss_actor = self.lagrangian_step(obs, eps, bins)
+            losses = self.lagrangian_update(batch, eps, bins)
+        if losses is None:  # on_nan=skip: a non-finite batch, loss, dual or multiplier; nothing was updated
+            return
         polyak(self.critic_target, self.critic, self.hparams.tau)
         self.check_finite({f"parameter {k}": v for k, v in self.named_parameters()}, can_skip=False)
-        if loss_actor is not None:
-            self.record_update(loss_critic, loss_actor, time.perf_counter() - start)
+        if losses[1] is not None:
+            self.record_update(*losses, time.perf_counter() - start)
 
     def on_new_collect(self) -> None:
         """After every collection: the trust-region anchor pi_old becomes the policy that collected it (FSRL)."""
         self.actor_old.load_state_dict(self.actor.state_dict())
 
     def critic_step(self, batch: TensorDictBase, eps: Tensor) -> Tensor | None:
-        """VVE fit: TD(0) for every (transition, eps_i) pair, f in {r, c}; None if skipped (non-finite input)."""
+        """VVE fit alone (the w/o-CVI ablation's first step): TD(0) for every (transition, eps_i) pair, f in {r, c};
+        None if skipped (non-finite input)."""
         nxt = batch["next"]
         act = batch["action"]
         noise = torch.randn(len(eps), *act.shape, device=act.device)  # next actions from pi(.|s', eps_i)
@@ -169,33 +171,61 @@ class CCPO(SafeRLModule):
         q_r, q_c = critic_members(self.critic, obs, act, eps)  # [n, E, B]: every ensemble member on one target
         return F.mse_loss(q_r, y_r.expand_as(q_r)) + F.mse_loss(q_c, y_c.expand_as(q_c))
 
-    def cvi_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor | None:
-        """Conditioned E-step (per-eps dual, eq. 10, weights eq. 8) then the multi-eps M-step; None if skipped."""
+    def cvi_update(self, batch: TensorDictBase, eps: Tensor, bins: Tensor) -> tuple[Tensor, Tensor] | None:
+        """One update of critic and actor: the VVE TD loss, the conditioned E-step (per-eps dual, eq. 10, weights
+        eq. 8), the multi-eps M-step objective and the KL multipliers in one pass (`update_objectives`), checked
+        once; then one backward through the sum of the two losses and a step of each optimizer. The losses share no
+        parameters, and the E/M-steps read pi, pi_old and the target critic, which the critic step leaves alone: the
+        same update as a critic step followed by the E/M-steps. (loss_critic, loss_actor), or None if skipped
+        (on_nan=skip)."""
         hp = self.hparams
-        n_eps, n_states = obs.shape[:2]
-        noise = torch.randn(n_eps, n_states, hp.num_samples, hp.act_dim, device=obs.device)  # K samples per state
-        _ = self.estep_bf16, self.dual_reduce  # resolved once, outside the compiled E-step
-        actions, weights, eta, lam, loc_old, scale_old, q_means = self.estep_fn(
-            obs, eps, noise, self.eta[bins], self.lam[bins])
-        loss, kl_mu, kl_sigma = self.mstep_fn(obs, eps.view(-1, 1, 1), actions, weights, loc_old, scale_old,
-                                              self.alpha_mu[bins], self.alpha_sigma[bins])
-        if not self.check_finite({"E-step dual eta": eta, "E-step dual lam": lam, "actor loss": loss}):
+        act, nxt = batch["action"], batch["next"]
+        states = self.split_states(batch["observation"], len(eps))
+        noise_next = torch.randn(len(eps), *act.shape, device=act.device)  # next actions from pi(.|s', eps_i)
+        noise = torch.randn(*states.shape[:2], hp.num_samples, hp.act_dim, device=act.device)  # K per state
+        _ = self.estep_bf16, self.dual_reduce  # resolved once, outside the compiled pass
+        loss_critic, loss_actor, eta, lam, alpha_mu, alpha_sigma, stats, finite = self.objectives_fn(
+            batch["observation"], act, nxt["observation"], nxt["reward"].view(-1), nxt["cost"].view(-1),
+            nxt["terminated"].view(-1), eps, noise_next, states, noise, self.eta[bins], self.lam[bins],
+            self.alpha_mu[bins], self.alpha_sigma[bins])
+        if not self.check_finite({"critic loss": loss_critic, "E-step dual eta": eta, "E-step dual lam": lam,
+                                  "actor loss": loss_actor, "KL multiplier alpha_mu": alpha_mu,
+                                  "KL multiplier alpha_sigma": alpha_sigma, "E-step statistics": stats},
+                                 suspects=self.batch_suspects(batch), finite=finite):
             return None
-        self.eta[bins], self.lam[bins] = eta, lam
-        self.optimizer_step(self.optimizers()[1], loss)
-        with torch.no_grad():  # one collective: every rank updates the multipliers and statistics identically
-            stats = self.reduce_mean(torch.cat((torch.stack((kl_mu.detach(), kl_sigma.detach())), q_means)))
-            kl_mu, kl_sigma = stats[0], stats[1]
-            alpha_mu = eq.kl_multiplier_update(self.alpha_mu[bins], kl_mu, hp.kl_mean_bound, hp.kl_lr[0],
-                                               hp.kl_max[0])
-            alpha_sigma = eq.kl_multiplier_update(self.alpha_sigma[bins], kl_sigma, hp.kl_cov_bound, hp.kl_lr[1],
-                                                  hp.kl_max[1])
-            if not self.check_finite({"KL multiplier alpha_mu": alpha_mu, "KL multiplier alpha_sigma": alpha_sigma,
-                                      "E-step statistics": stats}):
-                return None
+        critic_opt, actor_opt = self.optimizers()
+        critic_opt.zero_grad(set_to_none=True)
+        actor_opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss_critic + loss_actor)
+        critic_opt.step()
+        actor_opt.step()
+        with torch.no_grad():
+            self.eta[bins], self.lam[bins] = eta, lam
             self.alpha_mu[bins], self.alpha_sigma[bins] = alpha_mu, alpha_sigma
-            self.update_stats(bins, stats[2], stats[3], kl_mu, kl_sigma)
-        return loss.detach()
+            self.update_stats(bins, stats[2], stats[3], stats[0], stats[1])
+        return loss_critic.detach(), loss_actor.detach()
+
+    def update_objectives(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, cost: Tensor,
+                          terminated: Tensor, eps: Tensor, noise_next: Tensor, states: Tensor, noise: Tensor,
+                          eta0: Tensor, lam0: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor) -> tuple[Tensor, ...]:
+        """The objectives of an update at thresholds `eps [E]`: `td_loss` on the batch, `estep` and
+        `mstep_objective` on `states [E, S, obs]` (with the multipliers alpha_mu, alpha_sigma), then the multipliers'
+        step on the measured KL. Returns (loss_critic, loss_actor, eta, lam, the new alpha_mu and alpha_sigma,
+        stats [4, E] = kl_mean, kl_cov and the batch means of q_r, q_c, averaged across ranks, and one flag: all of
+        them finite); all but the losses detached."""
+        hp = self.hparams
+        loss_critic = self.td_loss(obs, act, next_obs, reward, cost, terminated, eps.view(-1, 1, 1), noise_next)
+        actions, weights, eta, lam, loc_old, scale_old, q_means = self.estep(states, eps, noise, eta0, lam0)
+        loss_actor, kl_mu, kl_sigma = self.mstep_objective(states, eps.view(-1, 1, 1), actions, weights, loc_old,
+                                                           scale_old, alpha_mu, alpha_sigma)
+        stats = torch.cat((torch.stack((kl_mu.detach(), kl_sigma.detach())), q_means))
+        if self.dual_reduce is not None:  # DDP: one collective, every rank steps the multipliers identically
+            stats = self.dual_reduce(stats)
+        alpha_mu = eq.kl_multiplier_update(alpha_mu, stats[0], hp.kl_mean_bound, hp.kl_lr[0], hp.kl_max[0])
+        alpha_sigma = eq.kl_multiplier_update(alpha_sigma, stats[1], hp.kl_cov_bound, hp.kl_lr[1], hp.kl_max[1])
+        finite = all_finite({"losses": torch.stack((loss_critic, loss_actor)), "eta": eta, "lam": lam,
+                             "alpha_mu": alpha_mu, "alpha_sigma": alpha_sigma, "stats": stats})
+        return loss_critic, loss_actor, eta, lam, alpha_mu, alpha_sigma, stats, finite
 
     @torch.no_grad()
     def estep(self, obs: Tensor, eps: Tensor, noise: Tensor, eta0: Tensor, lam0: Tensor) -> tuple[Tensor, ...]:
@@ -229,6 +259,14 @@ class CCPO(SafeRLModule):
         kl_sigma = eq.kl_cov(scale_old, scale)
         loss = (loss_mle + alpha_mu * (kl_mu - hp.kl_mean_bound) + alpha_sigma * (kl_sigma - hp.kl_cov_bound)).mean()
         return loss, kl_mu, kl_sigma
+
+    def lagrangian_update(self, batch: TensorDictBase, eps: Tensor, bins: Tensor) -> tuple[Tensor, Tensor | None] | None:
+        """`cvi=False` ablation: the critic step, then the Lagrangian actor step against the updated critic;
+        None if the critic step was skipped, (loss_critic, None) if only the actor step was (on_nan=skip)."""
+        loss_critic = self.critic_step(batch, eps)
+        if loss_critic is None:
+            return None
+        return loss_critic, self.lagrangian_step(self.split_states(batch["observation"], len(eps)), eps, bins)
 
     def lagrangian_step(self, obs: Tensor, eps: Tensor, bins: Tensor) -> Tensor | None:
         """`cvi=False` ablation: reparameterised Lagrangian actor loss, one multiplier per threshold bin."""
