@@ -314,9 +314,9 @@ class CCPO(SafeRLModule):
 
     @functools.cached_property
     def dual_reduce(self) -> Callable | None:
-        """The across-rank mean for the dual solver: None on one process; under DDP kept out of torch.compile
-        (a graph break that runs the collective eagerly). One object for the whole run, so that the compiled
-        E-step's guard on it holds."""
+        """The across-rank mean inside the compiled pass (the dual solver's statistics, then the KL and Q
+        statistics): None on one process; under DDP kept out of torch.compile (a graph break that runs the
+        collective eagerly). One object for the whole run, so that the compiled pass's guard on it holds."""
         if self.trainer.world_size == 1:
             return None
         return torch.compiler.disable(self.reduce_mean)
