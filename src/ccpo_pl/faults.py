@@ -35,17 +35,22 @@ class Preempted(RunStopped):
     exit_code = 0
 
 
+def _flat(tensors: Mapping[str, Tensor]) -> Tensor:
+    """All elements of all tensors, detached, as one float vector."""
+    return torch.cat([t.detach().reshape(-1).float() for t in tensors.values()])
+
+
 def all_finite(tensors: Mapping[str, Tensor]) -> Tensor:
     """One boolean tensor: every element of every tensor is finite (three kernels however many tensors; no host
     sync until it is read)."""
-    return torch.isfinite(torch.cat([t.detach().reshape(-1).float() for t in tensors.values()])).all()
+    return torch.isfinite(_flat(tensors)).all()
 
 
 def finite_now(tensors: Mapping[str, Tensor]) -> bool:
     """`all_finite`, read at once: one sum over all elements in the common case (a NaN or inf makes the sum
     non-finite); only a sum that overflows float32 is checked element by element (4x cheaper for the
     parameters after every update)."""
-    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors.values()])
+    flat = _flat(tensors)
     return bool(torch.isfinite(flat.sum())) or bool(torch.isfinite(flat).all())
 
 

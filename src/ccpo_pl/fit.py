@@ -122,14 +122,14 @@ def updates_per_collect(cfg: DictConfig) -> int:
 _ABSENT = type("Absent", (), {"__repr__": lambda self: "absent"})()
 
 
-def _diff(old, new, prefix="") -> list[str]:
-    """`key: old -> new` for every leaf that differs; a key missing on one side shows as `absent`."""
+def _diff(old, new, prefix="") -> list[tuple[str, object, object]]:
+    """`(key, old, new)` for every leaf that differs; a key missing on one side has the value `_ABSENT`."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new), key=str):
             out += _diff(old.get(k, _ABSENT), new.get(k, _ABSENT), f"{prefix}{k}.")
         return out
-    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+    return [] if old == new else [(prefix[:-1], old, new)]
 
 
 def prepare_run(cfg: DictConfig) -> tuple[Path, str | None, int | None]:
@@ -139,14 +139,14 @@ def prepare_run(cfg: DictConfig) -> tuple[Path, str | None, int | None]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     if snapshot.exists():
         old = OmegaConf.to_container(OmegaConf.load(snapshot), resolve=True)
-        diffs = [d for d in _diff(old, plain) if d.split(":")[0].split(".")[0] not in RESUMABLE_CHANGES]
-        added = [d for d in diffs if d.split(": ", 1)[1].startswith("absent -> ")]  # settings newer than the run
-        diffs = [d for d in diffs if d not in added]
-        if diffs:
-            raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(diffs[:3])}); "
+        diffs = [d for d in _diff(old, plain) if d[0].split(".")[0] not in RESUMABLE_CHANGES]
+        added = [d for d in diffs if d[1] is _ABSENT]  # settings newer than the run
+        changed = [f"{key}: {a!r} -> {b!r}" for key, a, b in diffs if a is not _ABSENT]
+        if changed:
+            raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(changed[:3])}); "
                               f"use another run_name or the run's own config")
         if added and rank_zero_only.rank == 0:
-            news = ", ".join(d.replace(": absent -> ", "=") for d in added)
+            news = ", ".join(f"{key}={b!r}" for key, _, b in added)
             print(f"ccpo_pl.fit: run {str(run_dir)!r} predates the settings {news}; continuing with these values",
                   flush=True)
     elif run_dir.exists() and any(not p.name.endswith(".tmp") for p in run_dir.iterdir()):  # .tmp: killed here
