@@ -215,11 +215,15 @@ def test_kl_mean_and_kl_cov_match_torch_distributions():
     assert torch.equal(eq.kl_cov(sigma_old, sigma_old), torch.zeros(2, dtype=F64))
 
 
-def test_mstep_loss_matches_loop_with_torch_normal():
+@pytest.mark.parametrize("row_sums", ["one", "any"])  # E-step weights sum to 1; the moment form holds for any
+def test_mstep_loss_matches_loop_with_torch_normal(row_sums):
     mu_old, mu, sigma_old, sigma = _gaussians(9)
     gen = torch.Generator().manual_seed(10)
     actions = torch.randn(2, 7, 4, 3, generator=gen, dtype=F64)
     weights = torch.softmax(torch.randn(2, 7, 4, generator=gen, dtype=F64), -1)
+    if row_sums == "any":
+        weights = weights * (0.2 + 2 * torch.rand(2, 7, 1, generator=gen, dtype=F64))
+    mu, sigma = mu.requires_grad_(), sigma.requires_grad_()
     expected = torch.zeros(2, dtype=F64)
     for e in range(2):
         for s in range(7):
@@ -227,8 +231,12 @@ def test_mstep_loss_matches_loop_with_torch_normal():
                 a = actions[e, s, k]
                 log_lik = (_normal(mu[e, s], sigma_old[e, s]).log_prob(a)
                            + _normal(mu_old[e, s], sigma[e, s]).log_prob(a))
-                expected[e] -= weights[e, s, k] * log_lik / 7
-    torch.testing.assert_close(eq.mstep_loss(actions, weights, mu, sigma, mu_old, sigma_old), expected)
+                expected[e] = expected[e] - weights[e, s, k] * log_lik / 7
+    loss = eq.mstep_loss(actions, weights, mu, sigma, mu_old, sigma_old)
+    torch.testing.assert_close(loss, expected)
+    # the same gradient (the moment form keeps only [E, S, A] tensors in the graph)
+    torch.testing.assert_close(torch.autograd.grad(loss.sum(), (mu, sigma)),
+                               torch.autograd.grad(expected.sum(), (mu, sigma)))
 
 
 def test_mstep_loss_minimiser_is_the_weighted_mle():

@@ -71,11 +71,11 @@ def _centre(q_r: Tensor, q_c: Tensor, eps_q: Tensor) -> tuple[Tensor, ...]:
 
     Shifting A = Q_r - lam Q_c by a per-state constant only adds a constant to L_s, so g keeps its value
     once eps_q and an additive constant are corrected, and the derivatives are unchanged. Returns r and c
-    [E, S, 1, K], powers (1, r, c, r^2, r c, c^2) [E, S, K, 6], the corrected threshold [E] and the constant [E].
+    [E, S, 1, K], powers (1, r, c, r^2, r c, c^2) [E, S, 6, K], the corrected threshold [E] and the constant [E].
     """
     r_bar, c_bar = q_r.mean(-1, keepdim=True), q_c.mean(-1, keepdim=True)
     r, c = q_r - r_bar, q_c - c_bar
-    powers = torch.stack((torch.ones_like(r), r, c, r * r, r * c, c * c), -1)
+    powers = torch.stack((torch.ones_like(r), r, c, r * r, r * c, c * c), -2)
     return r[:, :, None], c[:, :, None], powers, eps_q - c_bar.mean((-2, -1)), r_bar.mean((-2, -1))
 
 
@@ -83,14 +83,16 @@ def _dual_stats(eta: Tensor, lam: Tensor, centred: tuple[Tensor, ...], kappa: fl
     """Packed [E, C, 6] = (g, dg/deta, dg/dlam, d2g/deta2, d2g/deta dlam, d2g/dlam2) at C points per threshold.
 
     eta, lam: [E, C]; centred: `_centre`'s output. All entries are means over states. The softmax moments of
-    (r, c) come from one batched matmul; those of A = r - lam c are combined from them after the state mean
-    (Var_w(A) = Var r - 2 lam Cov(r, c) + lam^2 Var c is linear in the per-state moments).
+    (r, c) are sums over the K samples (the last, contiguous axis: compiled, one vectorised reduction per
+    moment; as a small batched matmul inductor parallelised each state's 16-term sum); those of A = r - lam c
+    are combined from them after the state mean (Var_w(A) = Var r - 2 lam Cov(r, c) + lam^2 Var c is linear in
+    the per-state moments).
     """
     r, c, powers, eps_c, r_const = centred
     inv_eta = 1.0 / eta
     z = torch.addcmul(r * inv_eta[:, None, :, None], c, (-lam * inv_eta)[:, None, :, None])  # [E, S, C, K]
     z_max = z.amax(-1, keepdim=True)
-    moments = (z - z_max).exp() @ powers  # [E, S, C, 6] unnormalised softmax moments
+    moments = ((z - z_max).exp()[..., None, :] * powers[:, :, None]).sum(-1)  # [E, S, C, 6] unnormalised
     total = moments[..., 0]
     mean = moments[..., 1:] / total[..., None]  # E_w of r, c, r^2, r c, c^2
     mean_r, mean_c = mean[..., 0], mean[..., 1]
@@ -286,11 +288,6 @@ def kl_cov(sigma_old: Tensor, sigma: Tensor) -> Tensor:
     return (0.5 * (ratio - torch.log(ratio) - 1.0)).sum(-1).mean(-1)
 
 
-def _diag_normal_log_prob(x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
-    """log N(x | mu, diag(sigma^2)) summed over the last dim."""
-    return (-0.5 * ((x - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
 def mstep_loss(
     actions: Tensor, weights: Tensor, mu: Tensor, sigma: Tensor, mu_old: Tensor, sigma_old: Tensor
 ) -> Tensor:
@@ -309,11 +306,19 @@ def mstep_loss(
 
     Differs from FSRL: sum over k of weights summing to 1 (the expectation under q*), where FSRL takes the
     mean over the K * S pairs, i.e. FSRL's loss is this one divided by K.
+
+    Computed from the weighted moments of the actions (constants): with W = sum_k w_k, a_bar = sum_k w_k a_k / W
+    and V = sum_k w_k (a_k - a_bar)^2, sum_k w_k (a_k - m)^2 = V + W (a_bar - m)^2 for any m. The same value and
+    gradient as summing the K log-likelihoods, but the graph (and its backward) holds [E, S, A] tensors only.
     """
-    mu, sigma = mu[:, :, None], sigma[:, :, None]
-    mu_old, sigma_old = mu_old[:, :, None], sigma_old[:, :, None]
-    log_lik = _diag_normal_log_prob(actions, mu, sigma_old) + _diag_normal_log_prob(actions, mu_old, sigma)
-    return -(weights * log_lik).sum(-1).mean(-1)
+    with torch.no_grad():  # the samples and their weights are constants of the M-step
+        total = weights.sum(-1, keepdim=True)  # W [E, S, 1]
+        a_bar = (weights[..., None] * actions).sum(-2) / total  # [E, S, A]
+        var = (weights[..., None] * (actions - a_bar[:, :, None]) ** 2).sum(-2)  # V [E, S, A]
+    log_norm = 0.5 * math.log(2 * math.pi)
+    nll_mu = 0.5 * (var + total * (a_bar - mu) ** 2) / sigma_old**2 + total * (torch.log(sigma_old) + log_norm)
+    nll_sigma = 0.5 * (var + total * (a_bar - mu_old) ** 2) / sigma**2 + total * (torch.log(sigma) + log_norm)
+    return (nll_mu + nll_sigma).sum(-1).mean(-1)
 
 
 def kl_multiplier_update(alpha: Tensor, kl: Tensor, bound: float, lr: float, alpha_max: float) -> Tensor:
