@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -47,6 +46,7 @@ from tensordict import TensorDictBase
 from torch import Tensor, nn
 
 from ccpo_pl.algos.ccpo import equations as eq
+from ccpo_pl.algos.ccpo.compiled import compiled_or_eager
 from ccpo_pl.algos.common import frozen_copy, polyak
 from ccpo_pl.algos.lagrange import METHODS, gradient_step, pid_step
 from ccpo_pl.algos.safe_module import SafeRLModule
@@ -111,7 +111,7 @@ class CCPO(SafeRLModule):
             self.register_buffer("lam_integral", torch.zeros(n_bins))
             self.register_buffer("lam_prev_cost", torch.full((n_bins,), float("nan")))  # nan: no step yet
         # compile=True: the objectives of an update as one fused graph, forward and backward (w/o CVI: the TD loss)
-        maybe = _maybe_compiled if compile else (lambda fn: fn)
+        maybe = compiled_or_eager if compile else (lambda fn: fn)
         self.objectives_fn, self.td_loss_fn = maybe(self.update_objectives), maybe(self.td_loss)
         if estep_precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"algo.estep_precision={estep_precision!r} is not allowed; use auto, bf16 or fp32")
@@ -356,38 +356,3 @@ class CCPO(SafeRLModule):
             for n in ("eta", "alpha_mu", "alpha_sigma", "kl_mean", "kl_cov"):
                 cols.pop(n)
         return cols
-
-
-def _inductor_for_the_update(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
-    """torch.compile backend: inductor with two changes that each took 6-9% off a CPU update (measured in one
-    process, alternating with the default backend):
-    - the forward/backward partitioner recomputes views in the backward. Saving views made it store each ReLU's
-      bool mask for activations with more than one leading dim (the M-step's [E, S, hidden]), and inductor's CPU
-      kernels write bool tensors about 10x slower than float ones (~170 us for one [4, 64, 128] mask, 2 threads);
-    - on CPU, a C++ wrapper (`cpp_wrapper`) calls the generated kernels instead of Python (~90 calls a pass)."""
-    from torch._functorch import config as functorch_config
-    from torch._inductor.compile_fx import compile_fx
-
-    on_cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, Tensor))
-    with functorch_config.patch(recompute_views=True):  # the partition happens inside this call
-        return compile_fx(gm, example_inputs, config_patches={"cpp_wrapper": on_cpu})
-
-
-def _maybe_compiled(fn: Callable) -> Callable:
-    """`torch.compile(fn)`: one fused graph of a fixed-shape block of the update (the dual solver alone went from
-    1.9 to 0.6 ms on 2 CPU threads); falls back to eager, with a warning, where compilation is not possible here."""
-    compiled = torch.compile(fn, dynamic=False, backend=_inductor_for_the_update)
-    state = {"fn": compiled}
-
-    def call(*args, **kwargs):
-        try:
-            return state["fn"](*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - a missing compiler toolchain shows up as many error types
-            if state["fn"] is fn:
-                raise
-            name = getattr(fn, "__name__", repr(fn))
-            warnings.warn(f"torch.compile failed ({type(err).__name__}); running {name} eagerly", stacklevel=2)
-            state["fn"] = fn
-            return fn(*args, **kwargs)
-
-    return call
