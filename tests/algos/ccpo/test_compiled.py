@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch.fx.experimental.proxy_tensor import make_fx
 
 from ccpo_pl.algos.ccpo.compiled import addmm_without_bias_copy, compiled_or_eager
 
@@ -19,8 +18,10 @@ def _targets(gm: torch.fx.GraphModule) -> list:
 def test_addmm_pass_splits_bias_from_the_product_with_the_same_values():
     g = torch.Generator().manual_seed(0)
     bias, x, w = torch.randn(5, generator=g), torch.randn(7, 3, generator=g), torch.randn(3, 5, generator=g)
-    gm = make_fx(lambda b, x, w: aten.addmm(b, x, w).relu())(bias, x, w)
-    scaled = make_fx(lambda b, x, w: aten.addmm(b, x, w, beta=0.5))(bias, x, w)
+    # symbolic_trace, not make_fx: make_fx leaves this process unable to run autograd in a forked child (the
+    # reliability tests fork it)
+    gm = torch.fx.symbolic_trace(lambda b, x, w: aten.addmm.default(b, x, w).relu())
+    scaled = torch.fx.symbolic_trace(lambda b, x, w: aten.addmm.default(b, x, w, beta=0.5))
     assert aten.addmm.default in _targets(gm)
     addmm_without_bias_copy()(gm.graph)
     addmm_without_bias_copy()(scaled.graph)
