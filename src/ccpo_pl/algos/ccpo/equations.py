@@ -210,8 +210,9 @@ def solve_estep_dual(
         lam_max: cost-multiplier cap, 100 (FSRL: 20). Reached when the threshold is infeasible.
         iters: Newton iterations, 5 for the hot loop: warm-started from the previous update's solution,
             feasible thresholds converge in about 3; far moves (cold start, a threshold turning infeasible)
-            need 10-25 and otherwise continue at the next update (g never increases). About 0.5 ms each on
-            2 CPU threads at E=4, S=64, K=16.
+            need 10-25 and otherwise continue at the next update (g never increases). At E=4, S=64, K=16
+            on 2 CPU threads: about 0.6 ms each eager; compiled inside the CCPO update, the whole solve at
+            iters=3 is one generated kernel of about 0.24 ms (torch.profiler).
         reduce: applied to every packed (g, grad, hess) tensor before it is used, e.g. an all-reduce mean over
             DDP ranks holding equal-sized shards of states, so every rank reaches the same solution.
             None = identity.
