@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from ccpo_pl.nets import (
     CriticEnsemble,
     EpsActor,
+    EpsPolicy,
     PlainCritic,
     VVECritic,
     critic_members,
@@ -96,6 +97,30 @@ def test_policy_reads_eps_and_is_the_mean_when_deterministic():
     with set_exploration_type(ExplorationType.RANDOM):
         sampled = policy(td.clone())["action"]
     assert not torch.allclose(sampled, low)
+
+
+def test_eps_policy_is_the_probabilistic_actors_policy():
+    """The collectors' `EpsPolicy`: make_policy's mean when deterministic (also outside any exploration context),
+    and draws with the same mean and std per dimension under RANDOM."""
+    torch.manual_seed(5)
+    actor = EpsActor(OBS, ACT, [32, 32], RANGE)
+    with torch.no_grad():
+        actor.log_std.bias.fill_(-1.0)
+    n = 20_000
+    td = TensorDict({"observation": torch.randn(1, OBS).expand(n, OBS), "eps": torch.full((n, 1), 35.0)}, [n])
+    lean, reference = EpsPolicy(actor), make_policy(actor)
+    assert lean.in_keys == ["observation", "eps"] and lean.out_keys == ["action"]
+    with torch.no_grad():
+        loc, scale = actor(td["observation"][:1], td["eps"][:1])
+        assert torch.allclose(lean(td.clone())["action"], loc.expand(n, ACT), atol=1e-6)
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            assert torch.equal(lean(td.clone())["action"], reference(td.clone())["action"])
+        with set_exploration_type(ExplorationType.RANDOM):
+            draws = lean(td.clone())["action"]
+            ref = reference(td.clone())["action"]
+    for actions in (draws, ref):  # 4 standard errors of the mean and of the std
+        assert torch.allclose(actions.mean(0), loc[0], atol=4 * float(scale.max()) / n**0.5)
+        assert torch.allclose(actions.std(0), scale[0], rtol=4 / (2 * n) ** 0.5)
 
 
 def _critic_cfg(**changes):

@@ -32,7 +32,7 @@ from torchrl.objectives.value.functional import vec_generalized_advantage_estima
 
 from ccpo_pl.algos.safe_module import SafeRLModule, eps_tag
 from ccpo_pl.data import OnPolicyStream
-from ccpo_pl.nets import make_policy
+from ccpo_pl.nets import EpsPolicy
 
 
 def diag_normal_log_prob(action: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
@@ -88,7 +88,7 @@ class OnPolicyModule(SafeRLModule):
 
     # ---------------------------------------------------------------- data
     def make_stream(self) -> OnPolicyStream:
-        return OnPolicyStream(self._seeded_train_env, make_policy(self.actor), device=self.device,
+        return OnPolicyStream(self._seeded_train_env, EpsPolicy(self.actor), device=self.device,
                               eps_behavior=self.hparams.eps_behavior, **self.hparams.stream)
 
     def cost_signal(self, batch: TensorDictBase) -> Tensor:

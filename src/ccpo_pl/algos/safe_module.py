@@ -34,7 +34,7 @@ from ccpo_pl.data import OffPolicyStream
 from ccpo_pl.evaluation import plot_curves, rollout_episodes
 from ccpo_pl.faults import ON_NAN, NumericalFault, finite_now, first_nonfinite
 from ccpo_pl.metrics import cost_violation, seen_mask, summarize
-from ccpo_pl.nets import make_policy
+from ccpo_pl.nets import EpsPolicy
 
 
 def eps_tag(eps: float) -> str:
@@ -106,7 +106,7 @@ class SafeRLModule(L.LightningModule):
 
     def make_stream(self) -> OffPolicyStream:
         """The train iterable (built once, inside the rank): a replay stream here; on-policy modules override."""
-        return OffPolicyStream(self._seeded_train_env, make_policy(self.actor), device=self.device,
+        return OffPolicyStream(self._seeded_train_env, EpsPolicy(self.actor), device=self.device,
                                eps_behavior=self.hparams.eps_behavior, **self.hparams.stream)
 
     def train_dataloader(self) -> OffPolicyStream:
@@ -286,7 +286,7 @@ class SafeRLModule(L.LightningModule):
         np_state = np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             self._envs["eval"].set_seed(eval_seed)
-            ep_r, ep_c = rollout_episodes(self._envs["eval"], make_policy(self.actor), self.hparams.horizon)
+            ep_r, ep_c = rollout_episodes(self._envs["eval"], EpsPolicy(self.actor), self.hparams.horizon)
         np.random.set_state(np_state)
         n_eps = len(self.eps_eval)
         stats = torch.stack([ep_r.view(n_eps, episodes).mean(1), ep_c.view(n_eps, episodes).mean(1)], 0)

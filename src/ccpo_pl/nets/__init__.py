@@ -1,6 +1,6 @@
 """Networks conditioned on the cost threshold eps: actor pi(a|s, eps) and the critics."""
 
-from ccpo_pl.nets.actor import EpsActor, make_actor, make_policy
+from ccpo_pl.nets.actor import EpsActor, EpsPolicy, make_actor, make_policy
 from ccpo_pl.nets.critics import (
     CriticEnsemble,
     PlainCritic,
@@ -13,6 +13,6 @@ from ccpo_pl.nets.critics import (
 )
 
 __all__ = [
-    "CriticEnsemble", "EpsActor", "PlainCritic", "ValueCritic", "VVECritic", "critic_members", "eps_features",
+    "CriticEnsemble", "EpsActor", "EpsPolicy", "PlainCritic", "ValueCritic", "VVECritic", "critic_members", "eps_features",
     "make_actor", "make_critic", "make_policy", "normalise_eps",
 ]
