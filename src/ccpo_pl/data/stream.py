@@ -109,8 +109,7 @@ class OffPolicyStream:
             # all of this collection's batches in one draw (uniform with replacement, as batch-by-batch draws
             # would be): one sampler call instead of `updates_per_collect` (0.9 ms each on 2 CPU cores)
             batches = self.buffer.sample(self.batch_size * self.updates_per_collect)
-            for i in range(self.updates_per_collect):
-                yield batches[i * self.batch_size:(i + 1) * self.batch_size]
+            yield from batches.split(self.batch_size)  # views, split at once (half the cost of slicing each)
 
     def collect(self) -> None:
         """Run one collection with the current policy and store its transitions."""
