@@ -83,7 +83,8 @@ class SafeRLModule(L.LightningModule):
         self.eps_range = (float(eps_range[0]), float(eps_range[1]))
         self.eps_eval = [float(e) for e in eps_eval]
         self.eps_bins = threshold_bins(eps_behavior, eps_range, eps_bin)
-        self.register_buffer("eps_bins_t", torch.tensor(self.eps_bins), persistent=False)
+        bins_t = torch.tensor(self.eps_bins)
+        self.register_buffer("eps_bin_edges", (bins_t[1:] + bins_t[:-1]) / 2, persistent=False)  # midpoints
         self.eps_generator = torch.Generator().manual_seed(int(seed))  # identical on every rank
         self.stream: OffPolicyStream | None = None
         self._envs: dict[str, EnvBase] = {}  # a plain dict: envs are nn.Modules and must stay out of state_dict
@@ -217,7 +218,7 @@ class SafeRLModule(L.LightningModule):
 
     def bin_index(self, eps: Tensor) -> Tensor:
         """Index of the nearest training-threshold bin for each eps."""
-        return (eps.view(-1, 1) - self.eps_bins_t.view(1, -1)).abs().argmin(-1)
+        return torch.bucketize(eps, self.eps_bin_edges)  # ties go to the lower bin
 
     # ---------------------------------------------------------------- logging
     def record_update(self, loss_critic: Tensor, loss_actor: Tensor, seconds: float) -> None:

@@ -92,6 +92,23 @@ def test_compiled_update_matches_the_eager_one():
     assert not torch.equal(eager.actor.state_dict()["mu.weight"], make_module().actor.state_dict()["mu.weight"])
 
 
+def test_an_update_starts_from_cleared_gradients():
+    """`cvi_update` clears the gradients of every trained parameter before its backward: gradients left behind
+    (stale ones here) change nothing."""
+    clean, stale = make_module("algo.estep_precision=fp32"), make_module("algo.estep_precision=fp32")
+    trained = {id(p) for p in stale.parameters() if p.requires_grad}
+    assert {id(p) for p in stale.trained_parameters} == trained and len(stale.trained_parameters) == len(trained)
+    for p in stale.trained_parameters:
+        p.grad = torch.randn_like(p)
+    batch, eps = random_batch(), torch.tensor([20.0, 40.0, 60.0, 33.0])
+    for module in (clean, stale):
+        module.on_new_collect()
+        torch.manual_seed(7)
+        assert module.cvi_update(batch, eps, module.bin_index(eps)) is not None
+    for (name, a), b in zip(clean.state_dict().items(), stale.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_the_e_and_m_steps():
     """`cvi_update` against the sequential algorithm written out: critic step (own backward), then the E-step on the
     target critic and pi_old, the M-step objective and the actor step (own backward), then the KL multipliers."""
@@ -125,6 +142,16 @@ def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_th
     assert not torch.equal(fused.actor.state_dict()["mu.weight"], make_module().actor.state_dict()["mu.weight"])
     assert torch.allclose(fused.eta[bins], eta) and torch.allclose(fused.lam[bins], lam)
     assert torch.allclose(fused.alpha_mu[bins], alpha_mu)
+
+
+def test_bin_index_is_the_nearest_bin_and_the_lower_one_on_ties():
+    module = make_module("eps.behavior=[20,42,60]")  # 42: a bin off the 5-wide grid
+    bins = torch.tensor(module.eps_bins)
+    assert 42.0 in module.eps_bins
+    eps = torch.cat([torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 100 - 15,
+                     (bins[1:] + bins[:-1]) / 2, bins])  # out of range, the ties, the bins themselves
+    nearest = (eps[:, None] - bins[None]).abs().argmin(-1)  # argmin returns the first (lower) bin on a tie
+    assert torch.equal(module.bin_index(eps), nearest)
 
 
 def test_thresholds_are_behaviour_ones_before_the_versatile_stage_then_drawn_from_the_range(monkeypatch):
