@@ -114,7 +114,7 @@ class OnPolicyModule(SafeRLModule):
         data = self.prepare(batch)
         loss_value = self.fit_value(data)
         loss_policy = self.policy_update(data, j_c)
-        self.check_finite({f"parameter {k}": v for k, v in self.named_parameters()}, can_skip=False)
+        self.check_finite(self.parameter_tensors, can_skip=False)
         if loss_value is not None and loss_policy is not None:
             self.record_update(loss_value, loss_policy, time.perf_counter() - start)
 

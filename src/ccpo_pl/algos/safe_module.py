@@ -17,6 +17,7 @@ ones (`algos.onpolicy.OnPolicyModule`) replace the stream through `make_stream`.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -203,9 +204,14 @@ class SafeRLModule(L.LightningModule):
             self.logger.log_metrics({"faults/skipped_updates": float(counts[0]),
                                      "faults/dropped_transitions": float(counts[1])}, step=self.global_frames)
 
+    @functools.cached_property
+    def parameter_tensors(self) -> dict[str, Tensor]:
+        """Every parameter (networks, targets, anchors) by its name in fault messages; the same tensors all run."""
+        return {f"parameter {k}": v for k, v in self.named_parameters()}
+
     def state_tensors(self) -> dict[str, Tensor]:
         """Parameters and floating-point buffers by name: what must be finite before a checkpoint is written."""
-        named = {f"parameter {k}": v for k, v in self.named_parameters()}
+        named = dict(self.parameter_tensors)
         named |= {f"buffer {k}": v for k, v in self.named_buffers() if v.is_floating_point()}
         return named
 

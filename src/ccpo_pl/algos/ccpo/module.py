@@ -327,11 +327,6 @@ class CCPO(SafeRLModule):
         return tuple(p for opt in self.optimizers() for group in opt.param_groups for p in group["params"])
 
     @functools.cached_property
-    def parameter_tensors(self) -> dict[str, Tensor]:
-        """Every parameter (networks, targets, anchor) by its name in fault messages; the same tensors all run."""
-        return {f"parameter {k}": v for k, v in self.named_parameters()}
-
-    @functools.cached_property
     def estep_bf16(self) -> bool:
         """Evaluate the E-step's K x S x E sampled Q values in bfloat16 (the update's largest matmul, ~3x faster
         where the hardware has native bf16; ~0.5% relative error, below the K-sample Monte-Carlo noise)."""

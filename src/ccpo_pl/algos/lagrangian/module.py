@@ -126,7 +126,7 @@ class OffPolicyLagrangian(SafeRLModule):
             return
         loss_actor = self.actor_step(batch["observation"], eps, index)
         self.update_targets()
-        self.check_finite({f"parameter {k}": v for k, v in self.named_parameters()}, can_skip=False)
+        self.check_finite(self.parameter_tensors, can_skip=False)
         if loss_actor is not None:
             self.record_update(loss_critic, loss_actor, time.perf_counter() - start)
 
