@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -234,14 +235,23 @@ class SafeRLModule(L.LightningModule):
         self.timing["updates"] += 1
 
     def per_eps_metrics(self) -> dict[str, Tensor]:
-        """Subclasses: name -> `[n_bins]` tensor, logged as `eps_<eps>/<name>` for every bin."""
+        """Subclasses: name -> `[n_bins]` tensor, logged as `eps_<eps>/<name>` for every bin, or as the name with
+        `{eps}` replaced by `eps_<eps>` where it holds that placeholder."""
         return {}
+
+    def on_metrics_logged(self) -> None:
+        """Subclasses: reset what `per_eps_metrics` counts between two logs."""
+
+    @staticmethod
+    def per_eps_tag(name: str, eps: float) -> str:
+        """The tag of metric `name` of `per_eps_metrics` at threshold bin `eps`."""
+        return name.format(eps=eps_tag(eps)) if "{eps}" in name else f"{eps_tag(eps)}/{name}"
 
     def log_training_metrics(self) -> None:
         """Reduce a fixed set of metrics across ranks in one collective and log them at the global frame count."""
         names, values = [], []
         for name, col in self.per_eps_metrics().items():
-            names += [f"{eps_tag(e)}/{name}" for e in self.eps_bins]
+            names += [self.per_eps_tag(name, e) for e in self.eps_bins]
             values.append(col.detach().double().cpu())
         episodes = self.stream.pop_episode_stats()  # [n_beh, 3] n, sum R, sum C
         n_upd = max(self._n_updates, 1)
@@ -268,6 +278,7 @@ class SafeRLModule(L.LightningModule):
         self.stream.collect_seconds = 0.0
         self._acc.zero_()
         self._n_updates = 0
+        self.on_metrics_logged()
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_frames)
 
@@ -339,7 +350,8 @@ class SafeRLModule(L.LightningModule):
                 "episode cost": multi(r"train/eps_[^/]+/episode_cost"),
                 "episode reward": multi(r"train/eps_[^/]+/episode_reward"),
             },
-            "per threshold bin": {name: multi(rf"eps_[^/]+/{name}$") for name in self.per_eps_metrics()},
+            "per threshold bin": {name.replace("/{eps}", ""): multi(re.escape(self.per_eps_tag(name, 0.0)).replace(
+                "eps_0", r"eps_[^/]+") + "$") for name in self.per_eps_metrics()},
         }
         writer.add_custom_scalars(layout)
 

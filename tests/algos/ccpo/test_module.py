@@ -128,7 +128,8 @@ def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_th
     m.critic_step(batch, eps)  # draws the next-action noise first, as cvi_update does
     states = m.split_states(batch["observation"], len(eps))
     noise = torch.randn(*states.shape[:2], hp.num_samples, hp.act_dim)
-    actions, weights, eta, lam, loc_old, scale_old, _ = m.estep(states, eps, noise, m.eta[bins], m.lam[bins])
+    actions, weights, eta, lam, loc_old, scale_old, q_means = m.estep(states, eps, noise, m.eta[bins], m.lam[bins],
+                                                                      m.c_gap[bins], m.c_gap_n[bins])
     loss, kl_mu, kl_sigma = m.mstep_objective(states, eps.view(-1, 1, 1), actions, weights, loc_old, scale_old,
                                               m.alpha_mu[bins], m.alpha_sigma[bins])
     m.optimizer_step(m.optimizers()[1], loss)
@@ -142,6 +143,47 @@ def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_th
     assert not torch.equal(fused.actor.state_dict()["mu.weight"], make_module().actor.state_dict()["mu.weight"])
     assert torch.allclose(fused.eta[bins], eta) and torch.allclose(fused.lam[bins], lam)
     assert torch.allclose(fused.alpha_mu[bins], alpha_mu)
+    # the first batch of each bin is its running cost gap: this batch's mean Q_c minus eps in Q units
+    assert torch.equal(fused.c_gap_n[bins], torch.ones(4))
+    assert torch.allclose(fused.c_gap[bins], q_means[1] - eq.eps_to_q_units(eps, hp.gamma, hp.horizon))
+
+
+def test_a_state_dict_without_the_running_cost_gap_loads_with_no_batch_averaged():
+    """Checkpoints written before the running cost gap existed load strictly, with the gap's initial state."""
+    old, new = make_module(), make_module()
+    new.c_gap.fill_(3.0), new.c_gap_n.fill_(7.0)
+    state = {k: v for k, v in old.state_dict().items() if k not in ("c_gap", "c_gap_n")}
+    with pytest.raises(RuntimeError, match="c_gap"):
+        new.load_state_dict(dict(state))
+    new.fill_state_defaults(state)
+    new.load_state_dict(state)
+    assert (new.c_gap == 0).all() and (new.c_gap_n == 0).all()
+
+
+def test_lam_at_cap_is_logged_per_bin_as_the_share_of_updates_since_the_last_log(monkeypatch):
+    module = make_module()
+    solve = eq.track_estep_dual
+    calls = {"n": 0}
+
+    def capped_first(*args, **kwargs):  # the first threshold's lam at its cap in every other update
+        eta, lam = solve(*args, **kwargs)
+        calls["n"] += 1
+        return eta, torch.cat([lam[:1] * 0 + (kwargs["lam_max"] if calls["n"] % 2 else 0.0), lam[1:] * 0])
+
+    monkeypatch.setattr(eq, "track_estep_dual", capped_first)
+    module.on_new_collect()
+    eps = torch.tensor([20.0, 40.0, 60.0, 33.0])
+    for _ in range(4):
+        module.cvi_update(random_batch(), eps, module.bin_index(eps))
+    metrics = module.per_eps_metrics()
+    share = dict(zip([module.per_eps_tag(name, e) for name in metrics for e in module.eps_bins],
+                     torch.cat([col for col in metrics.values()]).tolist()))
+    assert share["estep/lam_at_cap/eps_20"] == 0.5
+    assert share["estep/lam_at_cap/eps_40"] == share["estep/lam_at_cap/eps_35"] == 0.0  # 33 is in bin 35
+    assert share["estep/lam_at_cap/eps_10"] == 0.0  # no update
+    assert share["eps_20/lam"] == 0.0 and "estep/cost_gap/eps_20" in share
+    module.on_metrics_logged()
+    assert (module.per_eps_metrics()["estep/lam_at_cap/{eps}"] == 0).all()
 
 
 def test_bin_index_is_the_nearest_bin_and_the_lower_one_on_ties():

@@ -66,17 +66,39 @@ def estep_dual(eta: Tensor, lam: Tensor, q_r: Tensor, q_c: Tensor, eps_q: Tensor
     return lam * eps_q + eta * kappa + eta * log_mean_exp.mean(-1)
 
 
-def _centre(q_r: Tensor, q_c: Tensor, eps_q: Tensor) -> tuple[Tensor, ...]:
+def running_cost_gap(gap: Tensor, count: Tensor, batch_gap: Tensor, decay: float) -> tuple[Tensor, Tensor]:
+    """Running estimate of the E-step constraint's state-level part, gap = mean_s E_pi_old[Q_c(s, .)] - eps_q.
+
+    new_gap = gap + rate * (batch_gap - gap), rate = max(decay, 1 / (count + 1)): the plain mean of the first
+    1 / decay batches, then an exponential moving average with weight `decay` (no bias towards the initial 0).
+
+    Args:
+        gap: [E] current estimates (their bins' values).
+        count: [E] batches already averaged into them (0: none; the batch's value is taken).
+        batch_gap: [E] this batch's mean over its states of E_pi_old[Q_c] minus eps_q.
+        decay: weight of a new batch once the estimate is warm, in (0, 1]; 1 = the batch alone.
+
+    Returns:
+        (new_gap [E], count + 1).
+    """
+    rate = torch.maximum(torch.full_like(count, decay), 1.0 / (count + 1.0))
+    return gap + rate * (batch_gap - gap), count + 1.0
+
+
+def _centre(q_r: Tensor, q_c: Tensor, eps_q: Tensor, c_gap: Tensor | None = None) -> tuple[Tensor, ...]:
     """Per-state centring of the Q values, done once per batch.
 
     Shifting A = Q_r - lam Q_c by a per-state constant only adds a constant to L_s, so g keeps its value
     once eps_q and an additive constant are corrected, and the derivatives are unchanged. Returns r and c
     [E, S, 1, K], powers (1, r, c, r^2, r c, c^2) [E, S, 6, K], the corrected threshold [E] and the constant [E].
+    The corrected threshold is eps_q - mean_s c_bar_s, or -c_gap where a running estimate of that state-level
+    gap is given (`solve_estep_dual`).
     """
     r_bar, c_bar = q_r.mean(-1, keepdim=True), q_c.mean(-1, keepdim=True)
     r, c = q_r - r_bar, q_c - c_bar
     powers = torch.stack((torch.ones_like(r), r, c, r * r, r * c, c * c), -2)
-    return r[:, :, None], c[:, :, None], powers, eps_q - c_bar.mean((-2, -1)), r_bar.mean((-2, -1))
+    eps_c = eps_q - c_bar.mean((-2, -1)) if c_gap is None else -c_gap
+    return r[:, :, None], c[:, :, None], powers, eps_c, r_bar.mean((-2, -1))
 
 
 def _dual_stats(eta: Tensor, lam: Tensor, centred: tuple[Tensor, ...], kappa: float) -> Tensor:
@@ -185,6 +207,7 @@ def solve_estep_dual(
     lam_max: float = 100.0,
     iters: int = 5,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    c_gap: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """CCPO slides eq. (10): minimise the convex E-step dual for all E thresholds at once.
 
@@ -216,13 +239,17 @@ def solve_estep_dual(
         reduce: applied to every packed (g, grad, hess) tensor before it is used, e.g. an all-reduce mean over
             DDP ranks holding equal-sized shards of states, so every rank reaches the same solution.
             None = identity.
+        c_gap: [E] the constraint's state-level part, mean_s E_pi_old[Q_c] - eps_q, from outside the batch (a
+            running estimate, `running_cost_gap`); the batch then decides only the within-state reweighting.
+            None = this batch's states alone. It enters g and dg/dlam linearly, so ranks holding different
+            estimates solve the problem of their mean.
 
     Returns:
         eta [E], lam [E] (detached).
     """
     reduce = reduce or (lambda t: t)
     with torch.no_grad():
-        centred = _centre(q_r, q_c, eps_q)
+        centred = _centre(q_r, q_c, eps_q, c_gap)
         lo = q_r.new_tensor([eta_min, 0.0])
         hi = q_r.new_tensor([eta_max, lam_max])
         steps = q_r.new_tensor(_LINE_SEARCH_STEPS)  # [C - 1]
@@ -240,6 +267,35 @@ def solve_estep_dual(
             # Levenberg-Marquardt: no decrease -> damp harder (towards scaled gradient steps), else relax.
             damping = torch.where(best > 0, damping * 0.1, damping * 100.0).clamp(_MARQUARDT, 1e8)
     return x[:, 0], x[:, 1]
+
+
+def track_estep_dual(
+    q_r: Tensor,
+    q_c: Tensor,
+    eps_q: Tensor,
+    kappa: float,
+    eta0: Tensor,
+    lam0: Tensor,
+    c_gap: Tensor,
+    c_gap_n: Tensor,
+    *,
+    gap_decay: float,
+    **solver,
+) -> tuple[Tensor, Tensor]:
+    """CCPO slides eq. (10) as solved once per update: this batch's state-level gap folded into the running
+    estimate (`running_cost_gap`), then `solve_estep_dual` with that estimate as the constraint's state-level part.
+
+    Args:
+        q_r, q_c, eps_q, kappa, eta0, lam0: as in `solve_estep_dual`.
+        c_gap, c_gap_n: [E] running estimates and their batch counts (`running_cost_gap`).
+        gap_decay: a warm estimate's weight of a new batch; 1 = the batch alone.
+        solver: further keyword arguments of `solve_estep_dual` (iters, lam_max, reduce, ...).
+
+    Returns:
+        eta [E], lam [E] (detached).
+    """
+    gap, _ = running_cost_gap(c_gap, c_gap_n, q_c.mean((1, 2)) - eps_q, gap_decay)
+    return solve_estep_dual(q_r, q_c, eps_q, kappa, eta0, lam0, c_gap=gap, **solver)
 
 
 def estep_weights(q_r: Tensor, q_c: Tensor, eta: Tensor, lam: Tensor) -> Tensor:

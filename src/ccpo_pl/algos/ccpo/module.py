@@ -7,10 +7,17 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    truncation, not through `terminated`.
 2. Conditioned E-step (slides eqs. 7-10): for each threshold eps_i, K actions per state from pi_old(.|s, eps_i),
    Q from the target critic (ours; FSRL uses the current one), eps_i converted to Q units
-   (`eps_to_q_units`), and the convex dual in (eta_i, lam_i) solved per threshold to convergence by a batched
-   projected Newton method, warm-started from the last solution of the nearest threshold bin (ours; FSRL takes one
-   Adam step on one shared dual). Under DDP the dual statistics are averaged across ranks, so every rank gets the
-   same duals.
+   (`eps_to_q_units`), and the convex dual in (eta_i, lam_i) solved per threshold by a batched projected Newton
+   method, warm-started from the last solution of the nearest threshold bin (ours; FSRL takes one Adam step on one
+   shared dual). Under DDP the dual statistics are averaged across ranks, so every rank gets the same duals.
+   The constraint's state-level part, mean_s E_pi_old[Q_c] - eps_q, comes from a running estimate per threshold
+   bin (`running_cost_gap`, weight `dual.gap_decay`), not from the batch's states alone; the batch decides the
+   within-state reweighting (ours). Why: the per-state means of Q_c spread ~10x more across states than within
+   them, so a 64-state batch's mean moves by ~0.34 (std) while the KL ball (kappa) can move E_w[Q_c] by ~0.08,
+   and the batch alone decided feasibility: on a 30k-frame BallCircle run, lam sat at its cap in 10-31 % of
+   updates where the population lam (16k states) was 0-3, mean |lam - lam_pop| 16-31. With the running estimate:
+   never at the cap, mean error 0.5; a persistent lam moved by small gradient steps (FSRL's kind): never at the
+   cap, error 1.1 (`benchmarks/estep_dual_noise.py`).
 3. Multi-eps M-step (slides "Versatile M-step"): decoupled weighted max-likelihood (MPO/CVPO) averaged over the
    thresholds, with KL trust regions on the mean and the covariance against pi_old, each with its own multiplier
    per threshold bin, updated by projected gradient ascent (the slides' constraint holds for every eps_i).
@@ -99,7 +106,7 @@ class CCPO(SafeRLModule):
         self.actor, self.critic = actor, critic
         self.actor_old = frozen_copy(actor)
         self.critic_target = frozen_copy(critic)
-        self.dual = {"eta_init": 1.0, "lam_init": 0.0, **(dual or {})}
+        self.dual = {"eta_init": 1.0, "lam_init": 0.0, "gap_decay": 0.003, "lam_max": 100.0, **(dual or {})}
         self.lagrangian = {"method": "gradient", "lr": 0.01, "lam_max": 100.0, "alpha": 0.0,
                            "pid": {"kp": 0.1, "ki": 0.01, "kd": 0.01}, **(lagrangian or {})}
         if self.lagrangian["method"] not in METHODS:
@@ -112,6 +119,11 @@ class CCPO(SafeRLModule):
         self.register_buffer("alpha_sigma", torch.zeros(n_bins))
         # per-bin running estimates for logging: q_r, q_c, kl_mean, kl_cov
         self.register_buffer("stats", torch.zeros(n_bins, 4))
+        # running estimate of the E-step constraint's state-level gap, and the batches averaged into it, per bin
+        self.register_buffer("c_gap", torch.zeros(n_bins))
+        self.register_buffer("c_gap_n", torch.zeros(n_bins))
+        # updates and updates with lam at its cap since the last log, per bin (`estep/lam_at_cap/eps_<eps>`)
+        self.register_buffer("lam_cap_count", torch.zeros(n_bins, 2), persistent=False)
         if not cvi and self.lagrangian["method"] == "pid":  # PID state of the w/o-CVI multipliers, per bin
             self.register_buffer("lam_integral", torch.zeros(n_bins))
             self.register_buffer("lam_prev_cost", torch.full((n_bins,), float("nan")))  # nan: no step yet
@@ -158,6 +170,13 @@ class CCPO(SafeRLModule):
         rows = checkpoint["ccpo"].get("eps_rows")  # absent from checkpoints before the table: drawn anew
         if rows is not None:
             self._eps_rows, self._eps_rows_versatile = rows[0], int(rows[1])
+        self.fill_state_defaults(checkpoint.get("state_dict", {}))
+
+    def fill_state_defaults(self, state_dict: dict) -> None:
+        """Adds the buffers that checkpoints of earlier versions lack, at their initial values (the running cost gap:
+        no batch averaged yet), so that such checkpoints load strictly."""
+        for name in ("c_gap", "c_gap_n"):
+            state_dict.setdefault(name, torch.zeros_like(getattr(self, name)))
 
     def on_new_collect(self) -> None:
         """After every collection: the trust-region anchor pi_old becomes the policy that collected it (FSRL)."""
@@ -203,14 +222,16 @@ class CCPO(SafeRLModule):
         noise_next = torch.randn(len(eps), *act.shape, device=act.device)  # next actions from pi(.|s', eps_i)
         noise = torch.randn(*states.shape[:2], hp.num_samples, hp.act_dim, device=act.device)  # K per state
         _ = self.estep_bf16, self.dual_reduce  # resolved once, outside the compiled pass
-        loss_critic, loss_actor, eta, lam, alpha_mu, alpha_sigma, stats, params_finite, finite = self.objectives_fn(
+        out = self.objectives_fn(
             batch["observation"], act, nxt["observation"], nxt["reward"].view(-1), nxt["cost"].view(-1),
             nxt["terminated"].view(-1), eps, noise_next, states, noise, self.eta[bins], self.lam[bins],
-            self.alpha_mu[bins], self.alpha_sigma[bins])
+            self.alpha_mu[bins], self.alpha_sigma[bins], self.c_gap[bins], self.c_gap_n[bins])
+        loss_critic, loss_actor, eta, lam, alpha_mu, alpha_sigma, c_gap, stats, params_finite, finite = out
         self.check_finite(self.parameter_tensors, can_skip=False, finite=params_finite)  # the last update's result
         if not self.check_finite({"critic loss": loss_critic, "E-step dual eta": eta, "E-step dual lam": lam,
                                   "actor loss": loss_actor, "KL multiplier alpha_mu": alpha_mu,
-                                  "KL multiplier alpha_sigma": alpha_sigma, "E-step statistics": stats},
+                                  "KL multiplier alpha_sigma": alpha_sigma, "E-step statistics": stats,
+                                  "E-step cost gap": c_gap},
                                  suspects=self.batch_suspects(batch), finite=finite):
             return None
         critic_opt, actor_opt = self.optimizers()
@@ -222,20 +243,28 @@ class CCPO(SafeRLModule):
         with torch.no_grad():
             self.eta[bins], self.lam[bins] = eta, lam
             self.alpha_mu[bins], self.alpha_sigma[bins] = alpha_mu, alpha_sigma
+            self.c_gap[bins], self.c_gap_n[bins] = c_gap, self.c_gap_n[bins] + 1
             self.update_stats(bins, stats[2], stats[3], stats[0], stats[1])
+            at_cap = (lam >= self.dual["lam_max"]).to(self.lam_cap_count)
+            self.lam_cap_count.index_put_((bins,), torch.stack((torch.ones_like(at_cap), at_cap), -1),
+                                          accumulate=True)
         return loss_critic.detach(), loss_actor.detach()
 
     def update_objectives(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, cost: Tensor,
                           terminated: Tensor, eps: Tensor, noise_next: Tensor, states: Tensor, noise: Tensor,
-                          eta0: Tensor, lam0: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor) -> tuple[Tensor, ...]:
+                          eta0: Tensor, lam0: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor, c_gap: Tensor,
+                          c_gap_n: Tensor) -> tuple[Tensor, ...]:
         """The objectives of an update at thresholds `eps [E]`: `td_loss` on the batch, `estep` and
-        `mstep_objective` on `states [E, S, obs]` (with the multipliers alpha_mu, alpha_sigma), then the multipliers'
-        step on the measured KL. Returns (loss_critic, loss_actor, eta, lam, the new alpha_mu and alpha_sigma,
-        stats [4, E] = kl_mean, kl_cov and the batch means of q_r, q_c, averaged across ranks, and one flag: all of
-        them finite); all but the losses detached."""
+        `mstep_objective` on `states [E, S, obs]` (with the multipliers alpha_mu, alpha_sigma and the running cost
+        gap c_gap of c_gap_n batches), then the multipliers' step on the measured KL. Returns (loss_critic,
+        loss_actor, eta, lam, the new alpha_mu, alpha_sigma and c_gap, stats [4, E] = kl_mean, kl_cov and the
+        batch means of q_r, q_c, averaged across ranks, the flag "parameters finite" and the flag "all of them
+        finite"); all but the losses detached."""
         hp = self.hparams
         loss_critic = self.td_loss(obs, act, next_obs, reward, cost, terminated, eps.view(-1, 1, 1), noise_next)
-        actions, weights, eta, lam, loc_old, scale_old, q_means = self.estep(states, eps, noise, eta0, lam0)
+        eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
+        actions, weights, eta, lam, loc_old, scale_old, q_means = self.estep(states, eps, noise, eta0, lam0, c_gap,
+                                                                            c_gap_n)
         loss_actor, kl_mu, kl_sigma = self.mstep_objective(states, eps.view(-1, 1, 1), actions, weights, loc_old,
                                                            scale_old, alpha_mu, alpha_sigma)
         stats = torch.cat((torch.stack((kl_mu.detach(), kl_sigma.detach())), q_means))
@@ -243,17 +272,21 @@ class CCPO(SafeRLModule):
             stats = self.dual_reduce(stats)
         alpha_mu = eq.kl_multiplier_update(alpha_mu, stats[0], hp.kl_mean_bound, hp.kl_lr[0], hp.kl_max[0])
         alpha_sigma = eq.kl_multiplier_update(alpha_sigma, stats[1], hp.kl_cov_bound, hp.kl_lr[1], hp.kl_max[1])
+        # the estimate kept: this batch's gap averaged across ranks (the one the solve used was the rank's own)
+        c_gap, _ = eq.running_cost_gap(c_gap, c_gap_n, stats[3] - eps_q, self.dual["gap_decay"])
         finite = all_finite({"losses": torch.stack((loss_critic, loss_actor)), "eta": eta, "lam": lam,
-                             "alpha_mu": alpha_mu, "alpha_sigma": alpha_sigma, "stats": stats})
-        return (loss_critic, loss_actor, eta, lam, alpha_mu, alpha_sigma, stats,
+                             "alpha_mu": alpha_mu, "alpha_sigma": alpha_sigma, "stats": stats, "c_gap": c_gap})
+        return (loss_critic, loss_actor, eta, lam, alpha_mu, alpha_sigma, c_gap, stats,
                 all_finite(dict(self.named_parameters())), finite)
 
     @torch.no_grad()
-    def estep(self, obs: Tensor, eps: Tensor, noise: Tensor, eta0: Tensor, lam0: Tensor) -> tuple[Tensor, ...]:
+    def estep(self, obs: Tensor, eps: Tensor, noise: Tensor, eta0: Tensor, lam0: Tensor, c_gap: Tensor,
+              c_gap_n: Tensor) -> tuple[Tensor, ...]:
         """Conditioned E-step (slides eqs. 7-10) for `obs [E, S, obs]` at thresholds `eps [E]`: K = noise.shape[2]
         actions per state from pi_old(.|s, eps_i), their Q from the target critic, the dual (eta_i, lam_i) warm-
-        started at (eta0, lam0), and the weights (eq. 8). Returns (actions [E,S,K,A], weights [E,S,K], eta, lam,
-        loc_old, scale_old, the batch means of q_r and q_c stacked [2, E])."""
+        started at (eta0, lam0) with the constraint's state-level part from the running estimate (c_gap of
+        c_gap_n batches, this batch's folded in), and the weights (eq. 8). Returns (actions [E,S,K,A],
+        weights [E,S,K], eta, lam, loc_old, scale_old, the batch means of q_r and q_c stacked [2, E])."""
         hp = self.hparams
         loc_old, scale_old = self.actor_old(obs, eps.view(-1, 1, 1))  # [E, S, A]
         actions = loc_old.unsqueeze(2) + scale_old.unsqueeze(2) * noise  # [E, S, K, A]
@@ -261,12 +294,13 @@ class CCPO(SafeRLModule):
             q_r, q_c = self.critic_target(obs.unsqueeze(2), actions, eps.view(-1, 1, 1, 1))  # [E, S, K]
         q_r, q_c = q_r.float(), q_c.float()
         eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
-        eta, lam = eq.solve_estep_dual(
-            q_r, q_c, eps_q, hp.kappa, eta0, lam0, reduce=self.dual_reduce,
+        q_means = torch.stack((q_r.mean((1, 2)), q_c.mean((1, 2))))
+        eta, lam = eq.track_estep_dual(
+            q_r, q_c, eps_q, hp.kappa, eta0, lam0, c_gap, c_gap_n, reduce=self.dual_reduce,
             **{k: v for k, v in self.dual.items() if k not in ("eta_init", "lam_init")},
         )
         weights = eq.estep_weights(q_r, q_c, eta, lam)
-        return actions, weights, eta, lam, loc_old, scale_old, torch.stack((q_r.mean((1, 2)), q_c.mean((1, 2))))
+        return actions, weights, eta, lam, loc_old, scale_old, q_means
 
     def mstep_objective(self, obs: Tensor, eps: Tensor, actions: Tensor, weights: Tensor, loc_old: Tensor,
                         scale_old: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -396,4 +430,11 @@ class CCPO(SafeRLModule):
         if not self.hparams.cvi:
             for n in ("eta", "alpha_mu", "alpha_sigma", "kl_mean", "kl_cov"):
                 cols.pop(n)
+        else:  # share of the updates since the last log with lam at its cap (0 where a bin had none)
+            counts = self.lam_cap_count
+            cols["estep/lam_at_cap/{eps}"] = counts[:, 1] / counts[:, 0].clamp(min=1.0)
+            cols["estep/cost_gap/{eps}"] = self.c_gap  # running mean_s E_pi_old[Q_c] - eps_q: > 0 is infeasible
         return cols
+
+    def on_metrics_logged(self) -> None:
+        self.lam_cap_count.zero_()
