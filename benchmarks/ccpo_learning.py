@@ -32,7 +32,7 @@ from ccpo_pl.nets import make_policy
 
 def scores(cfg, policy, exploration) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean episode reward and cost per evaluation threshold `[n_eval]` each."""
-    ep_r, ep_c = evaluate_thresholds(policy, cfg.env, list(cfg.eps.eval), cfg.eval.episodes, seed=cfg.seed + 123,
+    ep_r, ep_c, _ = evaluate_thresholds(policy, cfg.env, list(cfg.eps.eval), cfg.eval.episodes, seed=cfg.seed + 123,
                                      max_steps=int(cfg.env.max_episode_steps), exploration=exploration)
     return ep_r.mean(1), ep_c.mean(1)
 

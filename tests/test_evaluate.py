@@ -87,7 +87,7 @@ def test_training_evaluation_logs_cv_unseen_averages_layout_and_plot(run_dir):
     acc.Reload()
     tags = acc.Tags()
     for name in ("eval/eps_10/cv", "eval/eps_70/cost", "eval/avg_reward_unseen", "eval/avg_cv_unseen",
-                 "eval/avg_cv"):
+                 "eval/avg_cv", "eval/avg_cv_per_episode"):
         assert name in tags["scalars"], name
     assert "eval/curves" in tags["images"]
     assert [e.step for e in acc.Images("eval/curves")] == [e.step for e in acc.Scalars("eval/avg_cv")]
@@ -101,14 +101,16 @@ def test_evaluate_cli_writes_csv_table_summary_and_a_real_png(run_dir, tmp_path)
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "avg_reward=" in proc.stdout.strip().splitlines()[-1]
-    rows = list(csv.DictReader((out / "per_eps.csv").open()))
-    assert tuple(rows[0]) == CSV_COLUMNS
+    all_rows = list(csv.DictReader((out / "per_eps.csv").open()))
+    assert tuple(all_rows[0]) == CSV_COLUMNS
+    assert [r["policy"] for r in all_rows] == ["deterministic"] * 3 + ["stochastic"] * 3  # policy=both by default
+    rows = all_rows[:3]
     assert [float(r["eps"]) for r in rows] == [15.0, 40.0, 80.0]
     assert [r["seen"] for r in rows] == ["0", "1", "0"] and [r["extrapolation"] for r in rows] == ["0", "0", "1"]
     for r in rows:
         assert float(r["cv"]) == pytest.approx(max(0.0, float(r["cost_mean"]) - float(r["eps"])), abs=1e-4)
     table = (out / "table.md").read_text()
-    assert table.count("extrapolation") == 1 and "| 80 |" in table
+    assert table.count("extrapolation") == 2 and "| 80 |" in table  # one row in each policy's table
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= {"avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen", "episodes", "eps"}
     assert summary["avg_reward"] == pytest.approx(sum(float(r["reward_mean"]) for r in rows) / 3, rel=1e-4)
@@ -124,7 +126,9 @@ def test_evaluate_cli_writes_csv_table_summary_and_a_real_png(run_dir, tmp_path)
     ({"eps": [10, 0]}, "numbers > 0"),
     ({"eps": [-5]}, "numbers > 0"),
     ({"episodes": 0}, "episodes=0"),
-    ({"policy": "greedy"}, "allowed: deterministic, stochastic"),
+    ({"policy": "greedy"}, "allowed: deterministic, stochastic, both"),
+    ({"extrapolation": "flat"}, "allowed: linear, nearest"),
+    ({"extrapolation": "nearest"}, "applies to c_ppo_lag, c_trpo_lag checkpoints only, not algo 'ccpo'"),
     ({"expect": {"env.name": "car_circle"}}, "env.name='ball_circle' checkpoint, not env.name='car_circle'"),
     ({"expect": {"algo.name": "cvpo"}}, "algo.name='ccpo' checkpoint"),
 ])
@@ -248,3 +252,59 @@ def test_eps_sampling_experiment_gives_each_behaviour_set_its_run_and_report_col
     assert list(cfg.eps.behavior) == behavior and len(cfg.eps.eval) == 13
     assert cfg.run_name == f"ball_circle-ccpo-{behavior_set}-s2" and cfg.label == f"ccpo-{behavior_set}"
     assert sweep == {"behavior_set": "b3,b6", "seed": "0,1,2"}
+
+
+def test_cv_per_episode_is_the_mean_violation_of_each_episode_and_never_below_the_cv_of_the_mean():
+    eps = [10.0, 20.0]
+    ep_c = torch.tensor([[0.0, 30.0], [15.0, 25.0]])  # J_c 15 and 20: CV 5 and 0; per episode (0+20)/2, (0+5)/2
+    s = per_eps_stats(eps, torch.zeros(2, 2), ep_c)
+    assert s["cv"] == [5.0, 0.0] and s["cv_per_episode"] == [10.0, 2.5]
+    avg = summarize(s["reward_mean"], s["cv"], [False, True], s["cv_per_episode"])
+    assert avg["avg_cv"] == 2.5 and avg["avg_cv_per_episode"] == 6.25 and avg["avg_cv_per_episode_unseen"] == 10.0
+    gen = torch.Generator().manual_seed(0)
+    costs = torch.rand(7, 9, generator=gen) * 80
+    grid = [10.0 * (i + 1) for i in range(7)]
+    s = per_eps_stats(grid, costs, costs)
+    assert all(a <= b + 1e-12 for a, b in zip(s["cv"], s["cv_per_episode"]))  # Jensen
+
+
+def test_evaluation_of_both_policies_writes_every_episode_and_both_cv_definitions(run_dir, tmp_path):
+    out = tmp_path / "both"
+    summary = evaluate_run(run_dir, eps=[15.0, 40.0], episodes=3, seed=1, out=out, batch_envs=4)
+    assert summary["policy"] == "deterministic" and set(summary["by_policy"]) == {"deterministic", "stochastic"}
+    assert summary["avg_reward"] == summary["by_policy"]["deterministic"]["avg_reward"]
+    episodes = list(csv.DictReader((out / "per_episode.csv").open()))
+    assert list(episodes[0]) == ["policy", "eps", "episode", "reward", "cost", "length"]
+    assert len(episodes) == 2 * 2 * 3 and all(r["length"] == "200" for r in episodes)
+    per_eps = list(csv.DictReader((out / "per_eps.csv").open()))
+    assert [(r["policy"], r["eps"]) for r in per_eps] == [("deterministic", "15"), ("deterministic", "40"),
+                                                          ("stochastic", "15"), ("stochastic", "40")]
+    for row in per_eps:  # every per-threshold figure is recomputed from the per-episode rows
+        mine = [r for r in episodes if (r["policy"], r["eps"]) == (row["policy"], row["eps"])]
+        costs = [float(r["cost"]) for r in mine]
+        assert float(row["cost_mean"]) == pytest.approx(sum(costs) / 3, rel=1e-5)
+        assert float(row["reward_mean"]) == pytest.approx(sum(float(r["reward"]) for r in mine) / 3, rel=1e-5)
+        per_ep = sum(max(0.0, c - float(row["eps"])) for c in costs) / 3
+        assert float(row["cv_per_episode"]) == pytest.approx(per_ep, rel=1e-5, abs=1e-6)
+    stoch = [float(r["reward"]) for r in episodes if r["policy"] == "stochastic"]
+    det = [float(r["reward"]) for r in episodes if r["policy"] == "deterministic"]
+    assert stoch != det  # sampled actions, not the mean
+    assert "## stochastic policy" in (out / "table.md").read_text()
+
+
+def test_report_shows_both_cv_definitions_the_stochastic_policy_and_the_paper(tmp_path):
+    sweep = tmp_path / "sweep"
+    stoch = {"avg_reward": 600.0, "avg_cv": 1.0, "avg_cv_per_episode": 2.0, "avg_reward_unseen": 590.0,
+             "avg_cv_unseen": 1.5, "avg_cv_per_episode_unseen": 2.5}
+    _fake_run(sweep, "a", avg_reward=700.0, avg_cv=0.5, avg_cv_per_episode=0.75, avg_reward_unseen=690.0,
+              avg_cv_unseen=0.0, avg_cv_per_episode_unseen=0.25, by_policy={"stochastic": stoch})
+    _fake_run(sweep, "b", task="car_circle", avg_reward=400.0, avg_cv=0.0)  # deterministic only, older format
+    lines = report([sweep], paper=True).splitlines()
+    assert "| Task | Stats | ccpo | paper CCPO | paper safest baseline |" in lines
+    assert "| ball_circle | Avg. R ↑ | 700.00 ± 0.00 | 710.86 ± 20.47 | 762.61 ± 58.65 |" in lines  # V-DDPG-Lag
+    assert "| ball_circle | Avg. CV per episode ↓ | **0.75 ± 0.00** | 0.59 ± 0.31 | 2.81 ± 1.12 |" in lines
+    assert "| ball_circle | Avg. CV-G per episode ↓ (stochastic) | **2.50 ± 0.00** |  |  |" in lines
+    assert "| ball_circle | seeds | 1 | 5 | 5 (V-DDPG-Lag) |" in lines  # lowest CV there: 2.81
+    assert "| car_circle | seeds | 1 | 5 | 5 (C-TRPO-Lag) |" in lines  # lowest CV there: 7.84
+    assert not [line for line in lines if line.startswith("| car_circle | Avg. R ↑ (stochastic)")]  # no such run
+    assert "| car_circle | Avg. CV ↓ | **0.00 ± 0.00** | 1.60 ± 0.91 | 7.84 ± 1.71 |" in lines

@@ -26,7 +26,8 @@ def evaluate(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     eps = OmegaConf.to_container(cfg.eps) if OmegaConf.is_list(cfg.eps) else cfg.eps
     return evaluate_run(cfg.run, eps=eps, episodes=cfg.episodes, seed=cfg.seed, out=cfg.out, policy=cfg.policy,
-                        batch_envs=cfg.batch_envs, expect={"env.name": cfg.expect_env, "algo.name": cfg.expect_algo})
+                        batch_envs=cfg.batch_envs, expect={"env.name": cfg.expect_env, "algo.name": cfg.expect_algo},
+                        extrapolation=cfg.extrapolation)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")

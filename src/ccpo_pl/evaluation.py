@@ -1,7 +1,8 @@
 """Evaluation of a threshold-conditioned policy: deterministic episodes per eps and the CCPO paper's metrics.
 
 `evaluate_run` is what `python -m ccpo_pl.evaluate` and the end of `ccpo_pl.fit` call: it loads the policy of a
-checkpoint (no training state), runs episodes on a threshold grid in batched envs and writes `eval/per_eps.csv`,
+checkpoint (no training state), runs episodes on a threshold grid in batched envs with the deterministic (mean
+action) and/or the stochastic (sampled actions) policy, and writes `eval/per_eps.csv`, `eval/per_episode.csv`,
 `eval/table.md`, `eval/curves.png` and `eval/summary.json`.
 """
 
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
+from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
 from ccpo_pl.checkpointing import READABLE_FORMATS, safe_load
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
@@ -28,8 +30,15 @@ from ccpo_pl.metrics import cost_violation  # noqa: F401 - re-exported: the per-
 from ccpo_pl.metrics import outside_range, per_eps_stats, seen_mask, summarize
 from ccpo_pl.nets import EpsActor, make_policy
 
+#: the algorithms whose policy is the linear combination of per-threshold policies (`extrapolation=` applies)
+COMBINED = ("c_ppo_lag", "c_trpo_lag")
 EXPLORATION = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
-CSV_COLUMNS = ("eps", "reward_mean", "reward_std", "cost_mean", "cost_std", "cv", "seen", "extrapolation")
+#: `policy=` values: one policy, or both (the deterministic one is the headline, as in the paper's protocol)
+POLICIES = {"deterministic": ("deterministic",), "stochastic": ("stochastic",),
+            "both": ("deterministic", "stochastic")}
+CSV_COLUMNS = ("policy", "eps", "reward_mean", "reward_std", "cost_mean", "cost_std", "cv", "cv_per_episode", "seen",
+               "extrapolation")
+EPISODE_COLUMNS = ("policy", "eps", "episode", "reward", "cost", "length")
 
 
 def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[EpsActor, dict]:
@@ -41,9 +50,10 @@ def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tu
     return policy_from_checkpoint(safe_load(ckpt_path, map_location=device), ckpt_path, device)
 
 
-def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path,
-                           device: str | torch.device = "cpu") -> tuple[EpsActor, dict]:
-    """`load_policy` on an already loaded checkpoint dict (`ckpt_path` only names it in errors)."""
+def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path, device: str | torch.device = "cpu",
+                           algo_overrides: Mapping | None = None) -> tuple[EpsActor, dict]:
+    """`load_policy` on an already loaded checkpoint dict (`ckpt_path` only names it in errors); `algo_overrides`
+    replace keys of the run's `algo` config that only shape the policy (e.g. `extrapolation`)."""
     cfg = (ckpt.get("hyper_parameters") or {}).get("run_config")
     if not cfg or "state_dict" not in ckpt:
         raise ValueError(f"{str(ckpt_path)!r} is not a ccpo_pl.fit checkpoint")
@@ -63,6 +73,8 @@ def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path,
         obs_dim, act_dim = int(hp["obs_dim"]), int(hp["act_dim"])
     else:  # checkpoints written before the sizes were stored: an EpsActor, whose input is [observation, e]
         obs_dim, act_dim = weights["trunk.0.weight"].shape[1] - 1, weights["mu.weight"].shape[0]
+    if algo_overrides:
+        cfg = {**cfg, "algo": {**cfg["algo"], **algo_overrides}}
     actor = ALGOS[name].make_actor(cfg, obs_dim, act_dim)
     actor.load_state_dict(weights)
     return actor.to(device).eval(), cfg
@@ -70,8 +82,9 @@ def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path,
 
 @torch.no_grad()
 def rollout_episodes(env: EnvBase, policy, max_steps: int,
-                     exploration: ExplorationType = ExplorationType.DETERMINISTIC) -> tuple[Tensor, Tensor]:
-    """One deterministic episode per sub-env of a batched env; returns (episode reward `[N]`, episode cost `[N]`).
+                     exploration: ExplorationType = ExplorationType.DETERMINISTIC) -> tuple[Tensor, Tensor, Tensor]:
+    """One episode per sub-env of a batched env; returns (episode reward `[N]`, episode cost `[N]`, episode length
+    `[N]` in steps).
 
     Each sub-env keeps its own threshold (build the env with `eps_mode="fixed"`). The rollout runs until every
     sub-env finished at least once (`StepCounter` truncates at the episode length) and reads the episode sums at
@@ -87,13 +100,13 @@ def rollout_episodes(env: EnvBase, policy, max_steps: int,
     rows = torch.arange(done.shape[0])
     ep_r = td["next", "episode_reward"].reshape(*done.shape, -1)[rows, first, 0]
     ep_c = td["next", "episode_cost"].reshape(*done.shape, -1)[rows, first, 0]
-    return ep_r.cpu(), ep_c.cpu()
+    return ep_r.cpu(), ep_c.cpu(), (first + 1).cpu()
 
 
 def evaluate_thresholds(policy, env_cfg: Mapping, eps: Sequence[float], episodes: int, *, seed: int,
                         max_steps: int, batch_envs: int = 64,
-                        exploration: ExplorationType = ExplorationType.DETERMINISTIC) -> tuple[Tensor, Tensor]:
-    """Episode reward and cost `[n_eps, episodes]` of a TorchRL policy (e.g. `make_policy(actor)`):
+                        exploration: ExplorationType = ExplorationType.DETERMINISTIC) -> tuple[Tensor, Tensor, Tensor]:
+    """Episode reward, cost and length `[n_eps, episodes]` each of a TorchRL policy (e.g. `make_policy(actor)`):
     `episodes` episodes at each threshold of `eps`.
 
     All episodes run side by side in batched envs of at most `batch_envs` sub-envs, each sub-env at its own fixed
@@ -101,7 +114,7 @@ def evaluate_thresholds(policy, env_cfg: Mapping, eps: Sequence[float], episodes
     numpy's global one that bullet-safety-gym draws from) are left as they were.
     """
     flat = [float(e) for e in eps for _ in range(episodes)]
-    rewards, costs = [], []
+    results = []
     np_state = np.random.get_state()
     try:
         with torch.random.fork_rng(devices=[]):
@@ -109,25 +122,30 @@ def evaluate_thresholds(policy, env_cfg: Mapping, eps: Sequence[float], episodes
                 chunk = flat[start:start + batch_envs]
                 env = make_env(env_cfg, num_envs=len(chunk), seed=seed + start, eps_values=chunk, eps_mode="fixed")
                 try:
-                    r, c = rollout_episodes(env, policy, max_steps, exploration)
+                    results.append(rollout_episodes(env, policy, max_steps, exploration))
                 finally:
                     env.close(raise_if_closed=False)
-                rewards.append(r)
-                costs.append(c)
     finally:
         np.random.set_state(np_state)
-    return torch.cat(rewards).view(len(eps), episodes), torch.cat(costs).view(len(eps), episodes)
+    return tuple(torch.cat(parts).view(len(eps), episodes) for parts in zip(*results))
 
 
-def plot_curves(stats: Mapping[str, Sequence[float]], behavior: Sequence[float], title: str = "") -> Figure:
+def plot_curves(stats: Mapping[str, Sequence[float]] | Mapping[str, Mapping[str, Sequence[float]]],
+                behavior: Sequence[float], title: str = "") -> Figure:
     """J_r(eps) and J_c(eps) against eps (mean +- std over episodes), with the line y = eps on the cost panel
-    and the behaviour thresholds marked."""
+    and the behaviour thresholds marked. `stats`: one policy's per-threshold stats, or policy name -> stats (one
+    line each: the deterministic policy solid, the stochastic one dashed)."""
+    by_policy = stats if "eps" not in stats else {"": stats}
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     ax_r, ax_c = fig.subplots(1, 2)
-    eps = stats["eps"]
-    ax_r.errorbar(eps, stats["reward_mean"], yerr=stats.get("reward_std"), marker="o", capsize=3, color="C0")
-    ax_c.errorbar(eps, stats["cost_mean"], yerr=stats.get("cost_std"), marker="o", capsize=3, color="C3",
-                  label="J_c(eps)")
+    for name, st in by_policy.items():
+        style = {"marker": "o", "capsize": 3, "linestyle": "--" if name == "stochastic" else "-"}
+        suffix = f" ({name})" if name else ""
+        ax_r.errorbar(st["eps"], st["reward_mean"], yerr=st.get("reward_std"), color="C0", label=f"J_r(eps){suffix}",
+                      **style)
+        ax_c.errorbar(st["eps"], st["cost_mean"], yerr=st.get("cost_std"), color="C3", label=f"J_c(eps){suffix}",
+                      **style)
+    eps = [e for st in by_policy.values() for e in st["eps"]]
     lo, hi = min(eps), max(eps)
     ax_c.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = eps")
     for ax, name in ((ax_r, "J_r(eps): episode reward"), (ax_c, "J_c(eps): episode cost")):
@@ -137,6 +155,8 @@ def plot_curves(stats: Mapping[str, Sequence[float]], behavior: Sequence[float],
         ax.set_title(name)
         ax.grid(alpha=0.3)
     ax_c.legend(loc="upper left")
+    if len(by_policy) > 1:
+        ax_r.legend(loc="lower right")
     if title:
         fig.suptitle(title)
     return fig
@@ -158,33 +178,60 @@ def _json_safe(value):
     return value
 
 
-def markdown_table(stats: Mapping[str, Sequence], summary: Mapping[str, float], title: str) -> str:
-    """The per-threshold table and the summary lines of `eval/table.md`."""
-    lines = [f"# {title}", "", "| eps | J_r(eps) | J_c(eps) | CV(eps) | seen | note |", "|---:|---:|---:|---:|:---:|---|"]
-    for i, e in enumerate(stats["eps"]):
-        note = "extrapolation: outside the trained eps range" if stats["extrapolation"][i] else ""
-        lines.append(f"| {e:g} | {stats['reward_mean'][i]:.2f} ± {stats['reward_std'][i]:.2f} "
-                     f"| {stats['cost_mean'][i]:.2f} ± {stats['cost_std'][i]:.2f} | {stats['cv'][i]:.2f} "
-                     f"| {'yes' if stats['seen'][i] else 'no'} | {note} |")
+def markdown_table(stats: Mapping[str, Mapping[str, Sequence]], summary: Mapping[str, Mapping[str, float]],
+                   title: str) -> str:
+    """`eval/table.md`: per policy (name -> per-threshold stats, name -> averages), the per-threshold table and the
+    summary lines. CV: of the mean episode cost; CV/ep: the mean over episodes of each episode's violation."""
     fmt = lambda v: "n/a (no unseen threshold)" if v is None or math.isnan(v) else f"{v:.2f}"  # noqa: E731
-    lines += ["", f"- Avg. R: {fmt(summary['avg_reward'])}", f"- Avg. CV: {fmt(summary['avg_cv'])}",
-              f"- Avg. R-G (unseen thresholds): {fmt(summary['avg_reward_unseen'])}",
-              f"- Avg. CV-G (unseen thresholds): {fmt(summary['avg_cv_unseen'])}", ""]
-    return "\n".join(lines)
+    lines = [f"# {title}"]
+    for policy, st in stats.items():
+        avg = summary[policy]
+        lines += ["", f"## {policy} policy", "", "| eps | J_r(eps) | J_c(eps) | CV(eps) | CV/ep(eps) | seen | note |",
+                  "|---:|---:|---:|---:|---:|:---:|---|"]
+        for i, e in enumerate(st["eps"]):
+            note = "extrapolation: outside the trained eps range" if st["extrapolation"][i] else ""
+            lines.append(f"| {e:g} | {st['reward_mean'][i]:.2f} ± {st['reward_std'][i]:.2f} "
+                         f"| {st['cost_mean'][i]:.2f} ± {st['cost_std'][i]:.2f} | {st['cv'][i]:.2f} "
+                         f"| {st['cv_per_episode'][i]:.2f} | {'yes' if st['seen'][i] else 'no'} | {note} |")
+        lines += ["", f"- Avg. R: {fmt(avg['avg_reward'])}",
+                  f"- Avg. CV: {fmt(avg['avg_cv'])} (per episode: {fmt(avg['avg_cv_per_episode'])})",
+                  f"- Avg. R-G (unseen thresholds): {fmt(avg['avg_reward_unseen'])}",
+                  f"- Avg. CV-G (unseen thresholds): {fmt(avg['avg_cv_unseen'])} "
+                  f"(per episode: {fmt(avg['avg_cv_per_episode_unseen'])})"]
+    return "\n".join(lines) + "\n"
 
 
-def write_eval(out_dir: Path, stats: Mapping[str, Sequence], summary: Mapping, behavior: Sequence[float],
-               title: str) -> None:
-    """Write `per_eps.csv`, `table.md`, `curves.png` and `summary.json` into `out_dir`, each atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _csv(rows) -> bytes:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for i in range(len(stats["eps"])):
-        writer.writerow([f"{stats[k][i]:g}" if k == "eps" else int(stats[k][i]) if k in ("seen", "extrapolation")
-                         else f"{stats[k][i]:.6g}" for k in CSV_COLUMNS])
-    _atomic_write(out_dir / "per_eps.csv", buf.getvalue().encode())
-    _atomic_write(out_dir / "table.md", markdown_table(stats, summary, title).encode())
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _cell(key: str, value) -> str:
+    if key in ("seen", "extrapolation", "episode", "length"):
+        return str(int(value))
+    if key == "policy":
+        return value
+    return f"{value:g}" if key == "eps" else f"{value:.6g}"
+
+
+def write_eval(out_dir: Path, stats: Mapping[str, Mapping[str, Sequence]], episodes: Mapping[str, Sequence[Tensor]],
+               summary: Mapping, behavior: Sequence[float], title: str) -> None:
+    """Write `per_eps.csv` (a row per policy and threshold), `per_episode.csv` (a row per episode: policy, eps,
+    episode, reward, cost, length), `table.md`, `curves.png` and `summary.json` into `out_dir`, each atomically.
+    `stats`: policy -> per-threshold stats; `episodes`: policy -> (reward, cost, length) `[n_eps, episodes]`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_eps = [CSV_COLUMNS] + [[_cell(k, policy if k == "policy" else st[k][i]) for k in CSV_COLUMNS]
+                               for policy, st in stats.items() for i in range(len(st["eps"]))]
+    per_episode = [EPISODE_COLUMNS]
+    for policy, (reward, cost, length) in episodes.items():
+        for i, e in enumerate(stats[policy]["eps"]):
+            per_episode += [[policy, _cell("eps", e), str(j), _cell("reward", float(reward[i, j])),
+                             _cell("cost", float(cost[i, j])), _cell("length", int(length[i, j]))]
+                            for j in range(reward.shape[1])]
+    _atomic_write(out_dir / "per_eps.csv", _csv(per_eps))
+    _atomic_write(out_dir / "per_episode.csv", _csv(per_episode))
+    _atomic_write(out_dir / "table.md", markdown_table(stats, summary["by_policy"], title).encode())
     png = io.BytesIO()
     plot_curves(stats, behavior, title).savefig(png, format="png")
     _atomic_write(out_dir / "curves.png", png.getvalue())
@@ -216,27 +263,36 @@ def check_thresholds(eps) -> list[float]:
 
 
 def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episodes: int = 10, seed: int = 0,
-                 out: str | Path | None = None, policy: str = "deterministic", batch_envs: int = 64,
-                 expect: Mapping[str, str] | None = None, extra: Mapping | None = None) -> dict:
+                 out: str | Path | None = None, policy: str = "both", batch_envs: int = 64,
+                 expect: Mapping[str, str] | None = None, extra: Mapping | None = None,
+                 extrapolation: str | None = None) -> dict:
     """Evaluate the policy of a run or checkpoint on a threshold grid and write the `eval/` files; returns the
     summary (the keys of `eval/summary.json`).
 
     `eps=None` uses the run's own evaluation grid. `expect`, e.g. `{"env.name": "ball_circle"}`, refuses a
     checkpoint of another env or algorithm. Thresholds outside the run's trained range are evaluated and flagged.
+    `extrapolation` ("linear" or "nearest"; the combined-policy baselines only) replaces the run's reading of the
+    linear combination outside the behaviour range; the nearest reading is labelled `<label>-nearest`.
     """
     if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes <= 0:
         raise ConfigError(f"episodes={episodes!r} must be a positive integer")
     if not isinstance(batch_envs, int) or batch_envs <= 0:
         raise ConfigError(f"batch_envs={batch_envs!r} must be a positive integer")
-    if policy not in EXPLORATION:
-        raise ConfigError(f"policy={policy!r}; allowed: {', '.join(EXPLORATION)}")
+    if policy not in POLICIES:
+        raise ConfigError(f"policy={policy!r}; allowed: {', '.join(POLICIES)}")
+    if extrapolation not in (None, *EXTRAPOLATIONS):
+        raise ConfigError(f"extrapolation={extrapolation!r}; allowed: {', '.join(EXTRAPOLATIONS)} (or null)")
     ckpt, run_dir = resolve_checkpoint(run)
     try:
         data = safe_load(ckpt)
-        actor, cfg = policy_from_checkpoint(data, ckpt)
+        actor, cfg = policy_from_checkpoint(data, ckpt, algo_overrides=None if extrapolation is None
+                                            else {"extrapolation": extrapolation})
     except Exception as err:  # noqa: BLE001 - an unreadable or foreign file is reported the same way
         reason = str(err).splitlines()[0] if isinstance(err, ValueError) else type(err).__name__
         raise ConfigError(f"run={str(run)!r}: {str(ckpt)!r} is not a loadable ccpo_pl checkpoint ({reason})") from None
+    if extrapolation is not None and cfg["algo"]["name"] not in COMBINED:
+        raise ConfigError(f"extrapolation={extrapolation!r} applies to {', '.join(COMBINED)} checkpoints only, "
+                          f"not algo {cfg['algo']['name']!r}")
     for key, want in (expect or {}).items():
         group, name = key.split(".")
         have = cfg[group][name]
@@ -244,23 +300,30 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
             raise ConfigError(f"{str(ckpt)!r} is a {key}={have!r} checkpoint, not {key}={want!r}")
     eps = check_thresholds(cfg["eps"]["eval"] if eps is None else list(eps))
     behavior = [float(b) for b in cfg["eps"]["behavior"]]
-    ep_r, ep_c = evaluate_thresholds(make_policy(actor), cfg["env"], eps, episodes, seed=seed,
-                                     max_steps=int(cfg["env"]["max_episode_steps"]), batch_envs=batch_envs,
-                                     exploration=EXPLORATION[policy])
-    stats = per_eps_stats(eps, ep_r, ep_c)
-    stats["seen"] = seen_mask(eps, behavior)
-    stats["extrapolation"] = outside_range(eps, cfg["eps"]["range"])
+    stats, averages, runs = {}, {}, {}
+    for name in POLICIES[policy]:  # the same start states (seed) for every policy
+        runs[name] = evaluate_thresholds(make_policy(actor), cfg["env"], eps, episodes, seed=seed,
+                                         max_steps=int(cfg["env"]["max_episode_steps"]), batch_envs=batch_envs,
+                                         exploration=EXPLORATION[name])
+        st = per_eps_stats(eps, *runs[name][:2])
+        st["seen"] = seen_mask(eps, behavior)
+        st["extrapolation"] = outside_range(eps, cfg["eps"]["range"])
+        stats[name] = st
+        averages[name] = summarize(st["reward_mean"], st["cv"], st["seen"], st["cv_per_episode"])
     state = data.get("ccpo", {})
-    summary = summarize(stats["reward_mean"], stats["cv"], stats["seen"]) | {
-        "episodes": episodes, "eps": eps,
+    headline = POLICIES[policy][0]
+    summary = averages[headline] | {
+        "by_policy": averages, "episodes": episodes, "eps": eps,
         "task": cfg["env"]["name"], "env_id": cfg["env"]["id"], "algo": cfg["algo"]["name"],
-        "label": cfg.get("label") or cfg["algo"]["name"], "seed": cfg["seed"], "behavior": behavior,
-        "eps_range": [float(x) for x in cfg["eps"]["range"]], "policy": policy, "eval_seed": seed,
+        "label": (cfg.get("label") or cfg["algo"]["name"]) + ("-nearest" if extrapolation == "nearest" else ""),
+        "seed": cfg["seed"], "behavior": behavior,
+        "eps_range": [float(x) for x in cfg["eps"]["range"]], "policy": headline, "eval_seed": seed,
         "checkpoint": os.path.relpath(ckpt, run_dir),
         "frames": int(state.get("stream", {}).get("frames", 0)) * int(state.get("world_size", 1)),
         "train_wall_s": state.get("elapsed_s"),
     } | dict(extra or {})
     out_dir = Path(out) if out is not None else run_dir / "eval"
-    title = f"{cfg['env']['id']} {summary['label']} seed {cfg['seed']}: {summary['frames']} frames, {policy} policy"
-    write_eval(out_dir, stats, summary, behavior, title)
+    title = (f"{cfg['env']['id']} {summary['label']} seed {cfg['seed']}: {summary['frames']} frames, "
+             f"{' and '.join(POLICIES[policy])} policy")
+    write_eval(out_dir, stats, runs, summary, behavior, title)
     return summary

@@ -288,13 +288,14 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     metrics = dict(module.final_metrics)
     if trainer.global_rank == 0 and cfg.eval.final_episodes > 0 and module.global_frames >= cfg.total_frames:
         summary = final_evaluation(cfg, run_dir)
-        metrics |= {f"final/{k}": summary[k] for k in ("avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen")}
+        metrics |= {f"final/{k}": v for k, v in summary["by_policy"][summary["policy"]].items()}  # the headline
+        metrics |= {f"final/{policy}/{k}": v for policy, avg in summary["by_policy"].items() for k, v in avg.items()}
     return metrics
 
 
 def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
-    """`eval.final_episodes` deterministic episodes per threshold of `eps.eval` with the final policy, written
-    to `<run dir>/eval/` exactly as `python -m ccpo_pl.evaluate run=<run dir>` would."""
+    """`eval.final_episodes` episodes per threshold of `eps.eval` with the final policy, deterministic and
+    stochastic, written to `<run dir>/eval/` exactly as `python -m ccpo_pl.evaluate run=<run dir>` would."""
     return evaluate_run(run_dir, eps=list(cfg.eps.eval), episodes=int(cfg.eval.final_episodes), seed=int(cfg.seed))
 
 

@@ -4,6 +4,10 @@ Per threshold eps: J_r(eps) and J_c(eps) are the mean episode reward and cost ov
 CV(eps) = max(0, J_c(eps) - eps). Over a threshold grid: Avg. R and Avg. CV average them over every threshold;
 Avg. R-G and Avg. CV-G over the thresholds outside the behaviour set (the zero-shot ones). Over seeds: mean and
 standard deviation (numpy's default, ddof=0) of each run's averages.
+
+CV comes in two definitions: `cv` of the mean episode cost (above), and `cv_per_episode`, the mean over episodes
+of max(0, J_c - eps). By Jensen's inequality cv <= cv_per_episode: an episode far below eps hides one above it in
+the first, not in the second. The paper does not state its formula; both are reported.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ def cost_violation(cost: Tensor, eps: Tensor) -> Tensor:
     return (cost - eps).clamp_min(0.0)
 
 
+def cost_violation_per_episode(ep_cost: Tensor, eps: Tensor) -> Tensor:
+    """Mean over episodes of max(0, J_c - eps): `ep_cost [n_eps, episodes]`, `eps [n_eps]` -> `[n_eps]`."""
+    return (ep_cost - eps[:, None]).clamp_min(0.0).mean(1)
+
+
 def seen_mask(eps: Sequence[float], behavior: Sequence[float]) -> list[bool]:
     """True for the thresholds of `eps` that are behaviour thresholds (trained on), False for unseen ones."""
     return [any(abs(float(e) - float(b)) <= SEEN_ATOL for b in behavior) for e in eps]
@@ -36,7 +45,8 @@ def outside_range(eps: Sequence[float], eps_range: Sequence[float]) -> list[bool
 
 
 def per_eps_stats(eps: Sequence[float], ep_reward: Tensor, ep_cost: Tensor) -> dict[str, list[float]]:
-    """Mean and std (over episodes, ddof=0) of episode reward and cost per threshold, and CV(eps).
+    """Mean and std (over episodes, ddof=0) of episode reward and cost per threshold, CV(eps) of the mean cost and
+    the per-episode CV (`cost_violation_per_episode`).
 
     `ep_reward`, `ep_cost`: `[n_eps, episodes]`, row i holding the episodes run at `eps[i]`.
     """
@@ -45,23 +55,31 @@ def per_eps_stats(eps: Sequence[float], ep_reward: Tensor, ep_cost: Tensor) -> d
                          f"{len(eps)} thresholds")
     r, c = ep_reward.double(), ep_cost.double()
     cost_mean = c.mean(1)
-    cv = cost_violation(cost_mean, torch.tensor([float(e) for e in eps], dtype=torch.float64))
+    eps_t = torch.tensor([float(e) for e in eps], dtype=torch.float64)
     return {"eps": [float(e) for e in eps],
             "reward_mean": r.mean(1).tolist(), "reward_std": r.std(1, correction=0).tolist(),
-            "cost_mean": cost_mean.tolist(), "cost_std": c.std(1, correction=0).tolist(), "cv": cv.tolist()}
+            "cost_mean": cost_mean.tolist(), "cost_std": c.std(1, correction=0).tolist(),
+            "cv": cost_violation(cost_mean, eps_t).tolist(),
+            "cv_per_episode": cost_violation_per_episode(c, eps_t).tolist()}
 
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def summarize(reward_mean: Sequence[float], cv: Sequence[float], seen: Sequence[bool]) -> dict[str, float]:
+def summarize(reward_mean: Sequence[float], cv: Sequence[float], seen: Sequence[bool],
+              cv_per_episode: Sequence[float] | None = None) -> dict[str, float]:
     """CCPO paper Table 1 averages over a threshold grid: Avg. R, Avg. CV, and Avg. R-G, Avg. CV-G over the
-    unseen thresholds (NaN when every threshold was a behaviour threshold)."""
+    unseen thresholds (NaN when every threshold was a behaviour threshold); with `cv_per_episode`, the same two
+    averages of it (`avg_cv_per_episode`, `avg_cv_per_episode_unseen`)."""
     unseen = [i for i, s in enumerate(seen) if not s]
-    return {"avg_reward": _mean(list(reward_mean)), "avg_cv": _mean(list(cv)),
-            "avg_reward_unseen": _mean([reward_mean[i] for i in unseen]),
-            "avg_cv_unseen": _mean([cv[i] for i in unseen])}
+    out = {"avg_reward": _mean(list(reward_mean)), "avg_cv": _mean(list(cv)),
+           "avg_reward_unseen": _mean([reward_mean[i] for i in unseen]),
+           "avg_cv_unseen": _mean([cv[i] for i in unseen])}
+    if cv_per_episode is not None:
+        out["avg_cv_per_episode"] = _mean(list(cv_per_episode))
+        out["avg_cv_per_episode_unseen"] = _mean([cv_per_episode[i] for i in unseen])
+    return out
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -3,7 +3,9 @@
 Collects every evaluated run under the given directories (each `<run>/eval/summary.json`, written by
 `python -m ccpo_pl.evaluate` or at the end of `ccpo_pl.fit`) and aggregates them per task and per run label
 (`label`, by default the algorithm's name): Avg. R, Avg. CV, Avg. R-G and Avg. CV-G as mean ± std over seeds, one
-column per label, the lowest CV of each row in bold. Writes a Markdown report (the table, then one line per run
+column per label, the lowest CV of each row in bold. CV both of the mean episode cost and per episode (`ccpo_pl.
+metrics`), for the deterministic policy (the paper's protocol) and, where it was evaluated, the stochastic one.
+With `--paper`, the paper's CCPO column and its safest baseline per task (lowest Avg. CV) stand beside them. Writes a Markdown report (the table, then one line per run
 with its frames, wall time and command) and a CSV beside it; prints the Markdown. With `--section`, the report is
 one section of `--out` instead: written between markers named by its title, replacing that section if it is there
 and leaving the rest of the file as it is (one results file built from several generated tables); its CSV is
@@ -28,9 +30,63 @@ from ccpo_pl.metrics import mean_std
 
 #: the CCPO paper's task order (Table 1); other tasks follow alphabetically
 PAPER_TASKS = ("ball_circle", "car_circle", "drone_circle", "drone_run", "ant_run")
-#: (summary key, row name, lower is better)
-STATS = (("avg_reward", "Avg. R ↑", False), ("avg_cv", "Avg. CV ↓", True),
-         ("avg_reward_unseen", "Avg. R-G ↑", False), ("avg_cv_unseen", "Avg. CV-G ↓", True))
+#: (summary key, row name, lower is better, the paper's statistic on that row); "stochastic:<key>" reads
+#: `by_policy.stochastic.<key>` of the summary
+_AVERAGES = (("avg_reward", "Avg. R ↑", False, "R"), ("avg_cv", "Avg. CV ↓", True, "CV"),
+             ("avg_cv_per_episode", "Avg. CV per episode ↓", True, "CV"),
+             ("avg_reward_unseen", "Avg. R-G ↑", False, "R-G"), ("avg_cv_unseen", "Avg. CV-G ↓", True, "CV-G"),
+             ("avg_cv_per_episode_unseen", "Avg. CV-G per episode ↓", True, "CV-G"))
+STATS = _AVERAGES + tuple((f"stochastic:{k}", f"{name} (stochastic)", low, None) for k, name, low, _ in _AVERAGES)
+
+#: CCPO paper Table 1 (mean, std over 5 seeds; deterministic evaluation): task -> algo -> stat -> (mean, std)
+_PAPER_ROWS = {
+    "ball_circle": ((710.86, 20.47, 0.59, 0.31, 699.04, 20.48, 0.83, 0.42),
+                    (774.16, 20.34, 5.32, 5.00, 766.52, 22.59, 6.29, 5.72),
+                    (762.61, 58.65, 2.81, 1.12, 756.67, 58.48, 3.53, 1.26),
+                    (637.85, 14.03, 3.11, 1.64, 667.89, 12.17, 3.40, 1.75),
+                    (699.38, 1.94, 4.50, 0.08, 699.14, 2.05, 5.59, 0.25)),
+    "car_circle": ((406.06, 6.30, 1.60, 0.91, 401.53, 5.59, 1.49, 0.38),
+                   (331.80, 11.57, 12.18, 4.65, 331.19, 11.00, 12.74, 4.32),
+                   (448.82, 18.65, 14.48, 8.14, 445.32, 17.42, 14.63, 8.69),
+                   (440.01, 2.59, 9.09, 1.52, 438.31, 3.03, 11.07, 1.58),
+                   (461.14, 1.39, 7.84, 1.71, 460.72, 1.15, 9.14, 2.01)),
+    "drone_circle": ((630.55, 40.03, 0.32, 0.38, 625.51, 40.12, 0.47, 0.55),
+                     (693.69, 22.37, 13.24, 8.80, 699.14, 24.88, 14.97, 10.10),
+                     (734.58, 49.69, 19.62, 11.15, 730.29, 48.43, 19.44, 10.36),
+                     (392.64, 23.13, 0.45, 0.38, 342.77, 19.06, 0.21, 0.09),
+                     (380.77, 18.62, 6.55, 1.95, 291.87, 19.88, 7.23, 2.03)),
+    "drone_run": ((458.69, 12.98, 0.23, 0.25, 455.64, 11.83, 0.33, 0.37),
+                  (355.61, 35.44, 8.66, 4.30, 354.61, 33.34, 9.96, 4.54),
+                  (244.60, 48.29, 11.33, 9.63, 236.61, 43.49, 12.72, 9.91),
+                  (398.88, 21.53, 9.46, 5.63, 386.77, 30.09, 11.18, 7.46),
+                  (461.70, 4.91, 47.97, 3.49, 464.07, 6.61, 60.39, 4.32)),
+    "ant_run": ((660.88, 4.82, 3.13, 1.67, 660.07, 5.26, 3.25, 1.48),
+                (615.73, 91.99, 8.47, 3.55, 626.27, 84.61, 7.76, 11.83),
+                (594.75, 172.35, 23.69, 30.42, 592.50, 173.01, 22.90, 9.39),
+                (636.06, 6.78, 5.16, 1.59, 620.46, 9.99, 6.73, 2.32),
+                (629.83, 7.84, 0.22, 0.17, 605.07, 10.63, 0.03, 0.06)),
+}
+_PAPER_ALGOS = ("CCPO", "V-SAC-Lag", "V-DDPG-Lag", "C-PPO-Lag", "C-TRPO-Lag")
+PAPER_TABLE1 = {task: {algo: {stat: (row[2 * i], row[2 * i + 1]) for i, stat in enumerate(("R", "CV", "R-G", "CV-G"))}
+                       for algo, row in zip(_PAPER_ALGOS, rows)} for task, rows in _PAPER_ROWS.items()}
+
+
+def paper_columns(task: str) -> list[tuple[str, dict]]:
+    """The paper's CCPO and its safest baseline on `task` (lowest Avg. CV) as (column name, stat -> (mean, std));
+    empty for a task the paper does not report."""
+    if task not in PAPER_TABLE1:
+        return []
+    row = PAPER_TABLE1[task]
+    safest = min(_PAPER_ALGOS[1:], key=lambda a: row[a]["CV"][0])
+    return [("paper CCPO", row["CCPO"]), (f"paper safest baseline ({safest})", row[safest])]
+
+
+def metric_value(summary: dict, key: str):
+    """A summary's value of a `STATS` key (None where the run has none)."""
+    if ":" in key:
+        policy, key = key.split(":", 1)
+        return ((summary.get("by_policy") or {}).get(policy) or {}).get(key)
+    return summary.get(key)
 
 
 def find_runs(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
@@ -59,8 +115,8 @@ def aggregate(summaries: Sequence[dict]) -> dict[tuple[str, str], dict[str, tupl
     out = {}
     for key, runs in groups.items():
         out[key] = {}
-        for metric in [m for m, _, _ in STATS] + ["frames", "train_wall_s"]:
-            values = [r.get(metric) for r in runs]
+        for metric in [m for m, *_ in STATS] + ["frames", "train_wall_s"]:
+            values = [metric_value(r, metric) for r in runs]
             values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
             out[key][metric] = (*mean_std(values), len(values))
         out[key]["runs"] = (float(len(runs)), 0.0, len(runs))
@@ -93,23 +149,39 @@ def _cell(stat: tuple[float, float, int]) -> str:
     return "n/a" if n == 0 else f"{mean:.2f} ± {std:.2f}"
 
 
-def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, title: str, command: str) -> str:
-    """The Table 1 Markdown (lowest CV of each row in bold) and the list of runs behind it."""
+def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, title: str, command: str,
+             paper: bool = False) -> str:
+    """The Table 1 Markdown (lowest CV of each row in bold; rows no run has are left out) and the list of runs
+    behind it; with `paper`, the paper's CCPO and safest-baseline columns of each task."""
     tasks, labels = _order({t for t, _ in table}), _labels(table)
+    paper_head = " | paper CCPO | paper safest baseline" if paper else ""
     lines = [f"# {title}", "", f"Generated by `{command}`. Mean ± std over seeds (std with ddof=0); "
-             "CV(eps) = max(0, J_c(eps) − eps); R-G and CV-G average the thresholds outside the behaviour set. "
-             "Lowest CV of each row in bold.", "",
-             "| Task | Stats | " + " | ".join(labels) + " |", "|---|---|" + "---:|" * len(labels)]
+             "CV(eps) = max(0, J_c(eps) − eps) of the mean episode cost, CV per episode = the mean over episodes of "
+             "max(0, cost − eps); R-G and CV-G average the thresholds outside the behaviour set; the deterministic "
+             "(mean-action) policy unless marked stochastic. Lowest CV of each row in bold."
+             + (" The paper's columns: its Table 1 (5 seeds, deterministic evaluation; the paper does not say which "
+                "CV definition it uses, so its CV stands on both rows); its safest baseline is the one with the "
+                "lowest Avg. CV on that task." if paper else ""), "",
+             "| Task | Stats | " + " | ".join(labels) + paper_head + " |",
+             "|---|---|" + "---:|" * (len(labels) + (2 if paper else 0))]
     for task in tasks:
-        for metric, name, lower_better in STATS:
+        columns = paper_columns(task) if paper else []
+        for metric, name, lower_better, paper_stat in STATS:
             stats = [table.get((task, label), {}).get(metric, (math.nan, math.nan, 0)) for label in labels]
-            cells = [_cell(s) for s in stats]
             present = [i for i, s in enumerate(stats) if s[2] > 0]
-            if lower_better and present:
+            if not present:
+                continue
+            cells = [_cell(s) for s in stats]
+            if lower_better:
                 best = min(stats[i][0] for i in present)
                 cells = [f"**{c}**" if i in present and stats[i][0] == best else c for i, c in enumerate(cells)]
+            if paper:
+                cells += [f"{col[paper_stat][0]:.2f} ± {col[paper_stat][1]:.2f}" if paper_stat and col else ""
+                          for col in [c for _, c in columns] or [None, None]]
             lines.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
         seeds = [str(table.get((task, label), {}).get("runs", (0, 0, 0))[2]) for label in labels]
+        if paper:  # the paper's seeds, and which baseline is its safest on this task
+            seeds += [f"5 ({name.split('(')[1].rstrip(')')})" if "(" in name else "5" for name, _ in columns] or ["", ""]
         lines.append(f"| {task} | seeds | " + " | ".join(seeds) + " |")
     lines += ["", "## Runs", "", "Train wall: the training loop's wall clock over all of a run's processes; "
               "~: not recorded, the span of its TensorBoard events instead.", "", "| run | task | label | seed | frames | train wall (h) | eval | command |",
@@ -123,7 +195,8 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
         wall = "n/a" if wall is None else f"{approx}{wall / 3600:.2f}"
         commands = run_dir / "commands.txt"
         cmd = commands.read_text().strip().splitlines()[-1].split(" ", 1)[-1] if commands.is_file() else "n/a"
-        evaluation = f"{s['episodes']} × {len(s['eps'])} thresholds, {s.get('policy', 'deterministic')}"
+        policies = " and ".join(s.get("by_policy") or [s.get("policy", "deterministic")])
+        evaluation = f"{s['episodes']} × {len(s['eps'])} thresholds, {policies}"
         lines.append(f"| {name} | {s['task']} | {s.get('label') or s['algo']} | {s['seed']} | {s.get('frames', 0)} "
                      f"| {wall} | {evaluation} | `{cmd}` |")
     return "\n".join(lines) + "\n"
@@ -131,7 +204,7 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
 
 def write_csv(table: dict, path: Path) -> None:
     """One row per (task, label): mean, std and count of every metric."""
-    metrics = [m for m, _, _ in STATS] + ["frames", "train_wall_s"]
+    metrics = [m for m, *_ in STATS] + ["frames", "train_wall_s"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["task", "label", "runs"] + [f"{m}_{x}" for m in metrics for x in ("mean", "std")])
@@ -144,14 +217,16 @@ def write_csv(table: dict, path: Path) -> None:
 
 
 def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str | Path | None = None,
-           title: str = "CCPO paper Table 1 metrics", command: str | None = None, section: bool = False) -> str:
+           title: str = "CCPO paper Table 1 metrics", command: str | None = None, section: bool = False,
+           paper: bool = False) -> str:
     """Aggregate the runs under `dirs`; write `out` (default `<first dir>/report.md`) and its `.csv`, or with
     `section` replace or add this report's section of `out` (see the module docstring); return the Markdown."""
     runs = find_runs(dirs)
     table = aggregate([s for _, s in runs])
     root = Path(dirs[0]) if len(dirs) == 1 else None
     out = Path(out) if out is not None else Path(dirs[0]) / "report.md"
-    text = markdown(table, runs, root, title, command or "python -m ccpo_pl.report " + " ".join(map(str, dirs)))
+    text = markdown(table, runs, root, title, command or "python -m ccpo_pl.report " + " ".join(map(str, dirs)),
+                    paper)
     if notes is not None:
         if not Path(notes).is_file():
             raise ConfigError(f"--notes {str(notes)!r} does not exist")
@@ -181,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="Markdown report (default <first dir>/report.md); the CSV goes beside it")
     parser.add_argument("--notes", help="a Markdown file appended to the report (e.g. what was learnt)")
     parser.add_argument("--title", default="CCPO paper Table 1 metrics")
+    parser.add_argument("--paper", action="store_true",
+                        help="add the paper's CCPO column and its safest baseline per task (Table 1)")
     parser.add_argument("--section", action="store_true",
                         help="write the report as a section of --out (replacing the section of the same title)")
     args = parser.parse_args(argv)
@@ -189,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     command = "python -m ccpo_pl.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
-        print(report(args.dirs, args.out, args.notes, args.title, command, args.section), end="")
+        print(report(args.dirs, args.out, args.notes, args.title, command, args.section, args.paper), end="")
     except ConfigError as err:
         print(f"ccpo_pl.report: error: {err}", file=sys.stderr)
         sys.exit(2)

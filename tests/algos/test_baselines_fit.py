@@ -40,7 +40,7 @@ def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo):
 
     actor, run_cfg = load_policy(ckpt_path)
     assert run_cfg["algo"]["name"] == algo
-    reward, cost = evaluate_thresholds(make_policy(actor), run_cfg["env"], [UNSEEN], 1, seed=0,
+    reward, cost, _ = evaluate_thresholds(make_policy(actor), run_cfg["env"], [UNSEEN], 1, seed=0,
                                        max_steps=int(run_cfg["env"]["max_episode_steps"]))
     assert torch.isfinite(reward).all() and (cost >= 0).all()
 

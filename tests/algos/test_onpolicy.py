@@ -108,6 +108,6 @@ def test_on_policy_subclass_trains_resumes_and_evaluates(tmp_path, pg_registered
     assert after["ccpo"]["stream"]["frames"] == 1200
     assert not torch.equal(after["state_dict"]["actor.mu.weight"], before["actor.mu.weight"])
     actor, cfg = load_policy(run / "checkpoints" / "last.ckpt")
-    reward, cost = evaluate_thresholds(make_policy(actor), cfg["env"], [25.0], 1, seed=0,
+    reward, cost, _ = evaluate_thresholds(make_policy(actor), cfg["env"], [25.0], 1, seed=0,
                                        max_steps=cfg["env"]["max_episode_steps"])
     assert reward.shape == (1, 1) and torch.isfinite(cost).all()

@@ -35,7 +35,7 @@ from ccpo_pl.checkpointing import CHECKPOINT_FORMAT, Sidecars, rng_state, set_rn
 from ccpo_pl.data import OffPolicyStream
 from ccpo_pl.evaluation import plot_curves, rollout_episodes
 from ccpo_pl.faults import ON_NAN, NumericalFault, finite_now, first_nonfinite
-from ccpo_pl.metrics import cost_violation, seen_mask, summarize
+from ccpo_pl.metrics import cost_violation, cost_violation_per_episode, seen_mask, summarize
 from ccpo_pl.nets import EpsPolicy
 
 
@@ -304,18 +304,21 @@ class SafeRLModule(L.LightningModule):
         np_state = np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             self._envs["eval"].set_seed(eval_seed)
-            ep_r, ep_c = rollout_episodes(self._envs["eval"], EpsPolicy(self.actor), self.hparams.horizon)
+            ep_r, ep_c, _ = rollout_episodes(self._envs["eval"], EpsPolicy(self.actor), self.hparams.horizon)
         np.random.set_state(np_state)
         n_eps = len(self.eps_eval)
-        stats = torch.stack([ep_r.view(n_eps, episodes).mean(1), ep_c.view(n_eps, episodes).mean(1)], 0)
+        eps = torch.tensor(self.eps_eval, dtype=torch.float64)
+        ep_c = ep_c.view(n_eps, episodes).double()
+        stats = torch.stack([ep_r.view(n_eps, episodes).double().mean(1), ep_c.mean(1),
+                             cost_violation_per_episode(ep_c, eps)], 0)
         stats = self.reduce_mean(stats.to(self.device)).cpu().double()
         reward, cost = stats[0].tolist(), stats[1].tolist()
-        cv = cost_violation(stats[1], torch.tensor(self.eps_eval, dtype=stats.dtype)).tolist()
+        cv = cost_violation(stats[1], eps).tolist()
         metrics = {}
         for i, e in enumerate(self.eps_eval):
             metrics |= {f"eval/{eps_tag(e)}/reward": reward[i], f"eval/{eps_tag(e)}/cost": cost[i],
                         f"eval/{eps_tag(e)}/cv": cv[i]}
-        summary = summarize(reward, cv, seen_mask(self.eps_eval, self.hparams.eps_behavior))
+        summary = summarize(reward, cv, seen_mask(self.eps_eval, self.hparams.eps_behavior), stats[2].tolist())
         metrics |= {f"eval/{k}": v for k, v in summary.items() if not math.isnan(v)}
         self.latest_eval = dict(zip(self.eps_eval, cost))
         self.final_metrics = metrics | {"train/frames": float(self.global_frames)}

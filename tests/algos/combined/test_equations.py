@@ -30,8 +30,17 @@ def test_combination_weights_are_exact_at_the_behaviour_thresholds():
     assert torch.all((w1 == 1.0) & (w2 == 0.0) | (w1 == 0.0) & (w2 == 1.0))  # exact, not approximately
 
 
-def test_combination_weights_extrapolate_as_a_constant():
-    i1, i2, w1, w2 = eq.combination_weights(torch.tensor([10.0, 19.0, 65.0, 70.0]), EPS_B)
+def test_combination_weights_extrapolate_linearly_on_the_end_pair_by_default():
+    i1, i2, w1, w2 = eq.combination_weights(torch.tensor([10.0, 70.0, 30.0]), EPS_B)
+    assert i1.tolist() == [0, 1, 0] and i2.tolist() == [1, 2, 1]
+    # 10 on (20, 40): w1 = (40-10)/20 = 1.5, w2 = -0.5; 70 on (40, 60): w1 = -0.5, w2 = 1.5; 30 inside: 0.5, 0.5
+    assert w1.tolist() == pytest.approx([1.5, -0.5, 0.5]) and w2.tolist() == pytest.approx([-0.5, 1.5, 0.5])
+    with pytest.raises(ValueError, match="allowed: linear, nearest"):
+        eq.combination_weights(EPS_B, EPS_B, "constant")
+
+
+def test_combination_weights_extrapolate_as_a_constant_with_nearest():
+    i1, i2, w1, w2 = eq.combination_weights(torch.tensor([10.0, 19.0, 65.0, 70.0]), EPS_B, "nearest")
     picked = torch.where(w1 == 1.0, i1, i2)
     assert picked.tolist() == [0, 0, 2, 2]
     assert torch.all((w1 >= 0) & (w2 >= 0))  # never the negative weight of linear extrapolation
@@ -40,9 +49,10 @@ def test_combination_weights_extrapolate_as_a_constant():
     assert i1.tolist() == [0, 0] and w1.tolist() == [1.0, 1.0] and w2.tolist() == [0.0, 0.0]
 
 
-def _actor(seed=0, obs_dim=3, act_dim=2):
+def _actor(seed=0, obs_dim=3, act_dim=2, extrapolation="nearest"):
     torch.manual_seed(seed)
-    actor = CombinedActor(obs_dim, act_dim, [16, 16], EPS_B.tolist(), log_std_init=-0.5)
+    actor = CombinedActor(obs_dim, act_dim, [16, 16], EPS_B.tolist(), log_std_init=-0.5,
+                          extrapolation=extrapolation)
     with torch.no_grad():  # distinct std per policy, so the std combination is tested too
         for i, p in enumerate(actor.policies):
             p.log_std.copy_(torch.tensor([-1.0 + 0.5 * i, -0.5 * i]))
@@ -74,6 +84,28 @@ def test_combined_actor_interpolates_means_and_stds_and_clamps_outside():
     loc, _ = actor(obs, torch.full((5, 1), 10.0))
     assert torch.equal(loc, l0)
     assert torch.all(loc.abs() <= 1.0)
+
+
+def test_combined_actor_extrapolates_the_mean_linearly_clipped_to_the_box_and_keeps_the_end_std():
+    actor = _actor(extrapolation="linear")
+    with torch.no_grad():  # large means, so that the extrapolation leaves the box on some rows
+        for p in actor.policies:
+            p.mu.weight.mul_(20.0)
+    obs = torch.randn(64, 3)
+    (l0, s0), (l1, s1), (l2, s2) = (p(obs) for p in actor.policies)
+    loc, scale = actor(obs, torch.full((64, 1), 70.0))
+    expected = (-0.5 * l1 + 1.5 * l2).clamp(-1.0, 1.0)
+    torch.testing.assert_close(loc, expected)
+    assert (-0.5 * l1 + 1.5 * l2).abs().max() > 1.0  # the clip was needed on some rows
+    assert torch.equal(scale, s2)  # the nearest end policy's standard deviation
+    loc, scale = actor(obs, torch.full((64, 1), 10.0))
+    torch.testing.assert_close(loc, (1.5 * l0 - 0.5 * l1).clamp(-1.0, 1.0))
+    assert torch.equal(scale, s0)
+    loc, scale = actor(obs, torch.full((64, 1), 25.0))  # inside the range: as with nearest
+    nearest = _actor(extrapolation="nearest")
+    nearest.load_state_dict(actor.state_dict())
+    n_loc, n_scale = nearest(obs, torch.full((64, 1), 25.0))
+    assert torch.equal(loc, n_loc) and torch.equal(scale, n_scale)
 
 
 def test_combined_actor_mixes_thresholds_within_a_batch_and_broadcasts():

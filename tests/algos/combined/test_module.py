@@ -19,7 +19,7 @@ from ccpo_pl.algos.combined.actor import CombinedActor
 from ccpo_pl.algos.combined.module import CPPOLag, CTRPOLag
 from ccpo_pl.algos.onpolicy import diag_normal_log_prob
 from ccpo_pl.checkpointing import safe_load
-from ccpo_pl.evaluation import evaluate_thresholds, load_policy
+from ccpo_pl.evaluation import evaluate_run, evaluate_thresholds, load_policy
 from ccpo_pl.fit import CONF_DIR, fit
 from ccpo_pl.nets import ValueCritic, make_policy
 
@@ -144,6 +144,17 @@ def test_smoke_fit_then_evaluate_at_an_unseen_threshold(tmp_path, algo):
     obs = torch.randn(4, actor.policies[0].trunk[0].in_features)
     with torch.no_grad():
         assert torch.equal(actor(obs, torch.full((4, 1), 60.0))[0], actor.policies[2](obs)[0])
-    reward, cost = evaluate_thresholds(make_policy(actor), cfg["env"], [30.0], 1, seed=0,
-                                       max_steps=cfg["env"]["max_episode_steps"])
+    reward, cost, _ = evaluate_thresholds(make_policy(actor), cfg["env"], [30.0], 1, seed=0,
+                                          max_steps=cfg["env"]["max_episode_steps"])
     assert reward.shape == (1, 1) and torch.isfinite(reward).all() and torch.isfinite(cost).all()
+    # outside the behaviour range: the paper's linear rule by default, the nearest end policy on request
+    assert actor.extrapolation == "linear"
+    linear = evaluate_run(run, eps=[10.0, 70.0], episodes=1, policy="deterministic", out=tmp_path / "linear")
+    nearest = evaluate_run(run, eps=[10.0, 70.0], episodes=1, policy="deterministic", out=tmp_path / "nearest",
+                           extrapolation="nearest")
+    assert linear["label"] == algo and nearest["label"] == f"{algo}-nearest"
+    with torch.no_grad():
+        near_actor, _ = load_policy(run / "checkpoints" / "last.ckpt")
+        near_actor.extrapolation = "nearest"
+        assert torch.equal(near_actor(obs, torch.full((4, 1), 70.0))[0], actor.policies[2](obs)[0])
+        assert not torch.equal(actor(obs, torch.full((4, 1), 70.0))[0], actor.policies[2](obs)[0])

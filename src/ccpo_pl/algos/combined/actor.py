@@ -10,10 +10,10 @@ Reading of pi(.|eps) = w1 pi(.|eps_1) + w2 pi(.|eps_2) (the slides give only thi
   parameters: independently trained networks have no aligned hidden units, so the average of two weight sets is
   not a policy between them. The standard deviation is interpolated linearly (the mixture's is larger by the
   spread of the means); it matters only for stochastic evaluation.
-- **Constant extrapolation**: eps below the lowest (above the highest) behaviour threshold uses the lowest
-  (highest) policy. Linear extrapolation gives a negative weight, which can take the mean out of the action box
-  [-1, 1] (the env would clip it) and the standard deviation below zero; the research notes' suggested linear
-  extrapolation with clipping is rejected for that reason.
+- **Extrapolation** (eps outside the behaviour range, `extrapolation`): "linear" (default, the paper's rule read
+  literally) applies the formula to the two end policies, one weight negative; the mean is then clipped to the
+  action box [-1, 1] (where the env would clip it), and the standard deviation is the nearest end policy's (its
+  linear extrapolation can cross zero). "nearest" uses the end policy alone (mean and standard deviation).
 Training: at eps = eps_i the rule returns policy i bit for bit, so collecting under the behaviour thresholds acts with
 each threshold's own policy, and a loss over transitions collected under eps_i reaches only policy i's parameters.
 """
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torchrl.modules import MLP
 
-from ccpo_pl.algos.combined.equations import combination_weights
+from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS, combination_weights
 
 
 class GaussianPolicy(nn.Module):
@@ -60,11 +60,16 @@ class CombinedActor(nn.Module):
         hidden: MLP widths of every policy.
         eps_behavior: the behaviour thresholds, strictly increasing (one policy each).
         log_std_init, log_std_min, log_std_max: see `GaussianPolicy`.
+        extrapolation: "linear" or "nearest" outside the behaviour range (module docstring).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], eps_behavior: Sequence[float],
-                 log_std_init: float = -0.5, log_std_min: float = -20.0, log_std_max: float = 2.0):
+                 log_std_init: float = -0.5, log_std_min: float = -20.0, log_std_max: float = 2.0,
+                 extrapolation: str = "linear"):
         super().__init__()
+        if extrapolation not in EXTRAPOLATIONS:
+            raise ValueError(f"algo.extrapolation={extrapolation!r}; allowed: {', '.join(EXTRAPOLATIONS)}")
+        self.extrapolation = extrapolation
         eps_b = [float(e) for e in eps_behavior]
         if not eps_b or any(b <= a for a, b in zip(eps_b, eps_b[1:])):
             raise ValueError(f"eps.behavior={eps_b} must be non-empty and strictly increasing for the combined "
@@ -78,23 +83,29 @@ class CombinedActor(nn.Module):
         """(loc, scale), each `[..., act_dim]`; `observation [..., obs]` and `eps [..., 1]` broadcast.
 
         Computes `linear_combination` as the sum over policies of w_j * (loc_j, scale_j), each policy run only on
-        the rows where its weight is > 0: one network per row at the behaviour thresholds (training costs one
-        network per transition, not E), and the result there is exact: 0 + 1 * x = x.
+        the rows where one of its weights is not 0: one network per row at the behaviour thresholds (training costs
+        one network per transition, not E), and the result there is exact: 0 + 1 * x = x. The means take the
+        weights of `extrapolation` (clipped to [-1, 1] where they extrapolate linearly), the standard deviations
+        those of "nearest" (equal inside the behaviour range).
         """
-        i1, i2, w1, w2 = combination_weights(eps, self.eps_behavior)  # each [..., 1]
+        i1, i2, w1, w2 = combination_weights(eps, self.eps_behavior, self.extrapolation)  # each [..., 1]
+        _, _, v1, v2 = combination_weights(eps, self.eps_behavior, "nearest")
         shape = torch.broadcast_shapes(observation.shape[:-1], eps.shape[:-1])
         obs = observation.expand(*shape, observation.shape[-1]).reshape(-1, observation.shape[-1])
-        i1, i2, w1, w2 = (x.expand(*shape, 1).reshape(-1, 1) for x in (i1, i2, w1, w2))
+        i1, i2, w1, w2, v1, v2 = (x.expand(*shape, 1).reshape(-1, 1) for x in (i1, i2, w1, w2, v1, v2))
         loc = obs.new_zeros(obs.shape[0], self.act_dim)
         scale = obs.new_zeros(obs.shape[0], self.act_dim)
         for j, policy in enumerate(self.policies):
             w = torch.where(i1 == j, w1, 0.0) + torch.where(i2 == j, w2, 0.0)  # policy j's weight per row
-            rows = (w > 0).view(-1).nonzero().view(-1)
+            v = torch.where(i1 == j, v1, 0.0) + torch.where(i2 == j, v2, 0.0)  # ... of its standard deviation
+            rows = ((w != 0) | (v != 0)).view(-1).nonzero().view(-1)
             if rows.numel() == 0:
                 continue
             loc_j, scale_j = policy(obs[rows])
             loc = loc.index_add(0, rows, w[rows] * loc_j)
-            scale = scale.index_add(0, rows, w[rows] * scale_j)
+            scale = scale.index_add(0, rows, v[rows] * scale_j)
+        if self.extrapolation == "linear":
+            loc = loc.clamp(-1.0, 1.0)  # the action box; a no-op inside the range (a convex mix of tanh means)
         return loc.view(*shape, self.act_dim), scale.view(*shape, self.act_dim)
 
     def threshold_index(self, eps: Tensor) -> Tensor:
@@ -106,4 +117,4 @@ def make_combined_actor(algo_cfg, obs_dim: int, act_dim: int, eps_behavior: Sequ
     """Build the actor from the algorithm config (a DictConfig or the plain dict stored in a checkpoint)."""
     lo, hi = algo_cfg["log_std"]
     return CombinedActor(obs_dim, act_dim, algo_cfg["hidden"], [float(e) for e in eps_behavior],
-                         algo_cfg["log_std_init"], lo, hi)
+                         algo_cfg["log_std_init"], lo, hi, algo_cfg.get("extrapolation", "linear"))

@@ -15,7 +15,12 @@ from torch import Tensor
 _TINY = 1e-8  # standard-deviation floor of the advantage standardisation (a collection with constant cost)
 
 
-def combination_weights(eps: Tensor, eps_behavior: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+#: how `combination_weights` treats eps outside the behaviour range
+EXTRAPOLATIONS = ("linear", "nearest")
+
+
+def combination_weights(eps: Tensor, eps_behavior: Tensor,
+                        extrapolation: str = "linear") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """CCPO slides, linear-combination baselines: pi(.|eps) = w1 pi(.|eps_1) + w2 pi(.|eps_2) with
     w1 = (eps_2 - eps) / (eps_2 - eps_1), w2 = (eps - eps_1) / (eps_2 - eps_1), eps_1 <= eps <= eps_2 neighbours.
 
@@ -25,24 +30,27 @@ def combination_weights(eps: Tensor, eps_behavior: Tensor) -> tuple[Tensor, Tens
     Args:
         eps: thresholds, any shape [...].
         eps_behavior: the behaviour thresholds [E], strictly increasing.
+        extrapolation: outside [eps_behavior[0], eps_behavior[-1]]: "linear" = the printed formula on the two end
+            thresholds (one weight negative, w1 + w2 = 1; the paper's rule), "nearest" = eps clamped to the range
+            (the end policy alone, weights (1, 0) or (0, 1)).
 
     Returns:
-        (i1, i2, w1, w2), each of the shape of `eps`: indices of the two neighbouring behaviour thresholds (long)
-        and their weights (w1 + w2 = 1, both in [0, 1]).
-
-    Differs from the paper: outside [eps_behavior[0], eps_behavior[-1]] eps is clamped to that range (constant
-    extrapolation: the end policy), where the printed formula would extrapolate linearly with a negative weight.
-    With one behaviour threshold (E = 1) the single policy gets weight 1 everywhere.
+        (i1, i2, w1, w2), each of the shape of `eps`: indices of the two neighbouring behaviour thresholds (long;
+        the two end ones outside the range, for either extrapolation) and their weights (w1 + w2 = 1; in [0, 1]
+        inside the range). With one behaviour threshold (E = 1) the single policy gets weight 1 everywhere.
     """
+    if extrapolation not in EXTRAPOLATIONS:
+        raise ValueError(f"extrapolation={extrapolation!r}; allowed: {', '.join(EXTRAPOLATIONS)}")
     eps_b = eps_behavior.to(eps.dtype)
     n = eps_b.numel()
     if n == 1:
         zero = torch.zeros(eps.shape, dtype=torch.long, device=eps.device)
         return zero, zero, torch.ones_like(eps), torch.zeros_like(eps)
-    e = eps.clamp(eps_b[0], eps_b[-1])
-    i1 = (torch.searchsorted(eps_b, e.contiguous(), right=True) - 1).clamp(0, n - 2)
+    clamped = eps.clamp(eps_b[0], eps_b[-1])
+    i1 = (torch.searchsorted(eps_b, clamped.contiguous(), right=True) - 1).clamp(0, n - 2)
     i2 = i1 + 1
     lo, hi = eps_b[i1], eps_b[i2]
+    e = eps if extrapolation == "linear" else clamped
     return i1, i2, (hi - e) / (hi - lo), (e - lo) / (hi - lo)
 
 
