@@ -211,6 +211,11 @@ def test_report_sections_build_one_file_and_regenerate_in_place(tmp_path):
     again = out.read_text()
     assert again.count("## Baselines at 100k") == 1 and "| ball_circle | Avg. CV ↓ | **8.00 ± 1.00** |" in again
     assert again.startswith(first)
+    _fake_run(main, "d", seed=1, avg_reward=720.0, avg_cv=3.0)  # the main part regenerated: the sections stay
+    head = report([main], out=out, title="CCPO per task")
+    final = out.read_text()
+    assert final.startswith(head) and "| ball_circle | Avg. R ↑ | 710.00 ± 10.00 |" in head
+    assert final.count("## Baselines at 100k") == 1 and final.endswith(again[again.index("<!-- report section"):])
 
 
 def test_report_refuses_a_directory_without_evaluated_runs(tmp_path):

@@ -9,7 +9,8 @@ With `--paper`, the paper's CCPO column and its safest baseline per task (lowest
 with its frames, wall time and command) and a CSV beside it; prints the Markdown. With `--section`, the report is
 one section of `--out` instead: written between markers named by its title, replacing that section if it is there
 and leaving the rest of the file as it is (one results file built from several generated tables); its CSV is
-`<out stem>-<title slug>.csv`.
+`<out stem>-<title slug>.csv`. Without it, the main part (everything before the first section) is replaced and
+the sections are kept.
 """
 
 from __future__ import annotations
@@ -245,7 +246,10 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str
         out.write_text(new_text)
         write_csv(table, out.with_name(f"{out.stem}-{slug}.csv"))
         return text
-    out.write_text(text)
+    old = out.read_text() if out.is_file() else ""
+    marker = "<!-- report section: "
+    sections = old[old.index(marker):] if marker in old else ""  # the generated sections after the main part stay
+    out.write_text(text + ("\n" + sections if sections else ""))
     write_csv(table, out.with_suffix(".csv"))
     return text
 
