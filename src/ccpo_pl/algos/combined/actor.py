@@ -79,16 +79,17 @@ class CombinedActor(nn.Module):
 
         Computes `linear_combination` as the sum over policies of w_j * (loc_j, scale_j), each policy run only on
         the rows where its weight is > 0: one network per row at the behaviour thresholds (training costs one
-        network per transition, not E), and the result there is exact: 0 + 1 * x = x.
+        network per transition, not E), and the result there is exact: 0 + 1 * x = x. While traced (TorchScript
+        or ONNX export), where that row selection would be frozen into the graph, `forward_all_policies` runs.
         """
-        i1, i2, w1, w2 = combination_weights(eps, self.eps_behavior)  # each [..., 1]
+        if torch.jit.is_tracing():
+            return self.forward_all_policies(observation, eps)
         shape = torch.broadcast_shapes(observation.shape[:-1], eps.shape[:-1])
         obs = observation.expand(*shape, observation.shape[-1]).reshape(-1, observation.shape[-1])
-        i1, i2, w1, w2 = (x.expand(*shape, 1).reshape(-1, 1) for x in (i1, i2, w1, w2))
         loc = obs.new_zeros(obs.shape[0], self.act_dim)
         scale = obs.new_zeros(obs.shape[0], self.act_dim)
-        for j, policy in enumerate(self.policies):
-            w = torch.where(i1 == j, w1, 0.0) + torch.where(i2 == j, w2, 0.0)  # policy j's weight per row
+        for policy, w in zip(self.policies, self.policy_weights(eps)):
+            w = w.expand(*shape, 1).reshape(-1, 1)  # the policy's weight per row
             rows = (w > 0).view(-1).nonzero().view(-1)
             if rows.numel() == 0:
                 continue
@@ -96,6 +97,21 @@ class CombinedActor(nn.Module):
             loc = loc.index_add(0, rows, w[rows] * loc_j)
             scale = scale.index_add(0, rows, w[rows] * scale_j)
         return loc.view(*shape, self.act_dim), scale.view(*shape, self.act_dim)
+
+    def forward_all_policies(self, observation: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward`'s (loc, scale) with every policy run on every row, summed with its weight (0 away from eps'
+        neighbours): no data-dependent control flow, so a trace holds for any batch and thresholds."""
+        loc = scale = 0.0
+        for policy, w in zip(self.policies, self.policy_weights(eps)):
+            loc_j, scale_j = policy(observation)
+            loc, scale = loc + w * loc_j, scale + w * scale_j
+        return loc, scale
+
+    def policy_weights(self, eps: Tensor) -> list[Tensor]:
+        """Each policy's weight in pi(.|eps), `[..., 1]` each: w1 or w2 of `combination_weights` for the two
+        neighbouring behaviour thresholds, 0 for the others."""
+        i1, i2, w1, w2 = combination_weights(eps, self.eps_behavior)
+        return [torch.where(i1 == j, w1, 0.0) + torch.where(i2 == j, w2, 0.0) for j in range(len(self.policies))]
 
     def threshold_index(self, eps: Tensor) -> Tensor:
         """Index of the behaviour threshold nearest to each eps (exact for data collected under them)."""

@@ -40,7 +40,8 @@ def combination_weights(eps: Tensor, eps_behavior: Tensor) -> tuple[Tensor, Tens
         zero = torch.zeros(eps.shape, dtype=torch.long, device=eps.device)
         return zero, zero, torch.ones_like(eps), torch.zeros_like(eps)
     e = eps.clamp(eps_b[0], eps_b[-1])
-    i1 = (torch.searchsorted(eps_b, e.contiguous(), right=True) - 1).clamp(0, n - 2)
+    # the number of behaviour thresholds <= e (searchsorted(right=True), as comparisons: ONNX has no searchsorted)
+    i1 = ((e.unsqueeze(-1) >= eps_b).sum(-1) - 1).clamp(0, n - 2)
     i2 = i1 + 1
     lo, hi = eps_b[i1], eps_b[i2]
     return i1, i2, (hi - e) / (hi - lo), (e - lo) / (hi - lo)
