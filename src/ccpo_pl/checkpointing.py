@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -31,14 +32,15 @@ CHECKPOINT_FORMAT = 1
 READABLE_FORMATS = (1,)
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file beside `path`, fsync, then rename over `path`."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """`write(file)` into a temporary file beside `path`, fsync, then rename over `path`: a reader sees the old
+    file or the whole new one, never a part; a failed write leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -50,6 +52,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` to a temporary file beside `path`, fsync, then rename over `path`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

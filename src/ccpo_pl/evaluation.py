@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor
+from torch import Tensor, nn
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
@@ -67,17 +67,41 @@ def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path, device: str | torc
     if name not in ALGOS:
         raise ValueError(f"{str(ckpt_path)!r} is a checkpoint of algo {name!r}, which this ccpo_pl does not know; "
                          f"known: {', '.join(sorted(ALGOS))}")
-    weights = {k.removeprefix("actor."): v for k, v in ckpt["state_dict"].items() if k.startswith("actor.")}
-    hp = ckpt["hyper_parameters"]
-    if hp.get("obs_dim") is not None:
-        obs_dim, act_dim = int(hp["obs_dim"]), int(hp["act_dim"])
-    else:  # checkpoints written before the sizes were stored: an EpsActor, whose input is [observation, e]
-        obs_dim, act_dim = weights["trunk.0.weight"].shape[1] - 1, weights["mu.weight"].shape[0]
     if algo_overrides:
         cfg = {**cfg, "algo": {**cfg["algo"], **algo_overrides}}
-    actor = ALGOS[name].make_actor(cfg, obs_dim, act_dim)
-    actor.load_state_dict(weights)
+    actor = ALGOS[name].make_actor(cfg, *actor_sizes(ckpt))
+    actor.load_state_dict(actor_weights(ckpt))
     return actor.to(device).eval(), cfg
+
+
+def actor_weights(ckpt: dict) -> dict[str, Tensor]:
+    """The policy's `actor.*` entries of a checkpoint's state dict, without the prefix."""
+    return {k.removeprefix("actor."): v for k, v in ckpt["state_dict"].items() if k.startswith("actor.")}
+
+
+def actor_sizes(ckpt: dict) -> tuple[int, int]:
+    """(obs_dim, act_dim) of a checkpoint's policy, from the stored sizes or, in checkpoints written before they
+    were stored (an EpsActor, whose input is [observation, e]), from its weights."""
+    hp = ckpt["hyper_parameters"]
+    if hp.get("obs_dim") is not None:
+        return int(hp["obs_dim"]), int(hp["act_dim"])
+    weights = actor_weights(ckpt)
+    return weights["trunk.0.weight"].shape[1] - 1, weights["mu.weight"].shape[0]
+
+
+def load_run(run: str | Path, device: str | torch.device = "cpu",
+             algo_overrides: Mapping | None = None) -> tuple[Path, Path, dict, nn.Module, dict]:
+    """(checkpoint path, run directory, checkpoint dict, actor, run config) of a run directory or checkpoint file
+    (`algo_overrides`: as in `policy_from_checkpoint`); a missing, unreadable or foreign file is one `ConfigError`
+    line naming `run` and the reason."""
+    ckpt, run_dir = resolve_checkpoint(run)
+    try:
+        data = safe_load(ckpt, map_location=device)
+        actor, cfg = policy_from_checkpoint(data, ckpt, device, algo_overrides)
+    except Exception as err:  # noqa: BLE001 - an unreadable or foreign file is reported the same way
+        reason = str(err).splitlines()[0] if isinstance(err, ValueError) else type(err).__name__
+        raise ConfigError(f"run={str(run)!r}: {str(ckpt)!r} is not a loadable ccpo_pl checkpoint ({reason})") from None
+    return ckpt, run_dir, data, actor, cfg
 
 
 @torch.no_grad()
@@ -282,14 +306,8 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
         raise ConfigError(f"policy={policy!r}; allowed: {', '.join(POLICIES)}")
     if extrapolation not in (None, *EXTRAPOLATIONS):
         raise ConfigError(f"extrapolation={extrapolation!r}; allowed: {', '.join(EXTRAPOLATIONS)} (or null)")
-    ckpt, run_dir = resolve_checkpoint(run)
-    try:
-        data = safe_load(ckpt)
-        actor, cfg = policy_from_checkpoint(data, ckpt, algo_overrides=None if extrapolation is None
-                                            else {"extrapolation": extrapolation})
-    except Exception as err:  # noqa: BLE001 - an unreadable or foreign file is reported the same way
-        reason = str(err).splitlines()[0] if isinstance(err, ValueError) else type(err).__name__
-        raise ConfigError(f"run={str(run)!r}: {str(ckpt)!r} is not a loadable ccpo_pl checkpoint ({reason})") from None
+    ckpt, run_dir, data, actor, cfg = load_run(run, algo_overrides=None if extrapolation is None
+                                               else {"extrapolation": extrapolation})
     if extrapolation is not None and cfg["algo"]["name"] not in COMBINED:
         raise ConfigError(f"extrapolation={extrapolation!r} applies to {', '.join(COMBINED)} checkpoints only, "
                           f"not algo {cfg['algo']['name']!r}")

@@ -136,6 +136,16 @@ def _action_bounds(env: EnvBase) -> tuple[float, float]:
     return low.min().item(), high.max().item()
 
 
+def action_bounds(env_cfg: Mapping) -> tuple[float, float]:
+    """The scalar (low, high) that :func:`make_env` clips every action of the task ``env_cfg`` to; builds one env."""
+    suite, env_id, _ = _check_task(env_cfg)
+    env = make_base_env(suite, env_id)
+    try:
+        return _action_bounds(env)
+    finally:
+        env.close(raise_if_closed=False)
+
+
 def make_env(
     env_cfg: Mapping,
     *,

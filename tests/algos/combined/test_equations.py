@@ -121,6 +121,27 @@ def test_combined_actor_mixes_thresholds_within_a_batch_and_broadcasts():
     assert torch.equal(loc_grid[1], actor.policies[1](obs)[0])
 
 
+def test_combination_weights_index_is_searchsorted_on_a_grid_with_the_thresholds():
+    eps = torch.cat([torch.linspace(0.0, 80.0, 161), EPS_B])  # includes every behaviour threshold exactly
+    i1, _, _, _ = eq.combination_weights(eps, EPS_B)
+    want = (torch.searchsorted(EPS_B, eps.clamp(20.0, 60.0), right=True) - 1).clamp(0, 1)
+    assert torch.equal(i1, want)
+
+
+def test_combined_actor_forward_all_policies_equals_forward_and_a_trace_holds_for_any_thresholds():
+    actor = _actor()
+    obs = torch.randn(9, 3)
+    eps = torch.tensor([5.0, 20.0, 25.0, 40.0, 45.0, 59.0, 60.0, 65.0, 80.0]).view(9, 1)
+    with torch.no_grad():
+        dense = actor.forward_all_policies(obs, eps)
+        for a, b in zip(dense, actor(obs, eps)):  # the networks run on other row subsets: float rounding only
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        traced = torch.jit.trace(actor, (obs[:2], torch.tensor([[20.0], [20.0]])), check_trace=False)
+        for rows in (slice(0, 9), slice(4, 5), slice(1, 7)):  # other batch sizes and thresholds than traced
+            for a, b in zip(traced(obs[rows], eps[rows]), actor(obs[rows], eps[rows])):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_combined_actor_loss_at_eps_i_reaches_only_policy_i():
     actor = _actor()
     loc, scale = actor(torch.randn(6, 3), torch.full((6, 1), 40.0))

@@ -86,27 +86,44 @@ class CombinedActor(nn.Module):
         the rows where one of its weights is not 0: one network per row at the behaviour thresholds (training costs
         one network per transition, not E), and the result there is exact: 0 + 1 * x = x. The means take the
         weights of `extrapolation` (clipped to [-1, 1] where they extrapolate linearly), the standard deviations
-        those of "nearest" (equal inside the behaviour range).
+        those of "nearest" (equal inside the behaviour range). While traced (TorchScript or ONNX export), where
+        that row selection would be frozen into the graph, `forward_all_policies` runs.
         """
-        i1, i2, w1, w2 = combination_weights(eps, self.eps_behavior, self.extrapolation)  # each [..., 1]
-        _, _, v1, v2 = combination_weights(eps, self.eps_behavior, "nearest")
+        if torch.jit.is_tracing():
+            return self.forward_all_policies(observation, eps)
         shape = torch.broadcast_shapes(observation.shape[:-1], eps.shape[:-1])
         obs = observation.expand(*shape, observation.shape[-1]).reshape(-1, observation.shape[-1])
-        i1, i2, w1, w2, v1, v2 = (x.expand(*shape, 1).reshape(-1, 1) for x in (i1, i2, w1, w2, v1, v2))
         loc = obs.new_zeros(obs.shape[0], self.act_dim)
         scale = obs.new_zeros(obs.shape[0], self.act_dim)
-        for j, policy in enumerate(self.policies):
-            w = torch.where(i1 == j, w1, 0.0) + torch.where(i2 == j, w2, 0.0)  # policy j's weight per row
-            v = torch.where(i1 == j, v1, 0.0) + torch.where(i2 == j, v2, 0.0)  # ... of its standard deviation
+        for policy, w, v in zip(self.policies, self.policy_weights(eps), self.policy_weights(eps, "nearest")):
+            w, v = (x.expand(*shape, 1).reshape(-1, 1) for x in (w, v))  # the policy's mean and std weights per row
             rows = ((w != 0) | (v != 0)).view(-1).nonzero().view(-1)
             if rows.numel() == 0:
                 continue
             loc_j, scale_j = policy(obs[rows])
             loc = loc.index_add(0, rows, w[rows] * loc_j)
             scale = scale.index_add(0, rows, v[rows] * scale_j)
-        if self.extrapolation == "linear":
-            loc = loc.clamp(-1.0, 1.0)  # the action box; a no-op inside the range (a convex mix of tanh means)
-        return loc.view(*shape, self.act_dim), scale.view(*shape, self.act_dim)
+        return self.clip_mean(loc).view(*shape, self.act_dim), scale.view(*shape, self.act_dim)
+
+    def forward_all_policies(self, observation: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward`'s (loc, scale) with every policy run on every row, summed with its weights (0 away from eps'
+        neighbours): no data-dependent control flow, so a trace holds for any batch and thresholds."""
+        loc = scale = 0.0
+        for policy, w, v in zip(self.policies, self.policy_weights(eps), self.policy_weights(eps, "nearest")):
+            loc_j, scale_j = policy(observation)
+            loc, scale = loc + w * loc_j, scale + v * scale_j
+        return self.clip_mean(loc), scale
+
+    def clip_mean(self, loc: Tensor) -> Tensor:
+        """The combined mean in the action box [-1, 1] where it extrapolates linearly (a no-op inside the
+        behaviour range, where it is a convex mix of tanh means)."""
+        return loc.clamp(-1.0, 1.0) if self.extrapolation == "linear" else loc
+
+    def policy_weights(self, eps: Tensor, extrapolation: str | None = None) -> list[Tensor]:
+        """Each policy's weight in pi(.|eps), `[..., 1]` each: w1 or w2 of `combination_weights` (with
+        `extrapolation`, default the actor's) for the two neighbouring behaviour thresholds, 0 for the others."""
+        i1, i2, w1, w2 = combination_weights(eps, self.eps_behavior, extrapolation or self.extrapolation)
+        return [torch.where(i1 == j, w1, 0.0) + torch.where(i2 == j, w2, 0.0) for j in range(len(self.policies))]
 
     def threshold_index(self, eps: Tensor) -> Tensor:
         """Index of the behaviour threshold nearest to each eps (exact for data collected under them)."""

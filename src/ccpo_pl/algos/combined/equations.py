@@ -47,7 +47,8 @@ def combination_weights(eps: Tensor, eps_behavior: Tensor,
         zero = torch.zeros(eps.shape, dtype=torch.long, device=eps.device)
         return zero, zero, torch.ones_like(eps), torch.zeros_like(eps)
     clamped = eps.clamp(eps_b[0], eps_b[-1])
-    i1 = (torch.searchsorted(eps_b, clamped.contiguous(), right=True) - 1).clamp(0, n - 2)
+    # the number of behaviour thresholds <= eps (searchsorted(right=True) as comparisons: ONNX has no searchsorted)
+    i1 = ((clamped.unsqueeze(-1) >= eps_b).sum(-1) - 1).clamp(0, n - 2)
     i2 = i1 + 1
     lo, hi = eps_b[i1], eps_b[i2]
     e = eps if extrapolation == "linear" else clamped

@@ -1,0 +1,216 @@
+"""Deploy one policy pi(a|s, eps) and pick the threshold eps at run time.
+
+`load` turns a run directory or checkpoint of any algorithm into a `Policy` whose `predict(observation, eps)` takes
+numpy or torch, one observation or a batch, and returns the action the env receives: the deterministic mean action
+clipped to the task's action box (what `ccpo_pl.envs.make_env`'s `ClipTransform` does to every action in training
+and evaluation). Observations are used as the env gives them: the env pipeline has no observation normalisation
+(only a cast to float32). `run_episodes` runs the policy in a gymnasium env of the task with eps chosen per step by
+a function of the episode so far; `remaining_budget` is the schedule that spends a total cost budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+#: The observation normalisation inside a policy: none, `make_env` feeds the simulator's observations as float32.
+OBSERVATION_NORMALISATION = "none"
+
+
+class DeployedPolicy(nn.Module):
+    """(observation `[B, obs_dim]`, eps `[B]`) -> the mean action `[B, act_dim]` clipped to [low, high], and with
+    `std` the policy's standard deviation `[B, act_dim]` as a second output (what `ccpo_pl.export` traces)."""
+
+    def __init__(self, actor: nn.Module, low: float, high: float, std: bool = False):
+        super().__init__()
+        self.actor, self.low, self.high, self.std = actor, float(low), float(high), bool(std)
+
+    def forward(self, observation: Tensor, eps: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """The action `[B, act_dim]`, or (action, std) with `std`."""
+        loc, scale = self.actor(observation, eps.unsqueeze(-1))
+        action = loc.clamp(self.low, self.high)
+        return (action, scale) if self.std else action
+
+
+def policy_metadata(cfg: Mapping, obs_dim: int, act_dim: int, bounds: tuple[float, float]) -> dict[str, Any]:
+    """What a deployed policy says about itself (`Policy.metadata`, stored in exported files): task, env id,
+    algorithm, sizes, the trained eps range, the behaviour thresholds, the action box and the episode length."""
+    return {
+        "task": cfg["env"]["name"], "env_id": cfg["env"]["id"], "suite": cfg["env"]["suite"],
+        "algo": cfg["algo"]["name"], "obs_dim": int(obs_dim), "act_dim": int(act_dim),
+        "eps_range": [float(x) for x in cfg["eps"]["range"]],
+        "eps_behavior": [float(x) for x in cfg["eps"]["behavior"]],
+        "action_low": float(bounds[0]), "action_high": float(bounds[1]),
+        "max_episode_steps": int(cfg["env"]["max_episode_steps"]),
+        "observation_normalisation": OBSERVATION_NORMALISATION,
+    }
+
+
+class Policy:
+    """A trained pi(a|s, eps) for deployment (see `load`): `predict` and `metadata`."""
+
+    def __init__(self, actor: nn.Module, metadata: Mapping[str, Any], device: str | torch.device = "cpu"):
+        self._meta = dict(metadata)
+        self.device = torch.device(device)
+        self._module = DeployedPolicy(actor, self._meta["action_low"], self._meta["action_high"])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Task, env id, algo, obs/action sizes, eps range and behaviour thresholds, action box (a copy)."""
+        return copy.deepcopy(self._meta)
+
+    def module(self, std: bool = False) -> DeployedPolicy:
+        """The policy as a module of tensors only, `(observation [B, obs_dim], eps [B]) -> action [B, act_dim]`
+        (and the std with `std=True`), for tracing or for use inside other torch code."""
+        return DeployedPolicy(self._module.actor, self._module.low, self._module.high, std=std)
+
+    @torch.no_grad()
+    def predict(self, observation, eps, deterministic: bool = True):
+        """The action for `observation` at cost threshold `eps`, as the env receives it (clipped to its box).
+
+        Args:
+            observation: one observation `[obs_dim]` or a batch `[B, obs_dim]`; a numpy array (or list) or a tensor.
+            eps: the threshold in episode-cost units: a float, a 0-d array, or one per observation `[B]`; finite
+                and > 0. Outside the trained `metadata["eps_range"]` the policy extrapolates.
+            deterministic: the mean action (the evaluation protocol); False samples N(mean, std^2) before clipping.
+
+        Returns:
+            `[act_dim]` or `[B, act_dim]` float32, numpy for numpy (or list) input, a tensor on the observation's
+            device for tensor input.
+
+        Raises:
+            ValueError: an observation of the wrong size or with NaN/inf, or a bad eps; one line naming the value.
+        """
+        obs, e = self._check(observation, eps)
+        if deterministic:
+            action = self._module(obs, e)
+        else:
+            loc, std = self._module.actor(obs, e.unsqueeze(-1))
+            action = (loc + std * torch.randn_like(loc)).clamp(self._module.low, self._module.high)
+        if isinstance(observation, Tensor):
+            return action.reshape(*observation.shape[:-1], -1).to(observation.device)
+        return action.reshape(*np.shape(observation)[:-1], -1).cpu().numpy()
+
+    def _check(self, observation, eps) -> tuple[Tensor, Tensor]:
+        """(observation `[B, obs_dim]`, eps `[B]`) as float32 on the policy's device; a `ValueError` for bad input."""
+        obs_dim = self._meta["obs_dim"]
+        obs = torch.as_tensor(observation, dtype=torch.float32).to(self.device)
+        if obs.ndim not in (1, 2) or obs.shape[-1] != obs_dim:
+            raise ValueError(f"observation has shape {list(obs.shape)}; allowed: [{obs_dim}] or [B, {obs_dim}] "
+                             f"({self._meta['env_id']} observations)")
+        if not bool(torch.isfinite(obs).all()):
+            where = tuple(torch.nonzero(~torch.isfinite(obs))[0].tolist())
+            raise ValueError(f"observation has NaN or inf (first at index {where}: {obs[where].item()}); "
+                             f"allowed: finite values")
+        batch = obs.reshape(-1, obs_dim)
+        e = eps.detach().cpu().double() if isinstance(eps, Tensor) else torch.as_tensor(eps, dtype=torch.float64)
+        if e.ndim > 1 or (e.ndim == 1 and (obs.ndim != 2 or e.shape[0] != batch.shape[0])):
+            raise ValueError(f"eps has shape {list(e.shape)}; allowed: a float, a 0-d array, or [B] with B "
+                             f"observations [B, {obs_dim}] (here {list(obs.shape)})")
+        ok = torch.isfinite(e) & (e > 0)
+        if not bool(ok.all()):
+            bad = e.item() if e.ndim == 0 else e[~ok].tolist()
+            raise ValueError(f"eps={bad} is not allowed; eps must be finite and > 0 (trained range "
+                             f"{self._meta['eps_range']}; outside it the policy extrapolates)")
+        return batch, e.to(self.device, torch.float32).expand(batch.shape[0])
+
+
+def load(run: str | Path, device: str | torch.device = "cpu") -> Policy:
+    """The policy of a `ccpo_pl.fit` run directory (its `checkpoints/last.ckpt`) or checkpoint file, of any
+    algorithm; only the policy's weights are read (`weights_only=True`). Builds one env of the task to read its
+    action box. A missing or foreign file is a `ValueError` (`ccpo_pl.errors.ConfigError`) naming it."""
+    from ccpo_pl.envs import action_bounds
+    from ccpo_pl.evaluation import actor_sizes, load_run
+
+    _, _, ckpt, actor, cfg = load_run(run, device)
+    return Policy(actor, policy_metadata(cfg, *actor_sizes(ckpt), action_bounds(cfg["env"])), device)
+
+
+@dataclass
+class Episode:
+    """One episode of `run_episodes`: its return, cost and length, and per step the eps used and the cost."""
+
+    reward: float
+    cost: float
+    length: int
+    eps: np.ndarray
+    step_cost: np.ndarray
+
+
+EpsFn = Callable[[int, Mapping[str, Any]], float]
+
+
+def run_episodes(policy: Policy, env, eps_fn: EpsFn, episodes: int = 1, *, seed: int | None = None,
+                 deterministic: bool = True) -> list[Episode]:
+    """Run `policy` for `episodes` episodes in a gymnasium env of its task, with eps chosen at every step.
+
+    Args:
+        policy: from `load`.
+        env: a gymnasium env (e.g. `gymnasium.make(policy.metadata["env_id"])`) whose episodes end (time limit).
+            The per-step cost is the third value of a safety-gymnasium step (obs, reward, cost, terminated,
+            truncated, info) or `info["cost"]` (bullet-safety-gym, 0 when absent).
+        eps_fn: `eps_fn(step, so_far) -> eps`, called before every action; `step` counts from 0 in each episode and
+            `so_far` holds `episode` (its index), `episode_reward` and `episode_cost` (sums up to this step) and
+            `info` (the env's last info dict). A constant is `lambda step, so_far: 40.0`; `remaining_budget`
+            spends a budget.
+        episodes: how many episodes.
+        seed: passed to the first `env.reset` (gymnasium's convention; bullet-safety-gym ignores it and draws from
+            numpy's global RNG: seed that with `np.random.seed`).
+        deterministic: the mean action (True) or sampled actions.
+    """
+    if not isinstance(episodes, int) or episodes <= 0:
+        raise ValueError(f"episodes={episodes!r} must be a positive integer")
+    results = []
+    for index in range(episodes):
+        obs, info = env.reset(seed=seed if index == 0 else None)
+        ep_reward = ep_cost = 0.0
+        eps_used, costs, done = [], [], False
+        while not done:
+            so_far = {"episode": index, "episode_reward": ep_reward, "episode_cost": ep_cost, "info": info}
+            eps = float(eps_fn(len(costs), so_far))
+            out = env.step(policy.predict(obs, eps, deterministic))
+            if len(out) == 6:
+                obs, reward, cost, terminated, truncated, info = out
+            else:
+                obs, reward, terminated, truncated, info = out
+                cost = info.get("cost", 0.0)
+            ep_reward += float(reward)
+            ep_cost += float(cost)
+            eps_used.append(eps)
+            costs.append(float(cost))
+            done = bool(terminated or truncated)
+        results.append(Episode(ep_reward, ep_cost, len(costs), np.array(eps_used), np.array(costs)))
+    return results
+
+
+def remaining_budget(total_budget: float, horizon: int, eps_range: Sequence[float] | None = None) -> EpsFn:
+    """The eps schedule that spends `total_budget` over an episode of `horizon` steps: at step t with cost C_t so
+    far, eps_t = (total_budget - C_t) * horizon / (horizon - t), the remaining budget spread over the remaining
+    steps, in the episode-cost units the policy was trained with (eps_0 = total_budget; a step without cost raises
+    it, a costly one lowers it).
+
+    Args:
+        total_budget: the episode's cost budget, > 0.
+        horizon: the episode length T (`policy.metadata["max_episode_steps"]`).
+        eps_range: [low, high] to clip eps into, e.g. `policy.metadata["eps_range"]` (no extrapolation); None
+            clips only from below, at 1e-6 of the budget (a spent budget asks for the safest policy).
+    """
+    if not (isinstance(total_budget, (int, float)) and math.isfinite(total_budget) and total_budget > 0):
+        raise ValueError(f"total_budget={total_budget!r} must be a finite number > 0")
+    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon <= 0:
+        raise ValueError(f"horizon={horizon!r} must be a positive integer (the episode length)")
+    low, high = (total_budget * 1e-6, math.inf) if eps_range is None else (float(eps_range[0]), float(eps_range[1]))
+
+    def eps_fn(step: int, so_far: Mapping[str, Any]) -> float:
+        eps = (total_budget - so_far["episode_cost"]) * horizon / max(horizon - step, 1)
+        return min(max(eps, low), high)
+
+    return eps_fn
