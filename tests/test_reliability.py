@@ -277,7 +277,8 @@ def test_a_missing_or_unreadable_sidecar_warns_and_the_run_continues(reference, 
     with pytest.warns(UserWarning, match=match):
         assert fit(make_cfg(tmp_path, "total_frames=1200"))["train/frames"] == 1200
     assert not marker.exists()
-    final = tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{last_ckpt(tmp_path / 'r')['ccpo']['sidecar']}.pt"
+    token = last_ckpt(tmp_path / "r")["ccpo"]["sidecar"]
+    final = tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{token}.pt"
     assert int(safe_load(final)["buffer"]["_storage"]["_len"]) == 400  # an empty buffer, then 400 new frames
 
 
@@ -588,7 +589,8 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "value", "allowed"), BAD_INPUTS, ids=[" ".join(o)[:40] for o, _, _ in BAD_INPUTS])
+@pytest.mark.parametrize(("overrides", "value", "allowed"), BAD_INPUTS,
+                         ids=[" ".join(o)[:40] for o, _, _ in BAD_INPUTS])
 def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(reference, overrides, value, allowed):
     run_dir = reference[0]
     before = files_of(run_dir)
@@ -603,8 +605,8 @@ def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(reference
 def test_a_refused_command_leaves_no_trace_and_the_corrected_one_runs(tmp_path, capsys):
     run = forked_cli(tmp_path / "logs", "run_name=new", "trainer.num_nodes=0")
     assert run.wait() == 2
-    assert run.text().splitlines() == ["ccpo_pl.fit: error: trainer.num_nodes=0 is not allowed; trainer.num_nodes must "
-                                       "be an integer >= 1"]
+    assert run.text().splitlines() == ["ccpo_pl.fit: error: trainer.num_nodes=0 is not allowed; "
+                                       "trainer.num_nodes must be an integer >= 1"]
     assert not (tmp_path / "logs").exists()
     assert fit(make_cfg(tmp_path / "logs", "run_name=new", *SHORT))["train/frames"] == 400
 
@@ -734,7 +736,7 @@ def tmpfs(tmp_path):
 
 def test_a_disk_too_small_for_a_checkpoint_is_refused_before_training(tmpfs):
     small = tmpfs("1m")  # a checkpoint and its sidecar take ~1.2 MB in the smoke config
-    with pytest.raises(ConfigError, match=r"cannot write 1\.\d MiB \(a checkpoint and its sidecar\) .*No space left"):
+    with pytest.raises(ConfigError, match=r"cannot write 1\.\d MiB \(a checkpoint and its sidecar\) .*No space"):
         fit(make_cfg(small))
     assert list(small.iterdir()) == []
 
@@ -755,7 +757,8 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130_keeping_the_last_checkpoi
     run = forked_cli(tmp_path / "logs", "total_frames=4000")
     run_dir = tmp_path / "logs" / "r"
     deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline and run.poll() is None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    while not last.exists() and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.01)
     time.sleep(0.3)  # into the next epoch's first collection: the first SIGINT waits for its end to save
     run.send_signal(signal.SIGINT)

@@ -60,7 +60,7 @@ def test_groups_flags_hydra_settings_and_known_keys_pass_the_command_line_check(
 
 
 def test_a_key_far_from_every_known_key_points_to_the_config_files():
-    with pytest.raises(ConfigError, match=r"unknown key zzz_qqq; every key is listed, with its meaning, in the files"):
+    with pytest.raises(ConfigError, match=r"unknown key zzz_qqq; every key is listed, with its meaning, in the"):
         check_override_keys(["+zzz_qqq=1"])
 
 

@@ -114,7 +114,8 @@ class Preemption(Callback):
     def exit_at_once(self) -> None:
         """End the process now (no save, no clean-up: as safe as a kill), after one line saying what is kept."""
         frames = getattr(self._module, "global_frames", "?")
-        kept = f"the last complete checkpoint {str(self.path)!r} is kept" if self.path.is_file() else "no checkpoint yet"
+        kept = (f"the last complete checkpoint {str(self.path)!r} is kept" if self.path.is_file()
+                else "no checkpoint yet")
         line = (f"ccpo_pl.fit: stopped at once by a second SIGINT at frame {frames}, nothing saved; {kept}; re-run "
                 f"the same command to resume\n")
         os.write(2, line.encode())
