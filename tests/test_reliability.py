@@ -559,7 +559,7 @@ BAD_INPUTS = [
     (["threads=-1"], "threads=-1", "null or an integer >= 1"),
     (["+trainer.max_epochs=3"], "trainer.max_epochs=3", "left unset: ccpo_pl.fit sets it"),
     (["algo=c_ppo_lag", "eps.behavior=[60,20]"], "eps.behavior=[60, 20]", "strictly increasing"),
-    (["algo=cpo", "eps.behavior=[20,40]"], "eps.behavior=[20, 40]", "must hold one value"),
+    (["algo=cpo", "eps.behavior=[20,40]"], "eps.behavior=[20.0, 40.0]", "must hold one value"),
     (["collect.updates_per_frame=nan"], "collect.updates_per_frame=nan", "a finite number >= 0"),
     (["collect.updates_per_frame=0.001"], "collect.updates_per_frame=0.001", "gives no update"),
     ([f"run_name={LONG_NAME}"], f"run_name='{LONG_NAME}'", "at most 255 bytes"),

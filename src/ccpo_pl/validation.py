@@ -337,7 +337,8 @@ def _check_relations(c: dict) -> None:
     spec = ALGOS[algo["name"]]
     behavior, lo, hi = eps["behavior"], *eps["range"]
     if algo.get("single_threshold") and len(behavior) != 1:  # CPO family
-        raise ConfigError(f"algo={algo['name']} trains at one cost limit: eps.behavior={behavior} must hold one "
+        limits = [float(v) for v in behavior]
+        raise ConfigError(f"algo={algo['name']} trains at one cost limit: eps.behavior={limits} must hold one "
                           f"value, e.g. eps.behavior=[25]")
     if spec.increasing_behavior and any(a >= b for a, b in zip(behavior, behavior[1:])):
         raise ConfigError(f"algo={algo['name']} combines one policy per behaviour threshold: eps.behavior="
