@@ -14,15 +14,25 @@ or its last.ckpt has no loadable sidecar, or the re-run failed. frames lost = th
 kill, short by at most the collection in progress) minus the frames of the checkpoint the re-run resumed from.
 The bound to expect is one checkpoint interval (an epoch: 400 frames in the smoke config).
 
-    uv run --locked python benchmarks/fault_injection.py [--trials 20] [--seed 0] [hydra overrides]
+Then damage, one run each (`--no-damage` skips them): a full disk (the run on a tmpfs with room for one checkpoint
+and its sidecar but not for the next pair; skipped, saying why, where `mount` is not permitted: it needs root):
+it must stop with exit status 3 and one line, keep the last pair loadable, and after the disk is enlarged the same
+command must resume and finish; a damaged sidecar (a valid torch file of another structure in place of last.ckpt's):
+the re-run must warn and finish; an empty config.yaml (what a power loss can leave of a file written without
+fsync): the re-run must be refused with exit status 2 and one line naming the file, and once the file is restored
+from the checkpoint's run config the same command must resume and finish.
 
-Last line: trials=<n> resumed=<n> finished=<n> corrupt=<n> max_frames_lost=<x>
+    uv run --locked python benchmarks/fault_injection.py [--trials 20] [--seed 0] [--no-damage] [hydra overrides]
+
+Last line: trials=<n> resumed=<n> finished=<n> corrupt=<n> max_frames_lost=<x> disk_full=<ok>/<n> damaged=<ok>/<n>
+(disk_full=skipped where no tmpfs can be mounted)
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +40,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from _common import commit, log
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ccpo_pl.checkpointing import safe_load
@@ -182,16 +194,108 @@ def run_trials(trials: int, seed: int, overrides: list[str], launch=launch_cli, 
     return summary
 
 
+def _error_lines(output: Path) -> list[str]:
+    return [ln for ln in output.read_text(errors="replace").splitlines() if ln.startswith("ccpo_pl.fit: error:")]
+
+
+def _finishes(launch, log_dir: Path, overrides: list[str], output: Path, total: int, timeout: float) -> bool:
+    """The same command again: exit 0 and a final last.ckpt of `total` frames with a loadable sidecar."""
+    code = launch(fit_args(log_dir, overrides), output).wait(timeout=timeout)
+    problems, frames = check_checkpoints(log_dir)
+    return code == 0 and not problems and frames >= total
+
+
+def _first_checkpoint_then_kill(launch, log_dir: Path, overrides: list[str], output: Path, timeout: float) -> None:
+    proc = launch(fit_args(log_dir, overrides), output)
+    wait_for(lambda: (ckpt_dir(log_dir) / "last.ckpt").is_file() and not temp_files(log_dir), proc, timeout)
+    proc.kill()
+    proc.wait()
+
+
+def disk_full_trial(launch, work: Path, overrides: list[str], total: int, timeout: float) -> bool | None:
+    """A run on a tmpfs with room for ~1.75 checkpoint pairs; None if no tmpfs can be mounted here."""
+    pair = sum(p.stat().st_size for p in ckpt_dir(work / "calibration").rglob("*") if p.is_file()
+               and (p.name == "last.ckpt" or p.suffix == ".pt")) // 2
+    mount = work / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(1.75 * pair)}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        log(f"disk-full trial skipped: cannot mount a tmpfs ({done.stderr.strip() or done.returncode}; needs root)")
+        return None
+    try:
+        code = launch(fit_args(mount, overrides), work / "full.out").wait(timeout=timeout)
+        errors = _error_lines(work / "full.out")
+        problems, frames = check_checkpoints(mount)
+        stopped = (code == 3 and len(errors) == 1 and "cannot write" in errors[0] and not problems and frames > 0
+                   and "Traceback" not in (work / "full.out").read_text(errors="replace"))
+        subprocess.run(["mount", "-o", f"remount,size={8 * pair}", str(mount)], check=True)
+        resumed = _finishes(launch, mount, overrides, work / "full-rerun.out", total, timeout)
+        log(f"disk full: exit {code}, {errors or 'no error line'}, checkpoint at {frames} frames, problems "
+            f"{problems or 'none'}; resumed and finished after the disk was enlarged: {resumed}")
+        return stopped and resumed
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def damaged_sidecar_trial(launch, work: Path, overrides: list[str], total: int, timeout: float) -> bool:
+    log_dir = work / "logs"
+    _first_checkpoint_then_kill(launch, log_dir, overrides, work / "killed.out", timeout)
+    state = safe_load(ckpt_dir(log_dir) / "last.ckpt")["ccpo"]
+    sidecar = ckpt_dir(log_dir) / "sidecars" / "rank0" / f"{state['sidecar']}.pt"
+    torch.save({"rng": safe_load(sidecar)["rng"]}, sidecar)  # loads, but holds no buffer
+    finished = _finishes(launch, log_dir, overrides, work / "rerun.out", total, timeout)
+    warned = "replay-buffer sidecar of another structure" in (work / "rerun.out").read_text(errors="replace")
+    log(f"damaged sidecar: warned {warned}, finished {finished}")
+    return finished and warned
+
+
+def damaged_config_trial(launch, work: Path, overrides: list[str], total: int, timeout: float) -> bool:
+    log_dir = work / "logs"
+    _first_checkpoint_then_kill(launch, log_dir, overrides, work / "killed.out", timeout)
+    config = log_dir / RUN_NAME / "config.yaml"
+    config.write_text("")
+    code = launch(fit_args(log_dir, overrides), work / "refused.out").wait(timeout=timeout)
+    errors = _error_lines(work / "refused.out")
+    refused = code == 2 and len(errors) == 1 and str(config) in errors[0] and config.read_text() == ""
+    run_config = safe_load(ckpt_dir(log_dir) / "last.ckpt")["hyper_parameters"]["run_config"]
+    OmegaConf.save(OmegaConf.create(run_config), config)  # what the message says to do
+    finished = _finishes(launch, log_dir, overrides, work / "rerun.out", total, timeout)
+    log(f"empty config.yaml: exit {code}, {errors or 'no error line'}; restored from the checkpoint, finished "
+        f"{finished}")
+    return refused and finished
+
+
+def run_damage_trials(overrides: list[str], launch=launch_cli, timeout: float = 600.0) -> dict:
+    """A full disk, a damaged sidecar, an empty config.yaml: {"disk_full": (ok, n) or None, "damaged": (ok, n)}."""
+    with tempfile.TemporaryDirectory(prefix="ccpo-damage-") as tmp:
+        work = Path(tmp)
+        total = calibrate(launch, work, overrides, timeout)[1]
+        disk = disk_full_trial(launch, work, overrides, total, timeout)
+        damaged = []
+        for name, trial_fn in (("sidecar", damaged_sidecar_trial), ("config", damaged_config_trial)):
+            (work / name).mkdir()
+            damaged.append(trial_fn(launch, work / name, overrides, total, timeout))
+        shutil.rmtree(work / "calibration", ignore_errors=True)
+    return {"disk_full": None if disk is None else (int(disk), 1), "damaged": (sum(damaged), len(damaged))}
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to each process")
+    parser.add_argument("--no-damage", action="store_true", help="only the kills: no full disk, damaged files")
     args, overrides = parser.parse_known_args(argv)
     s = run_trials(args.trials, args.seed, overrides, timeout=args.timeout)
+    line = (f"trials={s['trials']} resumed={s['resumed']} finished={s['finished']} corrupt={s['corrupt']} "
+            f"max_frames_lost={s['max_frames_lost']}")
+    if not args.no_damage:
+        d = run_damage_trials(overrides, timeout=args.timeout)
+        disk = "skipped" if d["disk_full"] is None else "{}/{}".format(*d["disk_full"])
+        line += f" disk_full={disk} damaged={d['damaged'][0]}/{d['damaged'][1]}"
     print(f"bench=fault_injection mid_write_kills={s['mid_write']} seed={args.seed} commit={commit()}")
-    print(f"trials={s['trials']} resumed={s['resumed']} finished={s['finished']} corrupt={s['corrupt']} "
-          f"max_frames_lost={s['max_frames_lost']}")
+    print(line)
 
 
 if __name__ == "__main__":

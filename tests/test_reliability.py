@@ -254,7 +254,7 @@ class _RunsCode:
         return (os.makedirs, (self.marker,))
 
 
-@pytest.mark.parametrize("sidecar", ["missing", "malicious"])
+@pytest.mark.parametrize("sidecar", ["missing", "malicious", "another structure", "another buffer"])
 def test_a_missing_or_unreadable_sidecar_warns_and_the_run_continues(reference, tmp_path, sidecar):
     run_dir, _ = reference
     shutil.copytree(run_dir, tmp_path / "r")
@@ -263,12 +263,23 @@ def test_a_missing_or_unreadable_sidecar_warns_and_the_run_continues(reference, 
     marker = tmp_path / "pwned"
     if sidecar == "missing":
         path.unlink()
-    else:
+    elif sidecar == "malicious":
         torch.save({"buffer": _RunsCode(str(marker)), "rng": {}}, path)
-    match = "no replay-buffer sidecar" if sidecar == "missing" else r"unreadable replay-buffer sidecar \(Unpickl"
+    elif sidecar == "another structure":  # a valid torch file: another run's RNG states alone, say
+        torch.save({"rng": safe_load(path)["rng"]}, path)
+    else:  # the right structure, a buffer of other sizes
+        good = safe_load(path)
+        good["buffer"]["_storage"]["_storage"]["observation"] = torch.zeros(3, 5)
+        torch.save(good, path)
+    match = {"missing": "no replay-buffer sidecar", "malicious": r"unreadable replay-buffer sidecar \(Unpickl",
+             "another structure": "a replay-buffer sidecar of another structure",
+             "another buffer": "a replay-buffer sidecar that does not fit this run"}[sidecar]
     with pytest.warns(UserWarning, match=match):
         assert fit(make_cfg(tmp_path, "total_frames=1200"))["train/frames"] == 1200
     assert not marker.exists()
+    token = last_ckpt(tmp_path / "r")["ccpo"]["sidecar"]
+    final = tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{token}.pt"
+    assert int(safe_load(final)["buffer"]["_storage"]["_len"]) == 400  # an empty buffer, then 400 new frames
 
 
 def test_sidecar_pruning_spares_the_previous_checkpoints_pair_and_newer_leftovers(tmp_path):
@@ -526,3 +537,235 @@ def test_the_fast_finiteness_check_agrees_with_the_elementwise_one(values, finit
     tensors = {"a": torch.tensor(values[:1]), "b": torch.tensor(values[1:]).view(1, 1)}
     assert finite_now(tensors) is finite
     assert bool(all_finite(tensors)) is finite
+
+
+# ---------------------------------------------------------------- 7. refused before anything is written
+def files_of(run_dir: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+LONG_NAME = "x" * 300
+#: (overrides, what the one-line message must contain: the bad value, and what is allowed)
+BAD_INPUTS = [
+    (["trainer.num_nodes=0"], "trainer.num_nodes=0", "an integer >= 1"),
+    (["eps.range=[10,inf]"], "eps.range=[10, inf]", "both finite"),
+    (["eps.range=[70,10]"], "eps.range=[70, 10]", "0 < low < high"),
+    (["eps.bin=0"], "eps.bin=0", "a finite number > 0"),
+    (["trainer.devices=-1"], "trainer.devices=-1", "give a number of processes"),
+    (["trainer.devices=[0,1]"], "trainer.devices=[0, 1]", "give a number of processes"),
+    (["trainer.devices=4096"], "trainer.devices=4096", "use at most"),
+    (["seed=-1"], "seed=-1", "an integer in [0, 4294967295]"),
+    (["seed=abc"], "seed='abc'", "an integer in [0, 4294967295]"),
+    (["threads=-1"], "threads=-1", "null or an integer >= 1"),
+    (["+trainer.max_epochs=3"], "trainer.max_epochs=3", "left unset: ccpo_pl.fit sets it"),
+    (["algo=c_ppo_lag", "eps.behavior=[60,20]"], "eps.behavior=[60, 20]", "strictly increasing"),
+    (["algo=cpo", "eps.behavior=[20,40]"], "eps.behavior=[20.0, 40.0]", "must hold one value"),
+    (["collect.updates_per_frame=nan"], "collect.updates_per_frame=nan", "a finite number >= 0"),
+    (["collect.updates_per_frame=0.001"], "collect.updates_per_frame=0.001", "gives no update"),
+    ([f"run_name={LONG_NAME}"], f"run_name='{LONG_NAME}'", "at most 255 bytes"),
+    (["run_name=a/b"], "run_name='a/b'", "no path separators"),
+    (["log_dir=null"], "log_dir=None", "a non-empty string"),
+    (["+algo.kapa=0.1"], "unknown key algo.kapa", "did you mean algo.kappa?"),
+    (["eps.behavior=[]"], "eps.behavior is empty", "finite thresholds > 0"),
+    (["eps.eval=[0,20]"], "eps.eval has [0]", "finite thresholds > 0"),
+    (["eps.behavior=[5,20]"], "eps.behavior has [5] outside eps.range", "widen eps.range"),
+    (["total_frames=0"], "total_frames=0", "an integer >= 1"),
+    (["total_frames=1.5"], "total_frames=1.5", "an integer >= 1"),
+    (["collect.num_envs=0"], "collect.num_envs=0", "an integer >= 1"),
+    (["checkpoint.keep_buffers=0"], "checkpoint.keep_buffers=0", "an integer >= 1"),
+    (["eval.final_episodes=-1"], "eval.final_episodes=-1", "an integer >= 0"),
+    (["faults.on_nan=ignore"], "faults.on_nan='ignore'", "one of stop, skip"),
+    (["check_sync=maybe"], "check_sync='maybe'", "true or false"),
+    (["algo.gamma=1.5"], "algo.gamma=1.5", "a number in (0, 1)"),
+    (["algo.kappa=-0.1"], "algo.kappa=-0.1", "a finite number > 0"),
+    (["algo.hidden=[64,0]"], "algo.hidden=[64, 0]", "positive integers"),
+    (["algo.z.kind=cubic"], "algo.z.kind='cubic'", "one of poly, mlp"),
+    (["algo.estep_precision=fp16"], "algo.estep_precision='fp16'", "one of auto, fp32, bf16"),
+    (["algo.lagrangian.method=adam"], "algo.lagrangian.method='adam'", "one of gradient, pid"),
+    (["algo.name=nope"], "unknown algo 'nope'", "ccpo, ccpo_wo_cvi"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator='tpu'", "one of cpu, gpu"),
+    (["trainer.strategy=fsdp"], "trainer.strategy='fsdp'", "one of auto, ddp"),
+    (["env.max_episode_steps=0"], "env.max_episode_steps=0", "an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "value", "allowed"), BAD_INPUTS,
+                         ids=[" ".join(o)[:40] for o, _, _ in BAD_INPUTS])
+def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(reference, overrides, value, allowed):
+    run_dir = reference[0]
+    before = files_of(run_dir)
+    with pytest.raises(ConfigError) as err:
+        fit(make_cfg(run_dir.parent, *overrides))  # run_name=r: the reference run, unless the overrides change it
+    message = str(err.value)
+    assert value in message and allowed in message and "\n" not in message
+    assert files_of(run_dir) == before
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["r"]  # no other run directory made
+
+
+def test_a_refused_command_leaves_no_trace_and_the_corrected_one_runs(tmp_path, capsys):
+    run = forked_cli(tmp_path / "logs", "run_name=new", "trainer.num_nodes=0")
+    assert run.wait() == 2
+    assert run.text().splitlines() == ["ccpo_pl.fit: error: trainer.num_nodes=0 is not allowed; "
+                                       "trainer.num_nodes must be an integer >= 1"]
+    assert not (tmp_path / "logs").exists()
+    assert fit(make_cfg(tmp_path / "logs", "run_name=new", *SHORT))["train/frames"] == 400
+
+
+def test_a_run_that_fails_before_training_does_not_block_its_name(tmp_path, monkeypatch):
+    def broken_trainer(*args, **kwargs):
+        raise RuntimeError("no trainer")
+
+    monkeypatch.setattr(fit_module, "make_trainer", broken_trainer)
+    with pytest.raises(RuntimeError, match="no trainer"):
+        fit(make_cfg(tmp_path))
+    assert not (tmp_path / "r").exists()
+    # a directory left by a process killed before training started (lock, TensorBoard folder) is no run either
+    (tmp_path / "r" / "tb").mkdir(parents=True)
+    (tmp_path / "r" / ".lock").touch()
+    fit_module.check_resumable(tmp_path / "r", {"seed": 1})
+
+
+@pytest.mark.parametrize("form", ["algo.kapa=0.1", "+algo.kapa=0.1"])
+def test_a_mistyped_key_is_refused_by_the_command_line_naming_the_nearest(tmp_path, form):
+    run = forked_cli(tmp_path / "logs", form)
+    assert run.wait() == 2
+    assert run.text().splitlines() == ["ccpo_pl.fit: error: unknown key algo.kapa; did you mean algo.kappa?"]
+    assert not (tmp_path / "logs").exists()
+
+
+# ---------------------------------------------------------------- 8. checkpoints checked before use
+@pytest.mark.parametrize(("change", "overrides", "message"), [
+    (None, ["algo.hidden=[32,32]"], "has actor.log_std.weight of shape [2, 64], this run's network needs [2, 32]"),
+    (None, ["algo.critic_trunk=separate"], "another network variant"),
+    (lambda c: c["ccpo"].__setitem__("world_size", 2), [], "was written by 2 ranks, this run has 1"),
+    (lambda c: c["state_dict"]["actor.mu.weight"].__setitem__((0, 0), float("nan")), [],
+     "holds NaN or inf in actor.mu.weight"),
+    (lambda c: c["optimizer_states"][0]["state"][0]["exp_avg"].fill_(float("inf")), [],
+     "holds NaN or inf in optimizer 0 state 0 exp_avg"),
+])
+def test_a_checkpoint_that_does_not_fit_the_run_is_refused_before_anything_is_written(reference, tmp_path, change,
+                                                                                       overrides, message):
+    ckpt = last_ckpt(reference[0])
+    if change is not None:
+        change(ckpt)
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(ConfigError) as err:
+        fit(make_cfg(tmp_path / "logs", f"ckpt_path={tmp_path / 'other.ckpt'}", *overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "logs").exists()
+
+
+# ---------------------------------------------------------------- 9. the run's own files
+def test_a_second_process_is_refused_before_it_writes_anything(reference, tmp_path):
+    shutil.copytree(reference[0], tmp_path / "r")
+    before = files_of(tmp_path / "r")
+    fd = os.open(tmp_path / "r" / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the live run
+        with pytest.raises(ConfigError, match="is being trained by another process"):
+            fit(make_cfg(tmp_path, "total_frames=1200"))  # a setting a resume may change
+    finally:
+        os.close(fd)
+    assert files_of(tmp_path / "r") == before  # config.yaml still says total_frames=800
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("", "is empty or incomplete"),
+    ("seed: [unclosed\n", "is unreadable: "),
+    ("algo: {name: ccpo}\n", "is empty or incomplete"),
+])
+def test_a_damaged_config_yaml_is_refused_naming_the_file_and_what_to_do(reference, tmp_path, content, problem):
+    shutil.copytree(reference[0], tmp_path / "r")
+    (tmp_path / "r" / "config.yaml").write_text(content)
+    before = files_of(tmp_path / "r")
+    with pytest.raises(ConfigError) as err:
+        fit(make_cfg(tmp_path, "total_frames=1200"))
+    message = str(err.value)
+    assert f"{str(tmp_path / 'r' / 'config.yaml')!r} {problem}" in message and "\n" not in message
+    assert "restore the file from there or a backup" in message
+    assert files_of(tmp_path / "r") == before
+
+
+def test_config_yaml_is_written_atomically_when_training_starts(tmp_path, monkeypatch):
+    written, original = [], checkpointing.atomic_write_text
+
+    def recording(text, path):
+        written.append((Path(path).name, (tmp_path / "r" / "checkpoints").exists()))
+        original(text, path)
+
+    monkeypatch.setattr(checkpointing, "atomic_write_text", recording)
+    fit(make_cfg(tmp_path, *SHORT))
+    assert written == [("config.yaml", False)]  # once, through the fsync-and-rename path, before any checkpoint
+    assert (tmp_path / "r" / "config.yaml").stat().st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------- 10. a full disk, a second Ctrl-C
+def test_a_zip_writer_error_from_a_full_disk_is_a_storage_error(tmp_path, monkeypatch):
+    def zip_writer(obj, f):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    (tmp_path / "x.pt").write_bytes(b"previous")
+    monkeypatch.setattr(torch, "save", zip_writer)
+    with pytest.raises(StorageError, match=r"cannot write checkpoint .*\(No space left on device\); the previous"):
+        checkpointing.save_or_stop({}, tmp_path / "x.pt")
+    assert (tmp_path / "x.pt").read_bytes() == b"previous" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs(size)`: a directory on a file system of that size (e.g. "2m"); skips where mount is not permitted."""
+    mounts = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"tmpfs-{size}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_disk_too_small_for_a_checkpoint_is_refused_before_training(tmpfs):
+    small = tmpfs("1m")  # a checkpoint and its sidecar take ~1.2 MB in the smoke config
+    with pytest.raises(ConfigError, match=r"cannot write 1\.\d MiB \(a checkpoint and its sidecar\) .*No space"):
+        fit(make_cfg(small))
+    assert list(small.iterdir()) == []
+
+
+def test_a_disk_that_fills_during_training_stops_it_in_one_line_keeping_the_last_pair(tmpfs):
+    full = tmpfs("2m")  # room for the first checkpoint and sidecar, not for the second sidecar beside them
+    run = forked_cli(full, "checkpoint.keep_buffers=1")
+    assert run.wait() == 3
+    assert run.text().splitlines()[-1].startswith("ccpo_pl.fit: error: cannot write replay-buffer sidecar")
+    assert "Traceback" not in run.text() and "Exception" not in run.text()
+    state = last_ckpt(full / "r")["ccpo"]
+    assert state["stream"]["frames"] == 400
+    safe_load(full / "r" / "checkpoints" / "sidecars" / "rank0" / f"{state['sidecar']}.pt")
+    assert not list((full / "r").rglob("*.tmp"))
+
+
+def test_a_second_ctrl_c_stops_at_once_with_status_130_keeping_the_last_checkpoint(tmp_path):
+    run = forked_cli(tmp_path / "logs", "total_frames=4000")
+    run_dir = tmp_path / "logs" / "r"
+    deadline = time.monotonic() + 120
+    last = run_dir / "checkpoints" / "last.ckpt"
+    while not last.exists() and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)  # into the next epoch's first collection: the first SIGINT waits for its end to save
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.1)  # two signals before Python's handler runs count as one
+    run.send_signal(signal.SIGINT)
+    assert run.wait() == 130
+    lines = [ln for ln in run.text().splitlines() if ln.startswith("ccpo_pl.fit:")]
+    assert len(lines) == 1 and lines[0].startswith("ccpo_pl.fit: stopped at once by a second SIGINT at frame ")
+    assert "nothing saved; the last complete checkpoint" in lines[0] and "Traceback" not in run.text()
+    assert last_ckpt(run_dir)["ccpo"]["stream"]["frames"] % 400 == 0  # an epoch's checkpoint, not the stop's

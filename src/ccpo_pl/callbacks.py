@@ -13,7 +13,10 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
-from ccpo_pl.faults import Preempted
+from ccpo_pl.faults import Preempted, StorageError
+
+#: exit status after a second Ctrl-C (128 + SIGINT, as shells report a process ended by it)
+INTERRUPTED_EXIT = 130
 
 
 class FramesProgressBar(RichProgressBar):
@@ -63,8 +66,9 @@ class Preemption(Callback):
     with the epoch's next collection), or the start of an epoch (the previous epoch's last.ckpt is already
     written, so nothing more is saved). The last collection of an epoch waits for the epoch's end so that its
     evaluation and periodic checkpoint still happen, and so does every collection once `total_frames` are
-    collected (the run is then finishing its last epoch). A second Ctrl-C stops at once (KeyboardInterrupt; the last
-    complete checkpoint is kept). Handlers are installed when training starts, replacing Lightning's SIGTERM
+    collected (the run is then finishing its last epoch). A second Ctrl-C stops the process at once, exit status
+    130, without saving: like a kill, it leaves the last complete checkpoint (a save in progress is abandoned in its
+    temporary file). Handlers are installed when training starts, replacing Lightning's SIGTERM
     handler for the duration of training, and restored after.
 
     Under SLURM with Lightning's auto-requeue (the default there), the requeue signal (`SLURMEnvironment.
@@ -79,6 +83,7 @@ class Preemption(Callback):
         self.requeue = False
         self.requeue_signal: int | None = None
         self._previous: dict[int, object] = {}
+        self._module = None
 
     # ---------------------------------------------------------------- handlers
     def watched_signals(self, trainer) -> list[int]:
@@ -91,6 +96,7 @@ class Preemption(Callback):
         return signals
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._module = pl_module
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.watched_signals(trainer):
@@ -101,9 +107,19 @@ class Preemption(Callback):
 
     def _on_signal(self, signum, frame) -> None:
         if signum == signal.SIGINT and self.signum is not None:
-            raise KeyboardInterrupt  # impatient second Ctrl-C
+            self.exit_at_once()  # impatient second Ctrl-C
         self.requeue |= signum == self.requeue_signal
         self.signum = self.signum or signum
+
+    def exit_at_once(self) -> None:
+        """End the process now (no save, no clean-up: as safe as a kill), after one line saying what is kept."""
+        frames = getattr(self._module, "global_frames", "?")
+        kept = (f"the last complete checkpoint {str(self.path)!r} is kept" if self.path.is_file()
+                else "no checkpoint yet")
+        line = (f"ccpo_pl.fit: stopped at once by a second SIGINT at frame {frames}, nothing saved; {kept}; re-run "
+                f"the same command to resume\n")
+        os.write(2, line.encode())
+        os._exit(INTERRUPTED_EXIT)
 
     def restore_handlers(self) -> None:
         """Put back the handlers that were there when training started."""
@@ -173,4 +189,9 @@ class FlushLogs(Callback):
         if collects != self._collects:
             self._collects = collects
             for logger in trainer.loggers:
-                logger.save()
+                try:
+                    logger.save()
+                except OSError as err:
+                    raise StorageError(f"cannot write the TensorBoard logs ({err.strerror or err}); the last "
+                                       f"complete checkpoint is kept; free space, then re-run the same command "
+                                       f"to resume") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ccpo_pl.faults import StorageError
+from ccpo_pl.errors import ConfigError
+from ccpo_pl.faults import StorageError, first_nonfinite
 
 #: format of the `ccpo` training state in a checkpoint; checkpoints without the key are format 1
 CHECKPOINT_FORMAT = 1
@@ -59,18 +60,54 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write `text` to `path` as `atomic_torch_save` does (mode 0644): a power loss leaves the old file or the new
+    one."""
+    atomic_write(path, lambda f: (f.write(text.encode()), os.fchmod(f.fileno(), 0o644)))
+
+
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """`torch.load(..., weights_only=True)`: tensors and plain containers only, no code execution."""
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def save_or_stop(obj: Any, path: str | os.PathLike, what: str = "checkpoint") -> None:
-    """`atomic_torch_save`; an OSError (disk full, read-only, ...) becomes a one-line `StorageError`."""
+    """`atomic_torch_save`; a failed write (disk full, read-only, ...) becomes a one-line `StorageError`. torch's
+    zip writer reports a failed write as a RuntimeError raised while handling the OSError: both count."""
     try:
         atomic_torch_save(obj, path)
-    except OSError as err:
-        raise StorageError(f"cannot write {what} {str(path)!r} ({err.strerror or err}); the previous one is kept; "
-                           f"free space or fix permissions, then re-run the same command to resume") from None
+    except (OSError, RuntimeError) as err:
+        cause = storage_cause(err)
+        if cause is None:
+            raise
+        raise StorageError(f"cannot write {what} {str(path)!r} ({cause}); the previous one is kept; free space or "
+                           f"fix permissions, then re-run the same command to resume") from None
+
+
+def storage_cause(err: BaseException, errnos: tuple[int, ...] | None = None) -> str | None:
+    """The text of the OSError behind `err` (itself, or what it was raised from or while handling; only those with
+    an errno in `errnos` if given), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and (errnos is None or err.errno in errnos):
+            return err.strerror or str(err)
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def reserve_space(directory: str | os.PathLike, nbytes: int) -> None:
+    """Allocate `nbytes` in a temporary file in `directory`, fsync and delete it: an OSError if the directory
+    cannot hold that much (read-only, full, over quota). `posix_fallocate` reserves the blocks without writing
+    them where the file system supports it."""
+    fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=directory)
+    try:
+        os.write(fd, b"\0")
+        os.posix_fallocate(fd, 0, max(1, int(nbytes)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:
@@ -150,3 +187,78 @@ class Sidecars:
     def load(self, token: str) -> dict | None:
         p = self.path(token)
         return safe_load(p) if p.exists() else None
+
+
+# ---------------------------------------------------------------- checking a checkpoint before use
+def check_checkpoint(path: str | os.PathLike, *, name: str = "ckpt_path", expect: Mapping[str, Any] | None = None,
+                     world_size: int | None = None, module: torch.nn.Module | None = None, prefix: str = "") -> dict:
+    """Load a `ccpo_pl.fit` checkpoint safely and check it can be used; a one-line `ConfigError` otherwise.
+
+    Checks, in order: the file exists and loads with `weights_only=True`; it was written by `ccpo_pl.fit` (training
+    state and run config present) in a format this version reads; `expect` (dotted run-config key -> value, e.g.
+    `{"algo.name": "ccpo", "env.id": ...}`; None values are not checked) matches; it was written by `world_size`
+    ranks (if given); its weights are finite; and, with `module` (what it will be loaded into), its weights under
+    `prefix` have exactly the names and shapes of `module.state_dict()`. The finite weights: with `module`, its
+    parameters and the optimizer states; without, every floating tensor under `prefix` (e.g. `prefix="actor."`
+    for a policy: some training buffers hold NaN on purpose). `name` is how messages name the file (`ckpt_path`,
+    `run`, ...). Returns the loaded checkpoint.
+    """
+    label = f"{name}={str(path)!r}"
+    if not Path(path).is_file():
+        raise ConfigError(f"{label} does not exist")
+    try:
+        ckpt = safe_load(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ConfigError(f"{label} is not a readable checkpoint ({type(err).__name__})") from None
+    saved = (ckpt.get("hyper_parameters") or {}).get("run_config") if isinstance(ckpt, dict) else None
+    if not saved or not isinstance(ckpt.get("ccpo"), dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"{label} was not written by ccpo_pl.fit")
+    version = ckpt["ccpo"].get("format_version", 1)
+    if version not in READABLE_FORMATS:
+        raise ConfigError(f"{label} has checkpoint format {version!r}; this ccpo_pl reads format "
+                          f"{CHECKPOINT_FORMAT}; use the ccpo_pl version that wrote it")
+    for key, now in (expect or {}).items():
+        group, field = key.split(".")
+        was = (saved.get(group) or {}).get(field)
+        if now is not None and was != now:
+            raise ConfigError(f"{label} is a {key}={was!r} checkpoint, this run has {key}={now!r}")
+    ranks = ckpt["ccpo"].get("world_size")
+    if world_size is not None and ranks != world_size:
+        raise ConfigError(f"{label} was written by {ranks} ranks, this run has {world_size}; resume it with "
+                          f"trainer.devices x trainer.num_nodes = {ranks}")
+    weights = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix) and torch.is_tensor(v)}
+    if module is not None:
+        _check_shapes(label, weights, module.state_dict(), prefix)
+    bad = first_nonfinite(_weights_to_check(ckpt, weights, module, prefix))
+    if bad is not None:
+        raise ConfigError(f"{label} holds NaN or inf in {bad}; resume from an earlier checkpoint "
+                          f"(checkpoints/epochNNNN.ckpt) with ckpt_path=<file>")
+    return ckpt
+
+
+def _weights_to_check(ckpt: dict, weights: dict, module: torch.nn.Module | None, prefix: str) -> dict:
+    """The floating tensors that must be finite (see `check_checkpoint`)."""
+    if module is None:
+        return {k: v for k, v in weights.items() if v.is_floating_point()}
+    named = {k: weights[f"{prefix}{k}"] for k, _ in module.named_parameters()}
+    for i, opt in enumerate(ckpt.get("optimizer_states") or []):
+        for p, slots in (opt.get("state") or {}).items():
+            named |= {f"optimizer {i} state {p} {k}": v for k, v in slots.items()
+                      if torch.is_tensor(v) and v.is_floating_point()}
+    return named
+
+
+def _check_shapes(label: str, saved: Mapping[str, Any], wanted: Mapping[str, torch.Tensor], prefix: str) -> None:
+    """The saved weights have the names and shapes of the module's (`prefix` + its keys)."""
+    want = {f"{prefix}{k}": tuple(v.shape) for k, v in wanted.items()}
+    have = {k: tuple(v.shape) for k, v in saved.items() if torch.is_tensor(v)}
+    missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    differ = [k for k in sorted(want.keys() & have.keys()) if want[k] != have[k]]
+    if differ:
+        k = differ[0]
+        raise ConfigError(f"{label} has {k} of shape {list(have[k])}, this run's network needs {list(want[k])} "
+                          f"(other network sizes: give the algo settings of the run that wrote it)")
+    if missing or extra:
+        what = f"lacks {missing[0]}" if missing else f"has {extra[0]}, which this run's network does not"
+        raise ConfigError(f"{label} {what} ({len(missing)} missing, {len(extra)} unexpected weights): another "
+                          f"network variant; give the algo settings of the run that wrote it")

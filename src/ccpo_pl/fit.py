@@ -3,119 +3,51 @@
 `fit(cfg)` does the work and is what tests call; `main()` is the thin command-line wrapper. The run directory is
 `<log_dir>/<run_name>/` with `config.yaml`, `checkpoints/` (last.ckpt, periodic ones, per-rank buffer sidecars)
 and `tb/` (TensorBoard). Re-running the same `run_name` resumes from `checkpoints/last.ckpt`; a different
-config against an existing run is refused, and nothing of an earlier run is overwritten. SIGTERM/SIGINT save a
-checkpoint at the next safe point and stop (`callbacks.Preemption`); numerical faults and failed saves stop with
-one line (`faults`). Exit status: 0 done or preempted, 2 refused before training, 3 stopped by a fault.
+config against an existing run is refused, and nothing of an earlier run is overwritten. Everything that can be
+checked is checked before the first write (the config, the run's own config, the checkpoint against the built
+network), the run's lock is the first write, and `config.yaml` is written when training starts: a run that never
+started leaves no trace. SIGTERM/SIGINT save a checkpoint at the next safe point and stop (`callbacks.Preemption`);
+numerical faults and failed saves stop with one line (`faults`). Exit status: 0 done or preempted, 2 refused
+before training, 3 stopped by a fault, 130 a second Ctrl-C (stopped at once, nothing saved).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import threading
 import functools
 import math
 import os
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ccpo_pl import compat
+from ccpo_pl import checkpointing, compat
 from ccpo_pl.algos.registry import ALGOS, build
-from ccpo_pl.callbacks import DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
-from ccpo_pl.checkpointing import CHECKPOINT_FORMAT, READABLE_FORMATS, AtomicCheckpointIO, remove_stale_tmp, safe_load
+from ccpo_pl.callbacks import INTERRUPTED_EXIT, DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
+from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_run
-from ccpo_pl.faults import ON_NAN, RunStopped
+from ccpo_pl.faults import RunStopped, StorageError
+from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("env", "algo", "trainer", "experiment")
 #: keys that may change when a run is resumed (they do not change what was trained so far)
 RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
-
-
-# ---------------------------------------------------------------- validation
-def _positive_list(cfg: DictConfig, key: str) -> list[float]:
-    values = OmegaConf.select(cfg, key)
-    if values is None or len(values) == 0:
-        raise ConfigError(f"{key} is empty; give at least one threshold > 0, e.g. {key}=[20,40,60]")
-    bad = [v for v in values if not isinstance(v, (int, float)) or v <= 0]
-    if bad:
-        raise ConfigError(f"{key} has {bad}; thresholds must be numbers > 0")
-    return [float(v) for v in values]
-
-
-def world_size(cfg: DictConfig) -> int:
-    devices = cfg.trainer.devices
-    n = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else devices
-    n = 1 if n in ("auto", -1) else int(n)
-    return n * int(cfg.trainer.get("num_nodes", 1))
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check the composed config; raise `ConfigError` with a one-line message on the first bad value."""
-    name = str(cfg.run_name)
-    if not name or name in (".", "..") or "/" in name or os.sep in name:
-        raise ConfigError(f"run_name={name!r} must be a plain directory name (no path separators)")
-    if cfg.algo.name not in ALGOS:
-        raise ConfigError(f"unknown algo {cfg.algo.name!r}; allowed: {', '.join(sorted(ALGOS))}")
-    behavior = _positive_list(cfg, "eps.behavior")
-    if OmegaConf.select(cfg, "algo.single_threshold", default=False) and len(behavior) != 1:  # CPO family
-        raise ConfigError(f"algo={cfg.algo.name} trains at one cost limit: eps.behavior={behavior} must hold one "
-                          f"value, e.g. eps.behavior=[25]")
-    evals = _positive_list(cfg, "eps.eval")
-    lo, hi = (float(x) for x in cfg.eps.range)
-    if not 0 < lo < hi:
-        raise ConfigError(f"eps.range={[lo, hi]} must be [low, high] with 0 < low < high")
-    for key, values in (("eps.behavior", behavior), ("eps.eval", evals)):
-        outside = [v for v in values if not lo <= v <= hi]
-        if outside:
-            raise ConfigError(f"{key} has {outside} outside eps.range={[lo, hi]}; widen eps.range or drop them")
-    for key in ("total_frames", "collect.num_envs", "collect.frames_per_collect", "collect.collects_per_epoch",
-                "collect.batch_size", "collect.buffer_size", "eval.every_epochs", "eval.episodes",
-                "checkpoint.every_epochs"):
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{key}={value!r} must be a positive integer")
-    final = OmegaConf.select(cfg, "eval.final_episodes")
-    if not isinstance(final, int) or isinstance(final, bool) or final < 0:
-        raise ConfigError(f"eval.final_episodes={final!r} must be an integer >= 0 (0: no final evaluation)")
-    on_nan = OmegaConf.select(cfg, "faults.on_nan")
-    if on_nan not in ON_NAN:
-        raise ConfigError(f"faults.on_nan={on_nan!r}; allowed: {', '.join(ON_NAN)}")
-    if not ALGOS[cfg.algo.name].on_policy and updates_per_collect(cfg) < 1:
-        raise ConfigError(f"collect.updates_per_frame={cfg.collect.updates_per_frame} gives no update per "
-                          f"collection of {cfg.collect.frames_per_collect} frames; raise it")
-    _validate_devices(cfg)
-
-
-def _validate_devices(cfg: DictConfig) -> None:
-    accel, devices = str(cfg.trainer.accelerator), cfg.trainer.devices
-    if devices in ("auto", -1) or OmegaConf.is_list(devices):
-        return
-    if not isinstance(devices, int) or devices < 1:
-        raise ConfigError(f"trainer.devices={devices!r} must be a positive integer, a list of ids, or 'auto'")
-    if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()):
-        have, what = torch.cuda.device_count(), "GPUs"
-    else:
-        have, what = os.cpu_count() or 1, "CPU cores"
-    if have == 0:
-        raise ConfigError(f"trainer.accelerator={accel} but this machine has no GPU; use trainer=cpu")
-    if devices > have:
-        raise ConfigError(f"trainer.devices={devices} but this machine has {have} {what}; use at most {have}")
-
-
-def updates_per_collect(cfg: DictConfig) -> int:
-    return int(round(cfg.collect.updates_per_frame * cfg.collect.frames_per_collect))
+#: top-level keys every run's config.yaml has (a file without them is damaged)
+RUN_KEYS = ("seed", "total_frames", "env", "algo", "eps", "collect", "trainer")
 
 
 # ---------------------------------------------------------------- run directory and resume
@@ -132,72 +64,102 @@ def _diff(old, new, prefix="") -> list[tuple[str, object, object]]:
     return [] if old == new else [(prefix[:-1], old, new)]
 
 
-def prepare_run(cfg: DictConfig) -> tuple[Path, str | None, int | None]:
-    """Return (run dir, checkpoint to resume from or None, its global frame count); refuse a changed config."""
-    run_dir = Path(cfg.log_dir) / cfg.run_name
+def run_config(run_dir: Path) -> dict | None:
+    """The config a run in `run_dir` was started with (None: no run there yet); refuses a foreign directory and a
+    damaged `config.yaml` (empty, as a power loss can leave it, or not YAML) in one line."""
     snapshot = run_dir / "config.yaml"
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    if snapshot.exists():
+    if not snapshot.exists():
+        # a run that never started training leaves at most its lock, temporary files and TensorBoard folder
+        if run_dir.exists() and any(p.name not in (".lock", "tb", "commands.txt") and not p.name.endswith(".tmp")
+                                    for p in run_dir.iterdir()):
+            raise ConfigError(f"{str(run_dir)!r} exists but is not a ccpo_pl run (no config.yaml); "
+                              f"choose another run_name or log_dir")
+        return None
+    try:
         old = OmegaConf.to_container(OmegaConf.load(snapshot), resolve=True)
-        diffs = [d for d in _diff(old, plain) if d[0].split(".")[0] not in RESUMABLE_CHANGES]
-        added = [d for d in diffs if d[1] is _ABSENT]  # settings newer than the run
-        changed = [f"{key}: {a!r} -> {b!r}" for key, a, b in diffs if a is not _ABSENT]
-        if changed:
-            raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(changed[:3])}); "
-                              f"use another run_name or the run's own config")
-        if added and rank_zero_only.rank == 0:
-            news = ", ".join(f"{key}={b!r}" for key, _, b in added)
-            print(f"ccpo_pl.fit: run {str(run_dir)!r} predates the settings {news}; continuing with these values",
-                  flush=True)
-    elif run_dir.exists() and any(not p.name.endswith(".tmp") for p in run_dir.iterdir()):  # .tmp: killed here
-        raise ConfigError(f"{str(run_dir)!r} exists but is not a ccpo_pl run (no config.yaml); "
-                          f"choose another run_name or log_dir")
+        problem = None if isinstance(old, dict) and all(k in old for k in RUN_KEYS) else "empty or incomplete"
+    except Exception as err:  # noqa: BLE001 - YAML syntax, bad interpolation, unreadable file: all "damaged"
+        problem = f"unreadable: {type(err).__name__}"
+    if problem:
+        raise ConfigError(f"{str(snapshot)!r} is {problem}; the run's config is also in its checkpoints "
+                          f"(hyper_parameters.run_config): restore the file from there or a backup, or move the run "
+                          f"directory away to start over")
+    return old
+
+
+def check_resumable(run_dir: Path, plain: dict) -> None:
+    """Refuse a config that differs from the run's own (settings added in a later version are only reported)."""
+    old = run_config(run_dir)
+    if old is None:
+        return
+    diffs = [d for d in _diff(old, plain) if d[0].split(".")[0] not in RESUMABLE_CHANGES]
+    added = [d for d in diffs if d[1] is _ABSENT]  # settings newer than the run
+    changed = [f"{key}: {a!r} -> {b!r}" for key, a, b in diffs if a is not _ABSENT]
+    if changed:
+        raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(changed[:3])}); "
+                          f"use another run_name or the run's own config")
+    if added and rank_zero_only.rank == 0:
+        news = ", ".join(f"{key}={b!r}" for key, _, b in added)
+        print(f"ccpo_pl.fit: run {str(run_dir)!r} predates the settings {news}; continuing with these values",
+              flush=True)
+
+
+def check_checkpoint(path: str, cfg: DictConfig, module: L.LightningModule | None = None) -> dict:
+    """`checkpointing.check_checkpoint` with this run's algorithm, env, rank count and (given) network."""
+    return checkpointing.check_checkpoint(
+        path, expect={"algo.name": cfg.algo.name, "env.id": cfg.env.id}, world_size=world_size(cfg),
+        module=module)
+
+
+def resume_point(cfg: DictConfig, run_dir: Path, module: L.LightningModule) -> tuple[str | None, int | None]:
+    """The checkpoint to resume from (`ckpt_path`, else the run's last.ckpt, else None), checked against this run
+    and its network, and its global frame count."""
     ckpt = cfg.ckpt_path
     if ckpt is None and (run_dir / "checkpoints" / "last.ckpt").exists():
         ckpt = str(run_dir / "checkpoints" / "last.ckpt")
-    ckpt_frames = None
-    if ckpt is not None:
-        state = check_checkpoint(ckpt, cfg)["ccpo"]
-        ckpt_frames = state["stream"]["frames"] * state["world_size"]
-    if rank_zero_only.rank == 0:
-        check_writable(run_dir, cfg)
-        tmp = snapshot.with_suffix(".yaml.tmp")
-        tmp.write_text(OmegaConf.to_yaml(plain))
-        os.replace(tmp, snapshot)
-        lock_run(run_dir)
-        remove_stale_tmp(run_dir)  # left by a process killed while writing
-        if ckpt_frames is not None and ckpt_frames < cfg.total_frames:
-            print(f"ccpo_pl.fit: resuming run {str(run_dir)!r} from {ckpt} ({ckpt_frames} frames)", flush=True)
-    return run_dir, ckpt, ckpt_frames
+    if ckpt is None:
+        return None, None
+    state = check_checkpoint(ckpt, cfg, module)["ccpo"]
+    return ckpt, state["stream"]["frames"] * state["world_size"]
 
 
-def check_writable(directory: Path, cfg: DictConfig) -> None:
-    """Create `directory`, then write, fsync and delete a small file in it; a one-line `ConfigError` if that fails
-    (read-only or full disk), so that a run never trains for an epoch only to fail at its first checkpoint."""
+def storage_need(module: L.LightningModule, cfg: DictConfig, obs_dim: int, act_dim: int) -> int:
+    """Bytes a checkpoint and this process's sidecar take: the weights three times (Adam's two moments), the replay
+    buffer at `collect.buffer_size` transitions (observation, next observation, action, eps, reward and cost as
+    float32, the terminated flag, an int64 index), 10 % and 128 KiB (RNG and training state) on top."""
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    transition = 4 * (2 * obs_dim + act_dim + 3) + 1 + 8
+    buffer = 0 if ALGOS[cfg.algo.name].on_policy else cfg.collect.buffer_size * transition
+    return int(1.1 * (3 * weights + buffer)) + 2**17
+
+
+def check_writable(directory: Path, cfg: DictConfig, nbytes: int) -> None:
+    """Reserve room for a checkpoint and a sidecar in `directory` (`reserve_space`); a one-line `ConfigError` if
+    that fails (read-only or full disk), so that a run never trains for an epoch only to fail at its first save."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=directory)
-        try:
-            os.write(fd, bytes(64 * 1024))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        checkpointing.reserve_space(directory, nbytes)
     except OSError as err:
-        raise ConfigError(f"log_dir={str(cfg.log_dir)!r}: cannot write in {str(directory)!r} "
-                          f"({err.strerror or err}); choose a writable log_dir with free space") from None
+        raise ConfigError(f"log_dir={str(cfg.log_dir)!r}: cannot write {nbytes / 2**20:.1f} MiB (a checkpoint and "
+                          f"its sidecar) in {str(directory)!r} ({err.strerror or err}); choose a writable log_dir "
+                          f"with free space") from None
 
 
 _RUN_LOCKS: dict[str, int] = {}  # run dir -> open file holding its lock, for the life of this process
 
 
 def lock_run(run_dir: Path) -> None:
-    """Hold an exclusive lock on `<run dir>/.lock` until this process exits (a kill releases it): a second process
-    training the same run at the same time (e.g. a requeued job while the old one still runs) is refused."""
+    """Create `run_dir` and hold an exclusive lock on `<run dir>/.lock` until this process exits (a kill releases
+    it): a second process training the same run at the same time (e.g. a requeued job while the old one still
+    runs) is refused, before it writes anything."""
     key = str(run_dir.resolve())
     if key in _RUN_LOCKS:
         return
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ConfigError(f"log_dir={str(run_dir.parent)!r}: cannot write in {str(run_dir)!r} "
+                          f"({err.strerror or err}); choose a writable log_dir with free space") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -209,27 +171,28 @@ def lock_run(run_dir: Path) -> None:
     _RUN_LOCKS[key] = fd
 
 
-def check_checkpoint(path: str, cfg: DictConfig) -> dict:
-    """Load a checkpoint safely and check it belongs to this algorithm and env; one-line errors otherwise."""
-    if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path={path!r} does not exist")
-    try:
-        ckpt = safe_load(path)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ConfigError(f"ckpt_path={path!r} is not a readable checkpoint ({type(err).__name__})") from None
-    saved = (ckpt.get("hyper_parameters") or {}).get("run_config") or {}
-    if "ccpo" not in ckpt or not saved:
-        raise ConfigError(f"ckpt_path={path!r} was not written by ccpo_pl.fit")
-    version = ckpt["ccpo"].get("format_version", 1)
-    if version not in READABLE_FORMATS:
-        raise ConfigError(f"ckpt_path={path!r} has checkpoint format {version!r}; this ccpo_pl reads format "
-                          f"{CHECKPOINT_FORMAT}; use the ccpo_pl version that wrote it")
-    for key in ("algo.name", "env.id"):
-        group, name = key.split(".")
-        was, now = (saved.get(group) or {}).get(name), cfg[group][name]
-        if was != now:
-            raise ConfigError(f"ckpt_path={path!r} is a {key}={was!r} checkpoint, this run has {key}={now!r}")
-    return ckpt
+def unlock_run(run_dir: Path) -> None:
+    fd = _RUN_LOCKS.pop(str(run_dir.resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+class RecordRun(Callback):
+    """When training really starts (rank 0): write `config.yaml` atomically (fsync, rename) and append the command
+    line to `commands.txt`. A run that failed before this point has not claimed its name."""
+
+    def __init__(self, run_dir: Path, plain: dict, command: str | None):
+        self.run_dir, self.plain, self.command = run_dir, plain, command
+        self.started = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started = True
+        if trainer.global_rank != 0:
+            return
+        checkpointing.atomic_write_text(OmegaConf.to_yaml(self.plain), self.run_dir / "config.yaml")
+        if self.command:
+            with open(self.run_dir / "commands.txt", "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.command}\n")
 
 
 # ---------------------------------------------------------------- the run
@@ -246,17 +209,14 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     """Train as configured; returns the last evaluation's metrics (`eval/...`), `train/frames` and, after a
     finished run's final evaluation (`eval.final_episodes` > 0), its averages (`final/...`).
 
-    `command`, the command line that started this process, is appended to `<run dir>/commands.txt`.
+    Everything is checked before the first write: the config (`validation`), the run's own config, the checkpoint
+    to resume against the built network. `command`, the command line that started this process, is appended to
+    `<run dir>/commands.txt` when training starts.
     """
     validate(cfg)
-    run_dir, ckpt, ckpt_frames = prepare_run(cfg)
-    if command and rank_zero_only.rank == 0:
-        with open(run_dir / "commands.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {command}\n")
-    if ckpt_frames is not None and ckpt_frames >= cfg.total_frames:
-        print(f"ccpo_pl.fit: run {str(run_dir)!r} already has {ckpt_frames} frames (total_frames="
-              f"{cfg.total_frames}); raise total_frames to continue it")
-        return {"train/frames": float(ckpt_frames)}
+    run_dir = Path(cfg.log_dir) / cfg.run_name
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_resumable(run_dir, plain)
     n_ranks = world_size(cfg)
     local_procs = max(1, n_ranks // int(cfg.trainer.get("num_nodes", 1)))
     torch.set_num_threads(int(cfg.threads or max(1, (os.cpu_count() or 1) // local_procs)))
@@ -266,9 +226,65 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     frames_per_epoch = cfg.collect.frames_per_collect * cfg.collect.collects_per_epoch * n_ranks
     max_epochs = math.ceil(cfg.total_frames / frames_per_epoch)
     obs_dim, act_dim = env_sizes(cfg)
+    module = build_module(cfg, obs_dim, act_dim, run_dir, max_epochs)
+    ckpt, ckpt_frames = resume_point(cfg, run_dir, module)
+    if ckpt_frames is not None and ckpt_frames >= cfg.total_frames:
+        print(f"ccpo_pl.fit: run {str(run_dir)!r} already has {ckpt_frames} frames (total_frames="
+              f"{cfg.total_frames}); raise total_frames to continue it")
+        return {"train/frames": float(ckpt_frames)}
+
+    record = RecordRun(run_dir, plain, command)
+    created = not run_dir.exists()
+    try:
+        if rank_zero_only.rank == 0:
+            lock_run(run_dir)  # the first write of this process
+            check_writable(run_dir, cfg, storage_need(module, cfg, obs_dim, act_dim) * local_procs)
+            remove_stale_tmp(run_dir)  # left by a process killed while writing
+            if ckpt_frames is not None:
+                print(f"ccpo_pl.fit: resuming run {str(run_dir)!r} from {ckpt} ({ckpt_frames} frames)", flush=True)
+        trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames, record)
+        try:
+            trainer.fit(module, ckpt_path=ckpt)
+        except Exception as err:  # noqa: BLE001 - re-raised, as the fault it reports where that is known
+            raise _as_fault(err, run_dir) from None
+    except BaseException:
+        if created and not record.started and rank_zero_only.rank == 0:  # nothing of a run was written: no trace
+            unlock_run(run_dir)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    metrics = dict(module.final_metrics)
+    if trainer.global_rank == 0 and cfg.eval.final_episodes > 0 and module.global_frames >= cfg.total_frames:
+        summary = final_evaluation(cfg, run_dir)
+        metrics |= {f"final/{k}": v for k, v in summary["by_policy"][summary["policy"]].items()}  # the headline
+        metrics |= {f"final/{policy}/{k}": v for policy, avg in summary["by_policy"].items() for k, v in avg.items()}
+    return metrics
+
+
+#: errors of a full, over-quota or read-only disk, from whatever writes (TensorBoard's writer thread, say)
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _as_fault(err: Exception, run_dir: Path) -> Exception:
+    """The `RunStopped` behind an exception out of `trainer.fit` (Lightning's clean-up after a fault can raise
+    again, e.g. TensorBoard's flush on a full disk), a full disk as a `StorageError`, anything else as it is."""
+    seen, e = set(), err
+    while e is not None and id(e) not in seen:
+        if isinstance(e, RunStopped):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    cause = checkpointing.storage_cause(err, DISK_ERRNOS)
+    if cause is None:
+        return err
+    return StorageError(f"cannot write in {str(run_dir)!r} ({cause}); the last complete checkpoint is kept; free "
+                        f"space, then re-run the same command to resume")
+
+
+def build_module(cfg: DictConfig, obs_dim: int, act_dim: int, run_dir: Path, max_epochs: int) -> L.LightningModule:
+    """The algorithm's training module, with its envs, stream and checkpoint settings from the config."""
     behavior, evals = list(cfg.eps.behavior), list(cfg.eps.eval)
     episodes = cfg.eval.episodes
-    module = build(
+    return build(
         cfg, obs_dim, act_dim,
         eps_behavior=behavior, eps_range=list(cfg.eps.range), eps_bin=cfg.eps.bin, eps_eval=evals,
         horizon=int(cfg.env.max_episode_steps), total_frames=int(cfg.total_frames),
@@ -283,14 +299,6 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         sidecar_dir=str(run_dir / "checkpoints" / "sidecars"), keep_buffers=cfg.checkpoint.keep_buffers,
         run_config=OmegaConf.to_container(cfg, resolve=True), on_nan=cfg.faults.on_nan,
     )
-    trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames)
-    trainer.fit(module, ckpt_path=ckpt)
-    metrics = dict(module.final_metrics)
-    if trainer.global_rank == 0 and cfg.eval.final_episodes > 0 and module.global_frames >= cfg.total_frames:
-        summary = final_evaluation(cfg, run_dir)
-        metrics |= {f"final/{k}": v for k, v in summary["by_policy"][summary["policy"]].items()}  # the headline
-        metrics |= {f"final/{policy}/{k}": v for policy, avg in summary["by_policy"].items() for k, v in avg.items()}
-    return metrics
 
 
 def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
@@ -299,8 +307,8 @@ def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     return evaluate_run(run_dir, eps=list(cfg.eps.eval), episodes=int(cfg.eval.final_episodes), seed=int(cfg.seed))
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int,
-                 ckpt_frames: int | None) -> L.Trainer:
+def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, ckpt_frames: int | None,
+                 record: RecordRun) -> L.Trainer:
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
         # last.ckpt after every epoch (overwritten atomically), and a kept checkpoint every N epochs
@@ -311,6 +319,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int,
         FramesProgressBar(refresh_rate=2),  # redraws per second (Rich's thread; 40/s took ~2 % of a run's time)
         Preemption(ckpt_dir / "last.ckpt", total_frames=int(cfg.total_frames)),  # SIGTERM/SIGINT: save, stop
         FlushLogs(),
+        record,  # config.yaml and commands.txt once training starts
     ]
     if cfg.check_sync:
         callbacks.append(DDPSyncCheck())
@@ -330,7 +339,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int,
 
 # ---------------------------------------------------------------- command line
 def _check_group_overrides(argv: list[str]) -> None:
-    """Unknown `env=`/`algo=`/... names fail here with one line, before Hydra's multi-line message."""
+    """Unknown `env=`/`algo=`/... names and unknown keys fail here with one line, before Hydra's multi-line
+    message."""
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
         if sep and key in GROUPS and value not in ("null", ""):
@@ -338,6 +348,7 @@ def _check_group_overrides(argv: list[str]) -> None:
                 if not (CONF_DIR / key / f"{name}.yaml").is_file():
                     allowed = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
                     raise ConfigError(f"unknown {key} {name!r}; allowed: {', '.join(allowed)}")
+    check_override_keys(argv)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -350,11 +361,22 @@ def _hydra_main(cfg: DictConfig) -> None:
     except RunStopped as err:  # preempted (exit 0), numerical fault or failed save (exit 3): one line
         print(f"ccpo_pl.fit: {'' if err.exit_code == 0 else 'error: '}{err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside training (set-up, final evaluation): as a second one in training
+        print("ccpo_pl.fit: interrupted (SIGINT); the last complete checkpoint, if any, is kept", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
     if metrics and rank_zero_only.rank == 0:
         print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/eps_" not in k))
 
 
+def _quiet_disk_errors_in_threads(args) -> None:
+    """threading.excepthook: a full disk in a writer thread (TensorBoard's) is reported once, in one line, when
+    the main thread meets it; other thread errors as Python reports them."""
+    if checkpointing.storage_cause(args.exc_value, DISK_ERRNOS) is None:
+        threading.__excepthook__(args)
+
+
 def main() -> None:
+    threading.excepthook = _quiet_disk_errors_in_threads
     try:
         _check_group_overrides(sys.argv[1:])
     except ConfigError as err:

@@ -28,11 +28,14 @@ class AlgoSpec:
     make_actor: `(run_cfg, obs_dim, act_dim) -> nn.Module` with `forward(observation, eps) -> (loc, scale)`; the
         evaluation loads the checkpoint's `actor.*` weights into it (deterministic action: `loc`).
     on_policy: one collection per update (no replay; `collect.updates_per_frame` is not used).
+    increasing_behavior: one policy per behaviour threshold, combined between neighbours: `eps.behavior` must be
+        strictly increasing.
     """
 
     build: Callable[..., SafeRLModule]
     make_actor: Callable[[Mapping, int, int], nn.Module] = eps_actor
     on_policy: bool = False
+    increasing_behavior: bool = False
 
 
 def build_ccpo(cfg: DictConfig, obs_dim: int, act_dim: int, module_cls: Callable[..., SafeRLModule] | None = None,
@@ -81,8 +84,10 @@ ALGOS: dict[str, AlgoSpec] = {
     "cvpo": AlgoSpec(build_cvpo, make_actor=cvpo_actor),
     "v_sac_lag": AlgoSpec(build_v_sac_lag, make_actor=sac_actor),
     "v_ddpg_lag": AlgoSpec(build_v_ddpg_lag, make_actor=ddpg_actor),
-    "c_ppo_lag": AlgoSpec(build_combined, make_actor=combined_actor, on_policy=True),
-    "c_trpo_lag": AlgoSpec(build_combined, make_actor=combined_actor, on_policy=True),
+    "c_ppo_lag": AlgoSpec(build_combined, make_actor=combined_actor, on_policy=True,
+                          increasing_behavior=True),
+    "c_trpo_lag": AlgoSpec(build_combined, make_actor=combined_actor, on_policy=True,
+                          increasing_behavior=True),
     "cpo": AlgoSpec(build_cpo, on_policy=True),  # CPO paper: conf/algo/{cpo,pdo,trpo,fpo}.yaml
     "pdo": AlgoSpec(build_cpo, on_policy=True),
     "trpo": AlgoSpec(build_cpo, on_policy=True),

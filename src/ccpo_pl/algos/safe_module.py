@@ -119,7 +119,15 @@ class SafeRLModule(L.LightningModule):
                 self.stream.load_state_dict(self._resume["stream"])
                 self._seen_collects = self.stream.collects
             if self._sidecar is not None:
-                self.stream.load_buffer_state(self._sidecar.pop("buffer"))  # not kept twice in memory
+                try:
+                    self.stream.load_buffer_state(self._sidecar.pop("buffer"))  # not kept twice in memory
+                    set_rng_state(self._sidecar["rng"])  # tried here; set for good at on_train_start
+                except Exception as err:  # noqa: BLE001 - another run's buffer (other sizes), damaged states
+                    self._sidecar = None
+                    self.stream.close()
+                    self.stream = self.make_stream()
+                    self.stream.load_state_dict(self._resume["stream"])
+                    self._warn_sidecar(f"a replay-buffer sidecar that does not fit this run ({type(err).__name__})")
         return self.stream
 
     def _seeded_train_env(self) -> EnvBase:
@@ -406,9 +414,14 @@ class SafeRLModule(L.LightningModule):
             problem = "no replay-buffer sidecar"
         except Exception as err:  # noqa: BLE001 - corrupt or foreign: never fatal, never executed (weights_only)
             self._sidecar, problem = None, f"an unreadable replay-buffer sidecar ({type(err).__name__})"
+        if self._sidecar is not None and not _sidecar_layout_ok(self._sidecar):
+            self._sidecar, problem = None, "a replay-buffer sidecar of another structure"
         if self._sidecar is None:
-            warnings.warn(f"{problem} for checkpoint token {state['sidecar']} on rank {self.global_rank}: resuming "
-                          f"with an empty buffer and fresh RNG states", stacklevel=2)
+            self._warn_sidecar(f"{problem} for checkpoint token {state['sidecar']}")
+
+    def _warn_sidecar(self, problem: str) -> None:
+        warnings.warn(f"{problem} on rank {self.global_rank}: resuming with an empty buffer and fresh RNG states",
+                      stacklevel=3)
 
     def on_train_start(self) -> None:
         if self._sidecar is not None:
@@ -438,3 +451,9 @@ class SafeRLModule(L.LightningModule):
         for env in self._envs.values():
             env.close(raise_if_closed=False)
         self._envs.clear()
+
+
+def _sidecar_layout_ok(sidecar) -> bool:
+    """The structure `on_save_checkpoint` writes: {"buffer": dict, "rng": {"torch", "numpy", "python"}}."""
+    return (isinstance(sidecar, dict) and isinstance(sidecar.get("buffer"), dict)
+            and isinstance(sidecar.get("rng"), dict) and {"torch", "numpy", "python"} <= sidecar["rng"].keys())
