@@ -754,13 +754,15 @@ def test_a_disk_that_fills_during_training_stops_it_in_one_line_keeping_the_last
 
 
 def test_a_second_ctrl_c_stops_at_once_with_status_130_keeping_the_last_checkpoint(tmp_path):
-    run = forked_cli(tmp_path / "logs", "total_frames=4000")
+    # collections of 4000 frames (2000 steps, seconds even on a quiet machine): the first SIGINT waits for the
+    # collection's end to save, so the second one, 0.1 s later, always arrives while it waits
+    run = forked_cli(tmp_path / "logs", "total_frames=40000", "collect.frames_per_collect=4000")
     run_dir = tmp_path / "logs" / "r"
     deadline = time.monotonic() + 120
     last = run_dir / "checkpoints" / "last.ckpt"
     while not last.exists() and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.01)
-    time.sleep(0.3)  # into the next epoch's first collection: the first SIGINT waits for its end to save
+    time.sleep(0.3)  # into the next epoch's first collection
     run.send_signal(signal.SIGINT)
     time.sleep(0.1)  # two signals before Python's handler runs count as one
     run.send_signal(signal.SIGINT)
