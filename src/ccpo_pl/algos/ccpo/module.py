@@ -16,8 +16,9 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    them, so a 64-state batch's mean moves by ~0.34 (std) while the KL ball (kappa) can move E_w[Q_c] by ~0.08,
    and the batch alone decided feasibility: on a 30k-frame BallCircle run, lam sat at its cap in 10-31 % of
    updates where the population lam (16k states) was 0-3, mean |lam - lam_pop| 16-31. With the running estimate:
-   never at the cap, mean error 0.5; a persistent lam moved by small gradient steps (FSRL's kind): never at the
-   cap, error 1.1 (`benchmarks/estep_dual_noise.py`).
+   never at the cap, mean error 0.3; a persistent lam moved by small gradient steps (FSRL's kind): never at the
+   cap, error 1.1; at 1M frames the persistent lam also failed to reach the cap where the threshold is infeasible
+   (mean error 37 against 0.7; `benchmarks/estep_dual_noise.py`, numbers in benchmarks/results_notes.md).
 3. Multi-eps M-step (slides "Versatile M-step"): decoupled weighted max-likelihood (MPO/CVPO) averaged over the
    thresholds, with KL trust regions on the mean and the covariance against pi_old, each with its own multiplier
    per threshold bin, updated by projected gradient ascent (the slides' constraint holds for every eps_i).
