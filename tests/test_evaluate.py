@@ -313,3 +313,72 @@ def test_report_shows_both_cv_definitions_the_stochastic_policy_and_the_paper(tm
     assert "| car_circle | seeds | 1 | 5 | 5 (C-TRPO-Lag) |" in lines  # lowest CV there: 7.84
     assert not [line for line in lines if line.startswith("| car_circle | Avg. R ↑ (stochastic)")]  # no such run
     assert "| car_circle | Avg. CV ↓ | **0.00 ± 0.00** | 1.60 ± 0.91 | 7.84 ± 1.71 |" in lines
+
+
+# ---------------------------------------------------------------- damaged inputs of evaluate, load_policy, report
+def _nan_policy_checkpoint(run_dir, path):
+    ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
+    name = next(k for k in ckpt["state_dict"] if k.startswith("actor."))
+    ckpt["state_dict"][name] = torch.full_like(ckpt["state_dict"][name], float("nan"))
+    torch.save(ckpt, path)
+    return name
+
+
+def test_evaluate_refuses_bad_seeds_nan_weights_and_an_unwritable_out_before_any_episode(run_dir, tmp_path,
+                                                                                         monkeypatch):
+    import ccpo_pl.evaluation as evaluation
+
+    ran = []
+    monkeypatch.setattr(evaluation, "evaluate_thresholds", lambda *a, **k: ran.append(1) or (_ for _ in ()).throw(
+        AssertionError("episodes ran")))
+    cases = [({"seed": -1}, r"seed=-1 must be an integer in \[0, "), ({"seed": "abc"}, "seed='abc' must be an integer"),
+             ({"out": run_dir / "config.yaml"}, "cannot be created")]  # a file, not a directory
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message) as err:
+            evaluate_run(run_dir, **kwargs)
+        assert "\n" not in str(err.value)
+    name = _nan_policy_checkpoint(run_dir, tmp_path / "nan.ckpt")
+    with pytest.raises(ConfigError, match=f"NaN or inf in {name}") as err:
+        evaluate_run(tmp_path / "nan.ckpt")
+    assert "\n" not in str(err.value) and not ran
+
+
+def test_evaluate_takes_one_threshold_as_a_number(run_dir, tmp_path):
+    summary = evaluate_run(run_dir, eps=30, episodes=1, policy="deterministic", out=tmp_path / "one")
+    assert summary["eps"] == [30.0]
+    proc = subprocess.run([sys.executable, "-m", "ccpo_pl.evaluate", f"run={run_dir}", "eps=30", "episodes=1",
+                           "policy=deterministic", f"out={tmp_path / 'cli'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["eps"] == [30.0]
+
+
+def test_load_policy_refuses_a_text_file_and_nan_weights_in_one_line(run_dir, tmp_path):
+    from ccpo_pl.evaluation import load_policy
+
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n" * 20)
+    with pytest.raises(ConfigError, match="is not a readable checkpoint") as err:
+        load_policy(text)
+    assert "\n" not in str(err.value)
+    name = _nan_policy_checkpoint(run_dir, tmp_path / "nan.ckpt")
+    with pytest.raises(ConfigError, match=name) as err:
+        load_policy(tmp_path / "nan.ckpt")
+    assert "\n" not in str(err.value)
+
+
+def test_report_skips_a_malformed_summary_with_one_warning_naming_it(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep, "good", avg_reward=700.0, avg_cv=1.0)
+    bad = {"list": "[]", "empty": "{}", "text": "not json", "nan_reward": None}
+    for name, text in bad.items():
+        (sweep / name / "eval").mkdir(parents=True)
+        (sweep / name / "eval" / "summary.json").write_text(text or "")
+    _fake_run(sweep, "word", avg_reward="abc", avg_cv=0.0)
+    text = report([sweep])
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 5 and all(w.startswith("ccpo_pl.report: warning: skipping ") for w in warnings)
+    for name in ("list", "empty", "text", "nan_reward", "word"):
+        assert sum(f"{name}/eval/summary.json" in w for w in warnings) == 1
+    assert "avg_reward is 'abc', not a number" in "\n".join(warnings)
+    assert "| ball_circle | Avg. R ↑ | 700.00 ± 0.00 |" in text and "| ball_circle | seeds | 1 |" in text

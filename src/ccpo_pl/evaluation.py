@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
-from ccpo_pl.checkpointing import READABLE_FORMATS, safe_load
+from ccpo_pl.checkpointing import READABLE_FORMATS, check_checkpoint
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.metrics import cost_violation  # noqa: F401 - re-exported: the per-threshold metric lives with the others
@@ -45,9 +46,11 @@ def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tu
     """The actor pi(a|s, eps) of a `ccpo_pl.fit` checkpoint, loaded with `weights_only=True`, and the run's config.
 
     Network sizes come from the stored weights; everything else from the resolved config stored as plain data
-    in the checkpoint (`hyper_parameters.run_config`). No training state is built.
+    in the checkpoint (`hyper_parameters.run_config`). No training state is built. A file that is not a usable
+    checkpoint (unreadable, not written by `ccpo_pl.fit`, a format this version does not read, non-finite policy
+    weights) is one `ConfigError` line (`checkpointing.check_checkpoint`).
     """
-    return policy_from_checkpoint(safe_load(ckpt_path, map_location=device), ckpt_path, device)
+    return policy_from_checkpoint(check_checkpoint(ckpt_path, name="ckpt_path", prefix="actor."), ckpt_path, device)
 
 
 def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path, device: str | torch.device = "cpu",
@@ -96,7 +99,7 @@ def load_run(run: str | Path, device: str | torch.device = "cpu",
     line naming `run` and the reason."""
     ckpt, run_dir = resolve_checkpoint(run)
     try:
-        data = safe_load(ckpt, map_location=device)
+        data = check_checkpoint(ckpt, name="run", prefix="actor.")  # readable, ccpo_pl's, a finite policy
         actor, cfg = policy_from_checkpoint(data, ckpt, device, algo_overrides)
     except Exception as err:  # noqa: BLE001 - an unreadable or foreign file is reported the same way
         reason = str(err).splitlines()[0] if isinstance(err, ValueError) else type(err).__name__
@@ -276,6 +279,22 @@ def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:
     raise ConfigError(f"run={str(run)!r} does not exist; pass a ccpo_pl.fit run directory or a .ckpt file")
 
 
+def check_writable(directory: Path, name: str) -> None:
+    """A one-line `ConfigError` unless `directory` exists or can be made, and files can be written into it (checked
+    before any episode runs)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{name}={str(directory)!r} cannot be created ({err.strerror or err}); give a writable "
+                          f"directory") from None
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{name}={str(directory)!r} is not writable ({err.strerror or err}); give a writable "
+                          f"directory") from None
+
+
 def check_thresholds(eps) -> list[float]:
     """The evaluation thresholds as floats; a one-line error for an empty list or a value that is not > 0."""
     if eps is None or isinstance(eps, (str, int, float)) or len(eps) == 0:
@@ -302,6 +321,8 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
         raise ConfigError(f"episodes={episodes!r} must be a positive integer")
     if not isinstance(batch_envs, int) or batch_envs <= 0:
         raise ConfigError(f"batch_envs={batch_envs!r} must be a positive integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32 - 1_000_000:
+        raise ConfigError(f"seed={seed!r} must be an integer in [0, {2**32 - 1_000_001}] (sub-env j uses seed + j)")
     if policy not in POLICIES:
         raise ConfigError(f"policy={policy!r}; allowed: {', '.join(POLICIES)}")
     if extrapolation not in (None, *EXTRAPOLATIONS):
@@ -316,7 +337,11 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
         have = cfg[group][name]
         if want is not None and have != want:
             raise ConfigError(f"{str(ckpt)!r} is a {key}={have!r} checkpoint, not {key}={want!r}")
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+        eps = [eps]  # one threshold
     eps = check_thresholds(cfg["eps"]["eval"] if eps is None else list(eps))
+    out_dir = Path(out) if out is not None else run_dir / "eval"
+    check_writable(out_dir, "out")
     behavior = [float(b) for b in cfg["eps"]["behavior"]]
     stats, averages, runs = {}, {}, {}
     for name in POLICIES[policy]:  # the same start states (seed) for every policy
@@ -340,7 +365,6 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
         "frames": int(state.get("stream", {}).get("frames", 0)) * int(state.get("world_size", 1)),
         "train_wall_s": state.get("elapsed_s"),
     } | dict(extra or {})
-    out_dir = Path(out) if out is not None else run_dir / "eval"
     title = (f"{cfg['env']['id']} {summary['label']} seed {cfg['seed']}: {summary['frames']} frames, "
              f"{' and '.join(POLICIES[policy])} policy")
     write_eval(out_dir, stats, runs, summary, behavior, title)

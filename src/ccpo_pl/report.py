@@ -90,6 +90,27 @@ def metric_value(summary: dict, key: str):
     return summary.get(key)
 
 
+def summary_problem(summary) -> str | None:
+    """Why `summary` (a parsed `eval/summary.json`) cannot be reported, or None: it must be an object with the
+    task, the algorithm or label, the seed, and numbers (or null) for the averages the report reads."""
+    if not isinstance(summary, dict):
+        return f"not a JSON object but {type(summary).__name__}"
+    missing = [k for k in ("task", "seed", "episodes", "eps") if k not in summary]
+    if not (summary.get("label") or summary.get("algo")):
+        missing.append("label or algo")
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not isinstance(summary["task"], str) or not isinstance(summary.get("label") or summary.get("algo"), str):
+        return "task, label and algo must be strings"
+    if not isinstance(summary["eps"], list) or not isinstance(summary.get("by_policy", {}), dict):
+        return "eps must be a list and by_policy an object"
+    for key, *_ in STATS:
+        value = metric_value(summary, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{key} is {value!r}, not a number"
+    return None
+
+
 def find_runs(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
     """(run directory, summary) of every `eval/summary.json` under `dirs`, sorted by path."""
     runs = {}
@@ -99,9 +120,15 @@ def find_runs(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
             raise ConfigError(f"{str(d)!r} is not a directory; pass a sweep or run directory")
         for path in sorted(root.rglob("eval/summary.json")):
             try:
-                runs[path.parent.parent.resolve()] = (path.parent.parent, json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError) as err:
-                raise ConfigError(f"{str(path)!r} is not a readable summary ({type(err).__name__})") from None
+                summary = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                summary, problem = None, f"unreadable ({type(err).__name__})"
+            else:
+                problem = summary_problem(summary)
+            if problem is not None:
+                print(f"ccpo_pl.report: warning: skipping {str(path)!r}: {problem}", file=sys.stderr)
+                continue
+            runs[path.parent.parent.resolve()] = (path.parent.parent, summary)
     if not runs:
         raise ConfigError(f"no evaluated runs (eval/summary.json) under {', '.join(map(str, dirs))}; "
                           f"run python -m ccpo_pl.evaluate run=<run dir> first")
