@@ -50,7 +50,11 @@ def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tu
     checkpoint (unreadable, not written by `ccpo_pl.fit`, a format this version does not read, non-finite policy
     weights) is one `ConfigError` line (`checkpointing.check_checkpoint`).
     """
-    return policy_from_checkpoint(check_checkpoint(ckpt_path, name="ckpt_path", prefix="actor."), ckpt_path, device)
+    try:
+        checked = check_checkpoint(ckpt_path, name="ckpt_path", prefix="actor.")
+    except ConfigError as err:
+        raise ConfigError(f"{str(ckpt_path)!r} is not a ccpo_pl.fit checkpoint that loads: {err}") from None
+    return policy_from_checkpoint(checked, ckpt_path, device)
 
 
 def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path, device: str | torch.device = "cpu",
