@@ -66,3 +66,11 @@ def test_a_key_far_from_every_known_key_points_to_the_config_files():
 
 def test_every_rule_names_what_it_allows():
     assert all(rule.allowed_text() for rule in SCHEMA.values())
+
+
+@pytest.mark.parametrize("algo, key", [("ccpo", "algo.kappa"), ("ccpo", "algo.dual.gap_decay"),
+                                       ("c_ppo_lag", "algo.clip_epsilon"), ("cpo", "algo.cg_iters")])
+def test_a_deleted_algorithm_key_is_refused_naming_it_and_its_file(algo, key):
+    cfg = compose_cfg(f"algo={algo}", f"~{key}")
+    with pytest.raises(ConfigError, match=rf"{key} is missing from the config; restore it \(conf/algo/{algo}.yaml"):
+        validate(cfg)

@@ -41,9 +41,8 @@ from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
-from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
+from ccpo_pl.validation import CONF_DIR, GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: keys that may change when a run is resumed (they do not change what was trained so far)
 RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
 #: top-level keys every run's config.yaml has (a file without them is damaged)

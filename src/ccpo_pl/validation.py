@@ -22,6 +22,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ccpo_pl.errors import ConfigError
 
+#: the config files (`conf/`), found beside the package's source tree
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: config groups: `env=<file>` picks conf/env/<file>.yaml
 GROUPS = ("env", "algo", "trainer", "experiment")
 
@@ -309,6 +312,17 @@ def _show(value) -> str:
     return repr(value).replace("\n", " ")
 
 
+def algo_keys(name: str | None) -> list[str]:
+    """The dotted `algo.*` keys that `conf/algo/<name>.yaml` itself sets (its `algo:` block where the file is of
+    the `_global_` package); empty for a name without a file."""
+    path = CONF_DIR / "algo" / f"{name}.yaml"
+    if not name or not path.is_file():
+        return []
+    own = OmegaConf.to_container(OmegaConf.load(path))
+    own = own.get("algo", {}) if "algo" in own else {k: v for k, v in own.items() if k != "defaults"}
+    return [key for key, _ in _leaves(own, "algo.")]
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the composed config, every key against `SCHEMA`, then the keys against each other; raise a one-line
     `ConfigError` on the first problem (the value, and what is allowed)."""
@@ -327,6 +341,10 @@ def validate(cfg: DictConfig) -> None:
     missing = [k for k in REQUIRED if OmegaConf.select(cfg, k, default="<missing>") == "<missing>"]
     if missing:
         raise ConfigError(f"{missing[0]} is missing from the config; restore it (conf/config.yaml has every key)")
+    name = plain.get("algo", {}).get("name")
+    missing = [k for k in algo_keys(name) if OmegaConf.select(cfg, k, default="<missing>") == "<missing>"]
+    if missing:
+        raise ConfigError(f"{missing[0]} is missing from the config; restore it (conf/algo/{name}.yaml has it)")
     _check_relations(plain)
 
 
