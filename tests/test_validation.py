@@ -56,7 +56,7 @@ def test_an_unknown_key_on_the_command_line_names_the_nearest(arg, near):
 def test_groups_flags_hydra_settings_and_known_keys_pass_the_command_line_check():
     check_override_keys(["-m", "--multirun", "env=car_circle", "algo=cvpo,ccpo", "experiment=smoke",
                          "hydra.job.chdir=true", "seed=0,1,2", "+algo.kappa=0.1", "eps.behavior=[20]",
-                         "algo.lagrange.pid={kp:1}", "paper_budgets.ball_circle=10", "~eps.bin"])
+                         "algo.lagrangian.pid={kp:1}", "paper_budgets.ball_circle=10", "~eps.bin"])
 
 
 def test_a_key_far_from_every_known_key_points_to_the_config_files():
@@ -74,3 +74,20 @@ def test_a_deleted_algorithm_key_is_refused_naming_it_and_its_file(algo, key):
     cfg = compose_cfg(f"algo={algo}", f"~{key}")
     with pytest.raises(ConfigError, match=rf"{key} is missing from the config; restore it \(conf/algo/{algo}.yaml"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["algo.clip_epsilon=0.1"], "algo.clip_epsilon is not a setting of algo=ccpo"),
+    (["+algo.clip_epsilon=0.1"], "algo.clip_epsilon is not a setting of algo=ccpo"),
+    (["algo=v_sac_lag", "algo.kappa=0.1"], "algo.kappa is not a setting of algo=v_sac_lag"),
+])
+def test_a_key_of_another_algorithm_is_refused_naming_the_chosen_one(args, message):
+    with pytest.raises(ConfigError, match=message):
+        check_override_keys(args)
+
+
+@pytest.mark.parametrize("args", [["algo.kappa=0.1"], ["algo=cvpo", "algo.kappa=0.1", "algo.threshold=30"],
+                                  ["algo=pdo", "algo.cg_iters=5"], ["algo=ccpo,cvpo", "algo.dual.iters=2"],
+                                  ["algo=c_ppo_lag", "algo.lagrange.pid.kp=0.1"], ["~algo.kappa"]])
+def test_the_chosen_algorithms_own_and_inherited_keys_pass(args):
+    check_override_keys(args)

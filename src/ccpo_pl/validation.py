@@ -312,15 +312,28 @@ def _show(value) -> str:
     return repr(value).replace("\n", " ")
 
 
-def algo_keys(name: str | None) -> list[str]:
+def algo_keys(name: str | None, inherited: bool = False) -> list[str]:
     """The dotted `algo.*` keys that `conf/algo/<name>.yaml` itself sets (its `algo:` block where the file is of
-    the `_global_` package); empty for a name without a file."""
+    the `_global_` package), with `inherited` also those of the files in its `defaults`; empty for a name without
+    a file."""
     path = CONF_DIR / "algo" / f"{name}.yaml"
     if not name or not path.is_file():
         return []
     own = OmegaConf.to_container(OmegaConf.load(path))
+    parents = [d for d in own.get("defaults", []) if isinstance(d, str) and d != "_self_"] if inherited else []
     own = own.get("algo", {}) if "algo" in own else {k: v for k, v in own.items() if k != "defaults"}
-    return [key for key, _ in _leaves(own, "algo.")]
+    keys = [key for key, _ in _leaves(own, "algo.")]
+    return keys + [k for parent in parents for k in algo_keys(parent, inherited=True) if k not in keys]
+
+
+def _chosen_algos(overrides: list[str]) -> list[str]:
+    """The algorithm files a command line picks (`algo=a` or a sweep `algo=a,b`), else conf/config.yaml's default."""
+    for arg in overrides:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if key == "algo" and sep:
+            return [v.strip() for v in value.split(",")]
+    defaults = OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", [])
+    return [d["algo"] for d in defaults if isinstance(d, Mapping) and "algo" in d]
 
 
 def validate(cfg: DictConfig) -> None:
@@ -401,6 +414,20 @@ def check_override_keys(overrides: list[str]) -> None:
             continue  # flags (-m), config groups (checked against conf/), Hydra's own settings
         if rule_for(key) is None and not any(k.startswith(f"{key}.") for k in SCHEMA):
             raise unknown_key(key)
+        if key.startswith("algo.") and not arg.startswith("~"):
+            _check_algo_key(key, _chosen_algos(overrides))
+
+
+def _check_algo_key(key: str, algos: list[str]) -> None:
+    """A one-line `ConfigError` when `key` (known to the table) is no setting of the chosen algorithms: another
+    algorithm's key would be unused (with `+`) or refused by Hydra in several lines (without)."""
+    own = {k for name in algos for k in algo_keys(name, inherited=True)}
+    if not own or key in own or any(key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in own):
+        return
+    near = difflib.get_close_matches(key, sorted(own), n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    raise ConfigError(f"{key} is not a setting of algo={','.join(algos)} (conf/algo/{algos[0]}.yaml lists them)"
+                      f"{hint}")
 
 
 def world_size(cfg: Mapping) -> int:
