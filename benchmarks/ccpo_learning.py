@@ -1,6 +1,6 @@
 """Does CCPO learn on BallCircle? Per-threshold reward and cost of the trained policy, against a random policy.
 
-Expected (issue "CCPO trainer, end to end"): over the behaviour thresholds the episode cost increases with eps
+Expected: over the behaviour thresholds the episode cost increases with eps
 (J_c(20) < J_c(40) < J_c(60)), each within a few units of its eps or below, and the reward clearly above the random
 policy's. The CCPO paper reaches Avg R 710.86 / Avg CV 0.59 on BallCircle (1M steps).
 

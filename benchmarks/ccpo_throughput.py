@@ -1,9 +1,10 @@
 """How fast is a run of an algorithm (default: CCPO) at its default config on BallCircle? Env steps/s and ms per update.
 
-Reference (ARCHITECTURE §7 and `../shared/peers/README.md`, measured on this 2-core machine): FSRL CVPO on
-SafetyBallCircle-v0 runs 240-300 env steps/s at 0.2 updates per env step, one threshold per update, 15-18 ms per
-update. Goal: >= 3x FSRL's env steps/s at the same 0.2 updates per step with 4+ thresholds per update (about 5 ms
-per update; 6 ms is the floor we accept). Compare side by side: `bash ../shared/peers/fsrl_run.sh cvpo`.
+Reference: FSRL's CVPO (run with FSRL's own scripts, not part of this repository) on SafetyBallCircle-v0 on a
+2-core CPU runs 240-300 env steps/s at 0.2 updates per env step, one threshold per update, 15-18 ms per update.
+Target: >= 3x FSRL's env steps/s at the same 0.2 updates per step with 4+ thresholds per update (about 5 ms per
+update, 6 ms at most). Run FSRL side by side, alternating, when comparing: a machine's speed drifts.
+Measured figures: docs/performance.md.
 
 Runs the public `fit` on the default config for `total_frames` (default 30,000 = 3 epochs) in a temporary log dir,
 without the final evaluation.
@@ -14,8 +15,8 @@ has the whole-run figures.
     uv run --locked python benchmarks/ccpo_throughput.py [--algo NAME] [hydra overrides, e.g. collect.num_envs=20]
 
 `--algo NAME` (default ccpo) benchmarks any registered algorithm (`conf/algo/NAME.yaml`) the same way. FSRL's same
-algorithm on SafetyBallCircle-v0, measured on this machine: SAC-Lag ~280 env steps/s, PPO-Lag ~2,000, CPO ~1,080,
-CVPO 240-300 (`bash ../shared/peers/fsrl_run.sh <algo>`).
+algorithm on SafetyBallCircle-v0, same 2-core CPU: SAC-Lag ~280 env steps/s, PPO-Lag ~2,000, CPO ~1,080,
+CVPO 240-300.
 
 Last line: env_steps_per_s=<x> ms_per_update=<y> thresholds_per_update=<n> updates_per_step=<u> algo=<name>
 (thresholds_per_update only for algorithms with `algo.n_eps`, the CCPO family).

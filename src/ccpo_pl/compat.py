@@ -1,6 +1,6 @@
 """Compatibility shims for the two safe-RL simulators on Python 3.11.
 
-Two third-party packages fail in ways no version pin fixes (facts in ``../shared/design/INSTALL.md`` §6-§7):
+Two third-party packages fail in ways no version pin fixes:
 
 1. ``import safety_gymnasium`` (1.0.0, the only release) raises on Python 3.11+: its asset dataclasses declare
    ``color: np.array = COLOR[...]``, a numpy-array default, and 3.11's ``dataclasses`` rejects every unhashable

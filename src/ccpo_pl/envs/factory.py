@@ -1,7 +1,6 @@
 """Builds batched TorchRL envs with ``cost``, ``eps`` and episode sums for the bullet and safety-gymnasium tasks.
 
-Facts behind the construction (``../shared/design/INSTALL.md`` §7-§8, ``../shared/design/research-omnisafe-torchrl-lightning.md``
-B.1-B.2): bullet-safety-gym reports the cost only in ``info["cost"]`` as a Python number, which TorchRL's
+Facts behind the construction: bullet-safety-gym reports the cost only in ``info["cost"]`` as a Python number, which TorchRL's
 ``default_info_dict_reader`` cannot read (it calls ``.dtype``), hence :class:`CostReader`; TorchRL's
 ``SafetyGymnasiumEnv`` turns safety-gymnasium's 6-tuple step into a float64 shape-``()`` ``cost`` observation.
 """

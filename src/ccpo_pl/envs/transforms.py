@@ -82,7 +82,7 @@ class CostToReward(Transform):
     Both simulator suites deliver the per-step cost as a shape-``()`` observation (safety-gymnasium through TorchRL's
     ``SafetyGymnasiumEnv``, float64; bullet through our info reader). This transform makes it a float32 ``[1]``
     entry of the reward spec, like ``reward``, so that ``("next", "cost")`` is the cost of the transition and
-    ``RewardSum(in_keys=["reward", "cost"])`` can sum it. The reset output no longer carries ``cost``.
+    ``RewardSum(in_keys=["reward", "cost"])`` can sum it. The reset output does not carry ``cost``.
     With two reward entries, ``env.reward_key`` raises: always pass keys explicitly.
     """
 

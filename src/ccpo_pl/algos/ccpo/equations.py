@@ -2,8 +2,8 @@
 
 Order follows the algorithm: cost threshold -> Q units, conditioned E-step (dual, its derivatives, its solver,
 the nonparametric weights), versatile M-step (decoupled KL, weighted max-likelihood, trust-region multiplier),
-then the Lagrangian pieces of the `cvi=false` ablation. Sources: CCPO slides (`../shared/papers/
-ccpo-versatile-safe-rl-slides.txt`), FSRL CVPO as summarised in `../shared/design/research-cvpo-fsrl.md`.
+then the Lagrangian pieces of the `cvi=false` ablation. Sources: the CCPO paper and slides (Yao, Liu et al.,
+NeurIPS 2023) and FSRL's CVPO implementation.
 Shapes: E thresholds, S states, K sampled actions per state, A action dims.
 """
 

@@ -23,7 +23,7 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    thresholds, with KL trust regions on the mean and the covariance against pi_old, each with its own multiplier
    per threshold bin, updated by projected gradient ascent (the slides' constraint holds for every eps_i).
 4. pi_old is refreshed after every collection (FSRL). The states of a batch are split over the thresholds
-   (`states_per_eps`; ARCHITECTURE §7: same cost as one-threshold CVPO).
+   (`states_per_eps`), so an update costs what one-threshold CVPO's does.
 5. Thresholds per update (`n_eps`): behaviour thresholds only until `versatile_start` of the frame budget, then a
    `versatile_frac` share drawn uniformly from `eps_range` (the paper's fine-tuning stage; schedule ours).
 6. Numerical faults (ours): the replay batch, both losses, the E-step duals and the KL multipliers are checked
@@ -174,8 +174,8 @@ class CCPO(SafeRLModule):
         self.fill_state_defaults(checkpoint.get("state_dict", {}))
 
     def fill_state_defaults(self, state_dict: dict) -> None:
-        """Adds the buffers that checkpoints of earlier versions lack, at their initial values (the running cost gap:
-        no batch averaged yet), so that such checkpoints load strictly."""
+        """Adds the buffers a checkpoint without the running cost gap lacks, at their initial values (no batch
+        averaged yet), so that such checkpoints load strictly."""
         for name in ("c_gap", "c_gap_n"):
             state_dict.setdefault(name, torch.zeros_like(getattr(self, name)))
 
