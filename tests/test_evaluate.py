@@ -151,7 +151,7 @@ def test_evaluate_refuses_a_run_without_checkpoint_or_a_foreign_file(run_dir, tm
         evaluate_run(tmp_path / "future.ckpt")
     junk = tmp_path / "junk.ckpt"
     torch.save({"state_dict": {}}, junk)
-    with pytest.raises(ConfigError, match="not a loadable ccpo_pl checkpoint"):
+    with pytest.raises(ConfigError, match=r"junk.ckpt. was not written by ccpo_pl.fit"):
         evaluate_run(junk)
 
 

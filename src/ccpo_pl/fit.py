@@ -38,7 +38,7 @@ from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.callbacks import INTERRUPTED_EXIT, DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
 from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp
 from ccpo_pl.envs import make_env
-from ccpo_pl.errors import ConfigError
+from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
 from ccpo_pl.validation import CONF_DIR, GROUPS, check_override_keys, updates_per_collect, validate, world_size
@@ -376,12 +376,7 @@ def _quiet_disk_errors_in_threads(args) -> None:
 
 def main() -> None:
     threading.excepthook = _quiet_disk_errors_in_threads
-    try:
-        _check_group_overrides(sys.argv[1:])
-    except ConfigError as err:
-        print(f"ccpo_pl.fit: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    _hydra_main()
+    refuse_or_run("ccpo_pl.fit", lambda: _check_group_overrides(sys.argv[1:]), _hydra_main)
 
 
 if __name__ == "__main__":
