@@ -1,6 +1,8 @@
 """The one error type the command-line tools turn into a one-line message and exit status 2, and the checks of
 where a command will write that raise it."""
 
+import argparse
+import difflib
 import sys
 import tempfile
 from collections.abc import Callable
@@ -36,3 +38,18 @@ def refuse_or_run(command: str, check: Callable[[], None], run: Callable[[], Non
         print(f"{command}: error: {err}", file=sys.stderr)
         sys.exit(2)
     run()
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line `ccpo_pl.<tool>: error: ...` with the nearest option (argparse prints its
+    usage block first), exit status 2. `prog` is the command, `python -m ccpo_pl.<tool>`."""
+
+    def error(self, message: str):
+        options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        hint = "see --help"
+        for token in message.split():
+            near = difflib.get_close_matches(token.split("=")[0], options, n=1) if token.startswith("--") else []
+            if near:
+                hint = f"did you mean {near[0]}?"
+                break
+        self.exit(2, f"{self.prog.split()[-1]}: error: {message}; {hint}\n")

@@ -15,9 +15,7 @@ the sections are kept.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import difflib
 import json
 import math
 import re
@@ -27,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ccpo_pl.errors import ConfigError, check_writable
+from ccpo_pl.errors import ConfigError, OneLineParser, check_writable
 from ccpo_pl.metrics import mean_std
 
 #: the CCPO paper's task order (Table 1); other tasks follow alphabetically
@@ -282,22 +280,8 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str
     return text
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (argparse prints its usage block first), with the nearest option."""
-
-    def error(self, message: str):
-        options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
-        hint = "see --help"
-        for token in message.split():
-            near = difflib.get_close_matches(token.split("=")[0], options, n=1) if token.startswith("--") else []
-            if near:
-                hint = f"did you mean {near[0]}?"
-                break
-        self.exit(2, f"ccpo_pl.report: error: {message}; {hint}\n")
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = _Parser(prog="python -m ccpo_pl.report", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m ccpo_pl.report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", help="sweep or run directories holding <run>/eval/summary.json")
     parser.add_argument("--out", help="Markdown report (default <first dir>/report.md); the CSV goes beside it")
     parser.add_argument("--notes", help="a Markdown file appended to the report (e.g. what was learnt)")
