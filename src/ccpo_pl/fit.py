@@ -347,7 +347,20 @@ def _check_group_overrides(argv: list[str]) -> None:
                 if not (CONF_DIR / key / f"{name}.yaml").is_file():
                     allowed = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
                     raise ConfigError(f"unknown {key} {name!r}; allowed: {', '.join(allowed)}")
+        elif sep and key.startswith("hydra/"):  # Hydra's own groups, e.g. hydra/launcher=submitit_slurm
+            allowed = hydra_group_options(key)
+            if value not in allowed:
+                raise ConfigError(f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
     check_override_keys(argv)
+
+
+def hydra_group_options(group: str) -> list[str]:
+    """The options of a Hydra group (`hydra/launcher`: basic and the installed launcher plugins')."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # registers the installed plugins' configs
+    return sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list(group))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
