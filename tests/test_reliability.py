@@ -447,7 +447,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_by_the_command_
     run = forked_cli(tmp_path / "logs", *args)
     assert run.wait() == 2
     errors = [ln for ln in run.text().splitlines() if "error" in ln.lower()]
-    assert errors == [f"ccpo_pl.fit: error: ckpt_path={str(evil)!r} is not a readable checkpoint (UnpicklingError)"]
+    assert errors == [f"ccpo_pl.fit: error: ckpt_path={str(evil)!r} is not a readable checkpoint (UnpicklingError); "
+                      f"give a checkpoint written by ccpo_pl.fit (e.g. <run dir>/checkpoints/last.ckpt)"]
     assert not marker.exists()
 
 
@@ -716,16 +717,24 @@ def test_a_zip_writer_error_from_a_full_disk_is_a_storage_error(tmp_path, monkey
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    """`tmpfs(size)`: a directory on a file system of that size (e.g. "2m"); skips where mount is not permitted."""
+    """`tmpfs(size)`: a directory on a file system of that size (e.g. "2m"). Skips only where mounting is not
+    permitted (no root, a container without the capability, no `mount`); any other failure fails the test."""
     mounts = []
 
     def mount(size: str) -> Path:
         where = tmp_path / f"tmpfs-{size}"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True, text=True)
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                                  capture_output=True, text=True)
+        except FileNotFoundError:
+            pytest.skip("no mount command here")
         if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+            why = done.stderr.strip()
+            if os.geteuid() != 0 or any(s in why.lower() for s in ("permission denied", "not permitted",
+                                                                    "must be superuser", "only root")):
+                pytest.skip(f"mounting a tmpfs is not permitted here ({why or done.returncode})")
+            pytest.fail(f"mount -t tmpfs failed: {why or done.returncode}")
         mounts.append(where)
         return where
 

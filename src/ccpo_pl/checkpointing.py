@@ -204,12 +204,15 @@ def check_checkpoint(path: str | os.PathLike, *, name: str = "ckpt_path", expect
     `run`, ...). Returns the loaded checkpoint.
     """
     label = f"{name}={str(path)!r}"
+    if Path(path).is_dir():
+        raise ConfigError(f"{label} is a directory; give a checkpoint file, e.g. {name}=<run dir>/checkpoints/last.ckpt")
     if not Path(path).is_file():
         raise ConfigError(f"{label} does not exist")
     try:
         ckpt = safe_load(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ConfigError(f"{label} is not a readable checkpoint ({type(err).__name__})") from None
+        raise ConfigError(f"{label} is not a readable checkpoint ({type(err).__name__}); give a checkpoint written "
+                          f"by ccpo_pl.fit (e.g. <run dir>/checkpoints/last.ckpt)") from None
     saved = (ckpt.get("hyper_parameters") or {}).get("run_config") if isinstance(ckpt, dict) else None
     if not saved or not isinstance(ckpt.get("ccpo"), dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ConfigError(f"{label} was not written by ccpo_pl.fit")

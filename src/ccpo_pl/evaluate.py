@@ -7,21 +7,25 @@ episodes per threshold in batched envs and writes `per_eps.csv`, `table.md`, `cu
 
 from __future__ import annotations
 
+import difflib
 import sys
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ccpo_pl.errors import ConfigError
+from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import evaluate_run
-from ccpo_pl.fit import CONF_DIR
+from ccpo_pl.validation import CONF_DIR, rule_for
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Run `evaluate_run` with the command line's settings."""
     if not cfg.run:
         raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")
+    threads = rule_for("threads")  # the same setting as fit's
+    if not threads.ok(cfg.threads):
+        raise ConfigError(f"threads={cfg.threads!r} is not allowed; threads must be {threads.allowed_text()}")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     eps = OmegaConf.to_container(cfg.eps) if OmegaConf.is_list(cfg.eps) else cfg.eps
@@ -30,8 +34,21 @@ def evaluate(cfg: DictConfig) -> dict:
                         extrapolation=cfg.extrapolation)
 
 
+def check_keys(argv: list[str]) -> None:
+    """A key that `conf/evaluate.yaml` does not have (e.g. `episode=3`) is one line naming the nearest, before
+    Hydra's several-line message."""
+    known = sorted(k for k in OmegaConf.load(CONF_DIR / "evaluate.yaml") if k not in ("defaults", "hydra"))
+    for arg in argv:
+        key, sep, _ = arg.lstrip("+~").partition("=")
+        if arg.startswith("-") or not sep or key in known or key.split(".")[0] == "hydra":
+            continue
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        raise ConfigError(f"unknown key {key}; " + (f"did you mean {near[0]}?" if near else
+                                                    f"the keys are {', '.join(known)}"))
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     try:
         summary = evaluate(cfg)
     except ConfigError as err:
@@ -40,6 +57,10 @@ def main(cfg: DictConfig) -> None:
     keys = ("task", "label", "seed", "frames", "avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen",
             "episodes")
     print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
+
+
+def main() -> None:
+    refuse_or_run("ccpo_pl.evaluate", lambda: check_keys(sys.argv[1:]), _hydra_main)
 
 
 if __name__ == "__main__":

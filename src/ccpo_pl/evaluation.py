@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
 from ccpo_pl.checkpointing import READABLE_FORMATS, check_checkpoint
 from ccpo_pl.envs import make_env
-from ccpo_pl.errors import ConfigError
+from ccpo_pl.errors import ConfigError, check_writable
 from ccpo_pl.metrics import cost_violation  # noqa: F401 - re-exported: the per-threshold metric lives with the others
 from ccpo_pl.metrics import outside_range, per_eps_stats, seen_mask, summarize
 from ccpo_pl.nets import EpsActor, make_policy
@@ -50,6 +49,10 @@ def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tu
     checkpoint (unreadable, not written by `ccpo_pl.fit`, a format this version does not read, non-finite policy
     weights) is one `ConfigError` line (`checkpointing.check_checkpoint`).
     """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is not a torch device; give e.g. cpu, cuda or cuda:1") from None
     try:
         checked = check_checkpoint(ckpt_path, name="ckpt_path", prefix="actor.")
     except ConfigError as err:
@@ -102,8 +105,8 @@ def load_run(run: str | Path, device: str | torch.device = "cpu",
     (`algo_overrides`: as in `policy_from_checkpoint`); a missing, unreadable or foreign file is one `ConfigError`
     line naming `run` and the reason."""
     ckpt, run_dir = resolve_checkpoint(run)
+    data = check_checkpoint(ckpt, name="run", prefix="actor.")  # readable, ccpo_pl's, a finite policy: one line
     try:
-        data = check_checkpoint(ckpt, name="run", prefix="actor.")  # readable, ccpo_pl's, a finite policy
         actor, cfg = policy_from_checkpoint(data, ckpt, device, algo_overrides)
     except Exception as err:  # noqa: BLE001 - an unreadable or foreign file is reported the same way
         reason = str(err).splitlines()[0] if isinstance(err, ValueError) else type(err).__name__
@@ -281,22 +284,6 @@ def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:
     if path.is_file():
         return path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
     raise ConfigError(f"run={str(run)!r} does not exist; pass a ccpo_pl.fit run directory or a .ckpt file")
-
-
-def check_writable(directory: Path, name: str) -> None:
-    """A one-line `ConfigError` unless `directory` exists or can be made, and files can be written into it (checked
-    before any episode runs)."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"{name}={str(directory)!r} cannot be created ({err.strerror or err}); give a writable "
-                          f"directory") from None
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as err:
-        raise ConfigError(f"{name}={str(directory)!r} is not writable ({err.strerror or err}); give a writable "
-                          f"directory") from None
 
 
 def check_thresholds(eps) -> list[float]:

@@ -38,7 +38,7 @@ from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.callbacks import INTERRUPTED_EXIT, DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
 from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp
 from ccpo_pl.envs import make_env
-from ccpo_pl.errors import ConfigError
+from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
 from ccpo_pl.validation import CONF_DIR, GROUPS, check_override_keys, updates_per_collect, validate, world_size
@@ -347,7 +347,20 @@ def _check_group_overrides(argv: list[str]) -> None:
                 if not (CONF_DIR / key / f"{name}.yaml").is_file():
                     allowed = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
                     raise ConfigError(f"unknown {key} {name!r}; allowed: {', '.join(allowed)}")
+        elif sep and key.startswith("hydra/"):  # Hydra's own groups, e.g. hydra/launcher=submitit_slurm
+            allowed = hydra_group_options(key)
+            if value not in allowed:
+                raise ConfigError(f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
     check_override_keys(argv)
+
+
+def hydra_group_options(group: str) -> list[str]:
+    """The options of a Hydra group (`hydra/launcher`: basic and the installed launcher plugins')."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # registers the installed plugins' configs
+    return sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list(group))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -376,12 +389,7 @@ def _quiet_disk_errors_in_threads(args) -> None:
 
 def main() -> None:
     threading.excepthook = _quiet_disk_errors_in_threads
-    try:
-        _check_group_overrides(sys.argv[1:])
-    except ConfigError as err:
-        print(f"ccpo_pl.fit: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    _hydra_main()
+    refuse_or_run("ccpo_pl.fit", lambda: _check_group_overrides(sys.argv[1:]), _hydra_main)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ Collects every evaluated run under the given directories (each `<run>/eval/summa
 (`label`, by default the algorithm's name): Avg. R, Avg. CV, Avg. R-G and Avg. CV-G as mean ± std over seeds, one
 column per label, the lowest CV of each row in bold. CV both of the mean episode cost and per episode (`ccpo_pl.
 metrics`), for the deterministic policy (the paper's protocol) and, where it was evaluated, the stochastic one.
-With `--paper`, the paper's CCPO column and its safest baseline per task (lowest Avg. CV) stand beside them. Writes a Markdown report (the table, then one line per run
-with its frames, wall time and command) and a CSV beside it; prints the Markdown. With `--section`, the report is
+With `--paper`, the paper's CCPO column and its safest baseline per task (lowest Avg. CV) stand beside them.
+One seed shows its value alone (no "± 0.00"). Writes a Markdown report (the table, then one line per run with its
+frames, wall time and command) and a CSV beside it, never into a run directory; prints the table and where it
+wrote. A run without an evaluation, or evaluated before its last checkpoint, gets a warning. With `--section`, the report is
 one section of `--out` instead: written between markers named by its title, replacing that section if it is there
 and leaving the rest of the file as it is (one results file built from several generated tables); its CSV is
 `<out stem>-<title slug>.csv`. Without it, the main part (everything before the first section) is replaced and
@@ -15,7 +17,6 @@ the sections are kept.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -26,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ccpo_pl.errors import ConfigError
+from ccpo_pl.errors import ConfigError, OneLineParser, check_writable
 from ccpo_pl.metrics import mean_std
 
 #: the CCPO paper's task order (Table 1); other tasks follow alphabetically
@@ -111,6 +112,10 @@ def summary_problem(summary) -> str | None:
     return None
 
 
+def _warn(message: str) -> None:
+    print(f"ccpo_pl.report: warning: {message}", file=sys.stderr)
+
+
 def find_runs(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
     """(run directory, summary) of every `eval/summary.json` under `dirs`, sorted by path."""
     runs = {}
@@ -118,6 +123,14 @@ def find_runs(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
         root = Path(d)
         if not root.is_dir():
             raise ConfigError(f"{str(d)!r} is not a directory; pass a sweep or run directory")
+        for run in sorted(p.parent.parent for p in root.rglob("checkpoints/last.ckpt")):
+            summary = run / "eval" / "summary.json"
+            if not summary.is_file():
+                _warn(f"skipping {str(run)!r}: not evaluated (no eval/summary.json); python -m ccpo_pl.evaluate "
+                      f"run={run} evaluates it")
+            elif summary.stat().st_mtime < (run / "checkpoints" / "last.ckpt").stat().st_mtime:
+                _warn(f"{str(run)!r}: its evaluation is older than checkpoints/last.ckpt (the run trained on "
+                      f"after it); python -m ccpo_pl.evaluate run={run} re-evaluates it")
         for path in sorted(root.rglob("eval/summary.json")):
             try:
                 summary = json.loads(path.read_text())
@@ -126,7 +139,7 @@ def find_runs(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
             else:
                 problem = summary_problem(summary)
             if problem is not None:
-                print(f"ccpo_pl.report: warning: skipping {str(path)!r}: {problem}", file=sys.stderr)
+                _warn(f"skipping {str(path)!r}: {problem}")
                 continue
             runs[path.parent.parent.resolve()] = (path.parent.parent, summary)
     if not runs:
@@ -174,7 +187,7 @@ def tb_span_s(run_dir: Path) -> float | None:
 
 def _cell(stat: tuple[float, float, int]) -> str:
     mean, std, n = stat
-    return "n/a" if n == 0 else f"{mean:.2f} ± {std:.2f}"
+    return "n/a" if n == 0 else f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f}"  # one seed has no spread
 
 
 def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, title: str, command: str,
@@ -217,6 +230,7 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
     for run_dir, s in runs:
         name = run_dir.relative_to(root).as_posix() if root is not None and run_dir.is_relative_to(root) \
             else run_dir.name
+        name = run_dir.resolve().name if name == "." else name  # the run directory itself was given
         wall, approx = s.get("train_wall_s"), ""
         if wall is None:
             wall, approx = tb_span_s(run_dir), "~"
@@ -244,6 +258,13 @@ def write_csv(table: dict, path: Path) -> None:
                                + [f"{v:.6g}" for m in metrics for v in row[m][:2]])
 
 
+def default_out(first: Path) -> Path:
+    """`report.md` in the first directory given, or beside it when that is a run directory (its files are the
+    run's own)."""
+    is_run = (first / "config.yaml").is_file() or (first / "checkpoints").is_dir()
+    return (first.resolve().parent if is_run else first) / "report.md"
+
+
 def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str | Path | None = None,
            title: str = "CCPO paper Table 1 metrics", command: str | None = None, section: bool = False,
            paper: bool = False) -> str:
@@ -252,14 +273,14 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str
     runs = find_runs(dirs)
     table = aggregate([s for _, s in runs])
     root = Path(dirs[0]) if len(dirs) == 1 else None
-    out = Path(out) if out is not None else Path(dirs[0]) / "report.md"
+    out = Path(out) if out is not None else default_out(Path(dirs[0]))
     text = markdown(table, runs, root, title, command or "python -m ccpo_pl.report " + " ".join(map(str, dirs)),
                     paper)
     if notes is not None:
         if not Path(notes).is_file():
             raise ConfigError(f"--notes {str(notes)!r} does not exist")
         text += "\n" + Path(notes).read_text()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent, "--out")
     if section:
         slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
         begin, end = f"<!-- report section: {slug} -->", f"<!-- end of report section: {slug} -->"
@@ -282,9 +303,10 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ccpo_pl.report", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m ccpo_pl.report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", help="sweep or run directories holding <run>/eval/summary.json")
-    parser.add_argument("--out", help="Markdown report (default <first dir>/report.md); the CSV goes beside it")
+    parser.add_argument("--out", help="Markdown report (default <first dir>/report.md, beside it for a run "
+                                      "directory); the CSV goes beside it")
     parser.add_argument("--notes", help="a Markdown file appended to the report (e.g. what was learnt)")
     parser.add_argument("--title", default="CCPO paper Table 1 metrics")
     parser.add_argument("--paper", action="store_true",
@@ -297,7 +319,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     command = "python -m ccpo_pl.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
-        print(report(args.dirs, args.out, args.notes, args.title, command, args.section, args.paper), end="")
+        text = report(args.dirs, args.out, args.notes, args.title, command, args.section, args.paper)
+        print(text.split("\n## Runs", 1)[0].rstrip("\n"))  # the table; the list of runs is in the file
+        out = Path(args.out) if args.out is not None else default_out(Path(args.dirs[0]))
+        print(f"ccpo_pl.report: wrote {out}")
     except ConfigError as err:
         print(f"ccpo_pl.report: error: {err}", file=sys.stderr)
         sys.exit(2)

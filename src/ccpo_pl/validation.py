@@ -410,7 +410,8 @@ def check_override_keys(overrides: list[str]) -> None:
     for arg in overrides:
         key, sep, _ = arg.lstrip("+~").partition("=")
         key = key.split("@")[0]  # group@package
-        if arg.startswith("-") or not (sep or arg.startswith("~")) or key in GROUPS or key.split(".")[0] == "hydra":
+        hydra_own = key.replace("/", ".").split(".")[0] == "hydra"  # hydra.job..., hydra/launcher=submitit_slurm
+        if arg.startswith("-") or not (sep or arg.startswith("~")) or key in GROUPS or hydra_own:
             continue  # flags (-m), config groups (checked against conf/), Hydra's own settings
         if rule_for(key) is None and not any(k.startswith(f"{key}.") for k in SCHEMA):
             raise unknown_key(key)

@@ -1,0 +1,251 @@
+"""`python -m ccpo_pl.plot <run or sweep dirs> [--metric eval/avg_reward ...] [--by label] [--out plots]`: compare
+runs from their run directories.
+
+- Learning curves: each `--metric` (a TensorBoard scalar tag, logged against environment frames) as the mean and
+  standard deviation over the runs of a group (e.g. the seeds of one algorithm), one line and band per group.
+  Runs are put on the union of their logged frames by linear interpolation inside each run's own frame range
+  (never extrapolated), so runs of different lengths or schedules combine; `n` in the CSV counts the runs behind
+  each point.
+- Threshold curves: J_r(eps) and J_c(eps) of each group's final evaluation (`eval/per_eps.csv`, the headline
+  deterministic policy where evaluated), mean and standard deviation over runs, with the line y = eps, the
+  behaviour thresholds and the extrapolated range (eps outside the trained range) shaded.
+
+Writes `<out>/learning_<metric>.png` and `.csv` per metric and `<out>/thresholds.png` and `.csv`, and prints each
+path. A run directory is one with `config.yaml` and a `tb/` folder; groups are named by the run config's `--by` key
+(a dotted key, e.g. `algo.name`, `env.name`, `seed`; `algo` and `env` are short for their names).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sys
+import warnings
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+
+from ccpo_pl.errors import ConfigError, OneLineParser, check_writable
+
+SHORT_KEYS = {"algo": "algo.name", "env": "env.name", "task": "env.name"}
+
+
+def find_runs(dirs: Sequence[str | Path]) -> list[Path]:
+    """Every run directory (`config.yaml` beside `tb/`) at or under `dirs`, sorted, each once."""
+    runs = set()
+    for d in dirs:
+        root = Path(d)
+        if not root.is_dir():
+            raise ConfigError(f"{str(d)!r} is not a directory; pass run directories or a sweep directory")
+        runs |= {p.parent.resolve() for p in root.rglob("config.yaml") if (p.parent / "tb").is_dir()}
+    if not runs:
+        raise ConfigError(f"no run directories (config.yaml and tb/) under {', '.join(map(str, dirs))}; pass the "
+                          f"log_dir of ccpo_pl.fit runs")
+    return sorted(runs)
+
+
+def group_of(run_dir: Path, by: str) -> str:
+    """The value of the run config's dotted key `by` (a one-line error naming the run if it has no such key)."""
+    node = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    for part in SHORT_KEYS.get(by, by).split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"--by {by}: {str(run_dir)!r} has no config key {SHORT_KEYS.get(by, by)}; give a "
+                              f"dotted key of config.yaml, e.g. --by algo.name")
+        node = node[part]
+    return str(node)
+
+
+def read_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Tag -> (frames, values) of a run's TensorBoard scalars (all event files; a resumed run's repeated frames
+    are purged the way TensorBoard shows them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # heavy: only when plotting
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags().get("scalars", []):
+        events = acc.Scalars(tag)
+        out[tag] = (np.array([e.step for e in events], dtype=np.float64),
+                    np.array([e.value for e in events], dtype=np.float64))
+    return out
+
+
+def mean_std_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Mean, standard deviation (ddof=0) and count over runs, on the union of the runs' frames; each run is
+    linearly interpolated inside its own frame range and left out of the points outside it."""
+    grid = np.unique(np.concatenate([np.asarray(x, dtype=np.float64) for x, _ in curves]))
+    values = np.full((len(curves), len(grid)), np.nan)
+    for i, (x, y) in enumerate(curves):
+        order = np.argsort(x)
+        x, y = np.asarray(x, dtype=np.float64)[order], np.asarray(y, dtype=np.float64)[order]
+        inside = (grid >= x[0]) & (grid <= x[-1])
+        values[i, inside] = np.interp(grid[inside], x, y)
+    n = np.isfinite(values).sum(0)
+    with warnings.catch_warnings():  # a point no run covers: NaN, without numpy's 'Mean of empty slice'
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+    return {"frames": grid, "mean": mean, "std": std, "n": n}
+
+
+def read_thresholds(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """The final evaluation's per-eps rows of the headline policy (deterministic where evaluated); None if the run
+    has no `eval/per_eps.csv`."""
+    path = run_dir / "eval" / "per_eps.csv"
+    if not path.is_file():
+        return None
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    policies = [r.get("policy", "deterministic") for r in rows]
+    headline = "deterministic" if "deterministic" in policies else (policies[0] if policies else None)
+    rows = [r for r in rows if r.get("policy", "deterministic") == headline]
+    if not rows:
+        return None
+    col = lambda name: np.array([float(r[name]) for r in rows])  # noqa: E731 - one column as floats
+    return {"eps": col("eps"), "reward": col("reward_mean"), "cost": col("cost_mean"),
+            "extrapolation": col("extrapolation") if "extrapolation" in rows[0] else np.zeros(len(rows))}
+
+
+def threshold_stats(tables: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per eps (the union over runs): mean and std over the runs that evaluated it of J_r and J_c, their count, and
+    whether any run marks it as extrapolated."""
+    eps = np.unique(np.concatenate([t["eps"] for t in tables]))
+    out = {"eps": eps}
+    for key in ("reward", "cost"):
+        per_eps = [[float(t[key][t["eps"] == e][0]) for t in tables if (t["eps"] == e).any()] for e in eps]
+        out[f"{key}_mean"] = np.array([np.mean(v) for v in per_eps])
+        out[f"{key}_std"] = np.array([np.std(v) for v in per_eps])
+        out["n"] = np.array([len(v) for v in per_eps])
+    out["extrapolation"] = np.array([any(bool(t["extrapolation"][t["eps"] == e].any()) for t in tables)
+                                     for e in eps])
+    return out
+
+
+def _slug(tag: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", tag).strip("_")
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows])
+    path.write_text(buf.getvalue())
+
+
+def plot_learning(metric: str, groups: Mapping[str, dict[str, np.ndarray]], out: Path) -> list[Path]:
+    fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    rows = []
+    for i, (name, st) in enumerate(groups.items()):
+        runs = int(st["n"].max())
+        ax.plot(st["frames"], st["mean"], color=f"C{i}", label=f"{name} ({runs} run{'s' if runs > 1 else ''})")
+        ax.fill_between(st["frames"], st["mean"] - st["std"], st["mean"] + st["std"], color=f"C{i}", alpha=0.2)
+        rows += [[name, int(f), float(m), float(s), int(n)] for f, m, s, n in
+                 zip(st["frames"], st["mean"], st["std"], st["n"])]
+    ax.set_xlabel("environment frames")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean ± std over runs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    png, table = out / f"learning_{_slug(metric)}.png", out / f"learning_{_slug(metric)}.csv"
+    fig.savefig(png, format="png")
+    _write_csv(table, ("group", "frames", "mean", "std", "n"), rows)
+    return [png, table]
+
+
+def plot_thresholds(groups: Mapping[str, dict[str, np.ndarray]], eps_cfg: Mapping[str, Mapping], out: Path) -> list[Path]:
+    """`eps_cfg`: each group's `eps` config (its behaviour thresholds and trained range)."""
+    fig = Figure(figsize=(11, 4.5), dpi=100, layout="constrained")
+    ax_r, ax_c = fig.subplots(1, 2)
+    rows = []
+    for i, (name, st) in enumerate(groups.items()):
+        style = {"color": f"C{i}", "marker": "o", "capsize": 3}
+        ax_r.errorbar(st["eps"], st["reward_mean"], yerr=st["reward_std"], label=name, **style)
+        ax_c.errorbar(st["eps"], st["cost_mean"], yerr=st["cost_std"], label=name, **style)
+        lo, hi = (float(x) for x in eps_cfg[name].get("range", (-np.inf, np.inf)))
+        for ax in (ax_r, ax_c):
+            for b in eps_cfg[name].get("behavior", ()):
+                ax.axvline(float(b), color=f"C{i}", linestyle=":", linewidth=1)
+            if st["eps"].min() < lo:
+                ax.axvspan(st["eps"].min(), lo, color="grey", alpha=0.1, linewidth=0)
+            if st["eps"].max() > hi:
+                ax.axvspan(hi, st["eps"].max(), color="grey", alpha=0.1, linewidth=0)
+        rows += [[name, float(e), float(rm), float(rs), float(cm), float(cs), int(n), int(x)] for e, rm, rs, cm, cs, n, x
+                 in zip(st["eps"], st["reward_mean"], st["reward_std"], st["cost_mean"], st["cost_std"], st["n"],
+                        st["extrapolation"])]
+    eps = np.concatenate([st["eps"] for st in groups.values()])
+    ax_c.plot([eps.min(), eps.max()], [eps.min(), eps.max()], "k--", linewidth=1, label="y = eps")
+    for ax, title in ((ax_r, "J_r(eps): episode reward"), (ax_c, "J_c(eps): episode cost")):
+        ax.set_xlabel("cost threshold eps (dotted: behaviour thresholds; shaded: extrapolated)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax_c.legend(fontsize=8, loc="upper left")
+    png, table = out / "thresholds.png", out / "thresholds.csv"
+    fig.savefig(png, format="png")
+    _write_csv(table, ("group", "eps", "reward_mean", "reward_std", "cost_mean", "cost_std", "n", "extrapolation"),
+               rows)
+    return [png, table]
+
+
+#: the learning curves drawn when no `--metric` is given (those no run has logged yet are left out)
+DEFAULT_METRICS = ("eval/avg_reward", "eval/avg_cv")
+
+
+def plot(dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, by: str = "label",
+         out: str | Path = "plots") -> list[Path]:
+    """Write the figures and their CSVs into `out`; returns their paths (see the module docstring). A metric asked
+    for that no run logged is a one-line error; of the defaults (`metrics=None`), the logged ones are drawn."""
+    runs = find_runs(dirs)
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for run in runs:
+        groups[group_of(run, by)].append(run)
+    scalars = {run: read_scalars(run) for run in runs}
+    if metrics is None:
+        metrics = [m for m in DEFAULT_METRICS if any(m in s for s in scalars.values())]
+    missing = [m for m in metrics if not any(m in s for s in scalars.values())]
+    if missing:
+        known = sorted({t for s in scalars.values() for t in s if "/eps_" not in t})
+        raise ConfigError(f"--metric {missing[0]} is logged by none of the {len(runs)} runs; logged: "
+                          f"{', '.join(known) or 'nothing yet'}")
+    out = Path(out)
+    check_writable(out, "--out")
+    written = []
+    for metric in metrics:
+        curves = {name: mean_std_curve([scalars[r][metric] for r in members if metric in scalars[r]])
+                  for name, members in groups.items() if any(metric in scalars[r] for r in members)}
+        written += plot_learning(metric, curves, out)
+    tables = {name: [t for t in (read_thresholds(r) for r in members) if t is not None]
+              for name, members in groups.items()}
+    if any(tables.values()):
+        eps_cfg = {name: yaml.safe_load((members[0] / "config.yaml").read_text()).get("eps") or {}
+                   for name, members in groups.items()}
+        written += plot_thresholds({n: threshold_stats(t) for n, t in tables.items() if t}, eps_cfg, out)
+    else:
+        print("ccpo_pl.plot: no threshold curves: no run has a final evaluation (eval/per_eps.csv); "
+              "python -m ccpo_pl.evaluate run=<run dir> makes one", file=sys.stderr)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = OneLineParser(prog="python -m ccpo_pl.plot", description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", help="run directories, or directories holding runs (a sweep, a log_dir)")
+    parser.add_argument("--metric", action="append",
+                        help="a TensorBoard scalar tag; repeatable (default: eval/avg_reward and eval/avg_cv)")
+    parser.add_argument("--by", default="label", help="config key naming a run's group (default: label; algo, env)")
+    parser.add_argument("--out", default="plots", help="output directory (default: plots)")
+    args = parser.parse_args(argv)
+    try:
+        written = plot(args.dirs, args.metric, args.by, args.out)
+    except ConfigError as err:
+        print(f"ccpo_pl.plot: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for path in written:
+        print(f"ccpo_pl.plot: wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""One table of bad inputs across the four entry points: `ccpo_pl.fit`, `ccpo_pl.evaluate`, `ccpo_pl.report` (their
+command lines) and `load_policy` (the Python API).
+
+For every row: the bad command exits with status 2 (the API raises `ConfigError`), prints exactly one line that
+names the bad value and what is allowed, no traceback; a reference run's files (checkpoint, sidecar, config,
+evaluation, report) stay byte-identical and the command's own output place is not created; then the corrected
+command works. Command lines run as forked children calling the entry point's `main()` (no interpreter start-up
+per row). A corrected `fit` command runs in this process through every check up to the trainer (a stand-in
+trainer ends it there), since training 30 runs would cost minutes; `test_reliability` trains after a corrected
+command. A corrected `evaluate`, `report` or `load_policy` command runs to its end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import ccpo_pl.evaluate as evaluate_module
+import ccpo_pl.fit as fit_module
+import ccpo_pl.report as report_module
+from ccpo_pl.checkpointing import safe_load
+from ccpo_pl.errors import ConfigError
+from ccpo_pl.evaluation import evaluate_run, load_policy
+from ccpo_pl.validation import CONF_DIR
+
+DATA = Path(__file__).resolve().parent / "data" / "checkpoints_main"
+RUN = "ball_circle-ccpo-s0"
+FIT = ("experiment=smoke", "threads=1", "log_dir={logs}", f"run_name={RUN}")
+EVALUATE = ("run={run}", "out={tmp}/eval", "episodes=1", "eps=[10]", "policy=deterministic", "threads=1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A bad command, what its one line must name (`value`, `allowed`), and the corrected command."""
+
+    tool: str  # fit | evaluate | report | load_policy
+    args: tuple[str, ...]
+    value: str
+    allowed: str
+    fixed: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.tool}: {' '.join(a for a in self.args if a not in FIT + EVALUATE)}"[:60]
+
+
+def fit_case(bad: str | tuple[str, ...], value: str, allowed: str, fixed: str | tuple[str, ...] = ()) -> Case:
+    """Against the reference run (its name and log_dir); the corrected command starts a run in a new log_dir."""
+    bad, fixed = (bad,) if isinstance(bad, str) else bad, (fixed,) if isinstance(fixed, str) else fixed
+    return Case("fit", (*FIT, *bad), value, allowed, (*FIT[:2], "log_dir={tmp}", f"run_name={RUN}", *fixed))
+
+
+def evaluate_case(bad: str | tuple[str, ...], value: str, allowed: str, fixed: str | tuple[str, ...] = ()) -> Case:
+    bad, fixed = (bad,) if isinstance(bad, str) else bad, (fixed,) if isinstance(fixed, str) else fixed
+    return Case("evaluate", (*EVALUATE, *bad), value, allowed, (*EVALUATE, *fixed))
+
+
+CASES = [
+    # ---- fit: values, ranges, types, names
+    fit_case("trainer.num_nodes=0", "trainer.num_nodes=0", "an integer >= 1", "trainer.num_nodes=1"),
+    fit_case("eps.range=[10,inf]", "eps.range=[10, inf]", "both finite", "eps.range=[10,70]"),
+    fit_case("eps.bin=0", "eps.bin=0", "a finite number > 0", "eps.bin=5"),
+    fit_case("trainer.devices=-1", "trainer.devices=-1", "give a number of processes", "trainer.devices=1"),
+    fit_case("seed=-1", "seed=-1", "an integer in [0, 4294967295]", "seed=1"),
+    fit_case("seed=abc", "seed='abc'", "an integer in [0, 4294967295]", "seed=2"),
+    fit_case("threads=-1", "threads=-1", "null or an integer >= 1", "threads=1"),
+    fit_case("+trainer.max_epochs=3", "trainer.max_epochs=3", "left unset: ccpo_pl.fit sets it"),
+    fit_case(("algo=c_ppo_lag", "eps.behavior=[60,20]"), "eps.behavior=[60, 20]", "strictly increasing",
+             ("algo=c_ppo_lag", "eps.behavior=[20,60]")),
+    fit_case("collect.updates_per_frame=nan", "collect.updates_per_frame=nan", "a finite number >= 0",
+             "collect.updates_per_frame=0.2"),
+    fit_case("run_name=a/b", "run_name='a/b'", "no path separators", "run_name=a_b"),
+    fit_case("log_dir=null", "log_dir=None", "a non-empty string"),
+    fit_case("total_frames=0", "total_frames=0", "an integer >= 1", "total_frames=800"),
+    fit_case("faults.on_nan=ignore", "faults.on_nan='ignore'", "one of stop, skip", "faults.on_nan=skip"),
+    fit_case("algo.gamma=1.5", "algo.gamma=1.5", "a number in (0, 1)", "algo.gamma=0.98"),
+    fit_case("eps.eval=[0,20]", "eps.eval has [0]", "finite thresholds > 0", "eps.eval=[10,20]"),
+    fit_case("algo.hidden=[64,0]", "algo.hidden=[64, 0]", "positive integers", "algo.hidden=[64,32]"),
+    fit_case("trainer.accelerator=tpu", "trainer.accelerator='tpu'", "one of cpu, gpu", "trainer.accelerator=cpu"),
+    fit_case("eps.behavior=[5,20]", "eps.behavior has [5] outside eps.range", "widen eps.range",
+             "eps.behavior=[10,20]"),
+    fit_case("check_sync=maybe", "check_sync='maybe'", "true or false", "check_sync=true"),
+    # ---- fit: names of groups and keys
+    fit_case("env=nope", "unknown env 'nope'", "ball_circle", "env=ball_run"),
+    fit_case("algo=nope", "unknown algo 'nope'", "ccpo_wo_cvi", "algo=cvpo"),
+    fit_case("algo.kapa=0.1", "unknown key algo.kapa", "did you mean algo.kappa?", "algo.kappa=0.1"),
+    fit_case("+algo.kapa=0.1", "unknown key algo.kapa", "did you mean algo.kappa?", "algo.kappa=0.1"),
+    fit_case("~algo.kappa", "algo.kappa is missing", "restore it", "algo.kappa=0.03"),
+    fit_case("algo.clip_epsilon=0.1", "algo.clip_epsilon", "ccpo", ("algo=c_ppo_lag", "algo.clip_epsilon=0.1")),
+    # ---- fit: checkpoints and the existing run
+    fit_case("ckpt_path={text}", "{text}", "a checkpoint written by ccpo_pl.fit", ("ckpt_path={ckpt}", "total_frames=3200")),
+    fit_case("ckpt_path={nan}", "NaN or inf in actor.", "an earlier checkpoint", ("ckpt_path={ckpt}", "total_frames=3200")),
+    fit_case("ckpt_path={tmp}/none.ckpt", "none.ckpt", "does not exist", ("ckpt_path={ckpt}", "total_frames=3200")),
+    fit_case("ckpt_path={trunc}", "{trunc}", "a checkpoint written by ccpo_pl.fit", ("ckpt_path={ckpt}", "total_frames=3200")),
+    fit_case("algo.kappa=0.5", "algo.kappa: 0.02 -> 0.5", "run_name", ("algo.kappa=0.5", "run_name=kappa05")),
+    # ---- evaluate
+    evaluate_case("episodes=0", "episodes=0", "a positive integer", "episodes=2"),
+    evaluate_case("seed=-1", "seed=-1", "an integer in [0, ", "seed=3"),
+    evaluate_case("policy=greedy", "policy='greedy'", "deterministic, stochastic, both", "policy=stochastic"),
+    evaluate_case("extrapolation=cubic", "extrapolation='cubic'", "linear, nearest"),
+    evaluate_case("extrapolation=nearest", "extrapolation='nearest'", "c_ppo_lag, c_trpo_lag checkpoints only"),
+    evaluate_case("eps=[0,10]", "eps has [0]", "numbers > 0", "eps=[15,10]"),
+    evaluate_case("eps=[]", "eps=[]", "a non-empty list of thresholds > 0", "eps=[25]"),
+    evaluate_case("batch_envs=0", "batch_envs=0", "a positive integer", "batch_envs=1"),
+    evaluate_case("run={tmp}/nothing", "nothing", "a ccpo_pl.fit run directory", "run={ckpt}"),
+    evaluate_case("run={text}", "{text}", "a checkpoint written by ccpo_pl.fit"),
+    evaluate_case("run={nan}", "NaN or inf in actor.", "an earlier checkpoint"),
+    evaluate_case("run=null", "run=", "a ccpo_pl.fit run directory or a .ckpt file"),
+    evaluate_case("out={text}/eval", "out=", "give a writable directory", "out={tmp}/eval"),
+    evaluate_case("expect_env=car_circle", "env.name='ball_circle'", "env.name='car_circle'",
+                  "expect_env=ball_circle"),
+    evaluate_case("expect_algo=cpo", "algo.name='ccpo'", "algo.name='cpo'", "expect_algo=ccpo"),
+    evaluate_case("episode=3", "unknown key episode", "did you mean episodes?", "episodes=3"),
+    evaluate_case("threads=-1", "threads=-1", "null or an integer >= 1", "threads=1"),
+    evaluate_case("threads=two", "threads='two'", "null or an integer >= 1", "threads=2"),
+    # ---- report
+    Case("report", ("{tmp}/none", "--out", "{tmp}/report.md"), "none", "a sweep or run directory",
+         ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{empty}", "--out", "{tmp}/report.md"), "{empty}", "summary.json",
+         ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{logs}", "--section"), "--section", "--out FILE.md",
+         ("{logs}", "--section", "--out", "{tmp}/report.md")),
+    Case("report", ("{logs}", "--notes", "{tmp}/none.md", "--out", "{tmp}/report.md"), "none.md", "--notes",
+         ("{logs}", "--notes", "{text}", "--out", "{tmp}/report.md")),
+    Case("report", ("{logs}", "--out", "{text}/report.md"), "--out='{text}'", "give a writable directory",
+         ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{logs}", "--ouut", "{tmp}/report.md"), "unrecognized arguments: --ouut", "did you mean --out?",
+         ("{logs}", "--out", "{tmp}/report.md")),
+    # ---- load_policy (the Python API: a ConfigError, no exit status)
+    Case("load_policy", ("{text}",), "{text}", "a ccpo_pl.fit checkpoint", ("{ckpt}",)),
+    Case("load_policy", ("{nan}",), "NaN or inf in actor.", "an earlier checkpoint", ("{ckpt}",)),
+    Case("load_policy", ("{tmp}/none.ckpt",), "none.ckpt", "does not exist", ("{ckpt}",)),
+    Case("load_policy", ("{trunc}",), "{trunc}", "a ccpo_pl.fit checkpoint", ("{ckpt}",)),
+    Case("load_policy", ("{run}",), "{run}' is a directory", "give a checkpoint file", ("{ckpt}",)),
+    Case("load_policy", ("{ckpt}", "device=tpu"), "device='tpu'", "cpu, cuda or cuda:1", ("{ckpt}", "device=cpu")),
+]
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, str]:
+    """The reference run (a run directory of an earlier version, evaluated and reported here), and bad files."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    logs = root / "logs"
+    shutil.copytree(DATA / RUN, logs / RUN)
+    run = logs / RUN
+    evaluate_run(run, eps=[10, 40], episodes=1, policy="deterministic")
+    report_module.main([str(logs), "--out", str(logs / "report.md")])
+    ckpt = run / "checkpoints" / "last.ckpt"
+    text = root / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    nan = root / "nan.ckpt"
+    data = safe_load(ckpt)
+    next(v for k, v in data["state_dict"].items() if k.startswith("actor.")).fill_(float("nan"))
+    torch.save(data, nan)
+    trunc = root / "trunc.ckpt"
+    trunc.write_bytes(ckpt.read_bytes()[:4096])
+    empty = root / "empty"
+    empty.mkdir()
+    return {"root": str(root), "logs": str(logs), "run": str(run), "ckpt": str(ckpt), "text": str(text),
+            "nan": str(nan), "trunc": str(trunc), "empty": str(empty)}
+
+
+def files_of(directory: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _child(tool: str, args: list[str], output: str) -> None:
+    out = open(output, "w", buffering=1)  # noqa: SIM115 - lives as long as the forked process
+    os.dup2(out.fileno(), 1)
+    os.dup2(out.fileno(), 2)
+    sys.stdout = sys.stderr = out
+    if tool == "report":
+        sys.argv = ["ccpo_pl.report", *args]
+        report_module.main(args)
+    else:
+        module = fit_module if tool == "fit" else evaluate_module
+        sys.argv = [f"ccpo_pl.{tool}", *args]
+        module.main()
+
+
+def command_line(tool: str, args: list[str], output: Path) -> tuple[int, list[str]]:
+    """Exit status and output lines of `python -m ccpo_pl.<tool> <args>`, run as a forked child."""
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(tool, args, str(output)))
+    proc.start()
+    proc.join(300)
+    if proc.exitcode is None:
+        proc.kill()
+        pytest.fail(f"{tool} {args} did not end")
+    return proc.exitcode, output.read_text(errors="replace").splitlines()
+
+
+class ReachedTrainer(Exception):
+    """Raised by the stand-in trainer: every check before training passed."""
+
+
+def corrected_fit(args: list[str], monkeypatch) -> None:
+    def stand_in(*_args, **_kwargs):
+        raise ReachedTrainer
+
+    monkeypatch.setattr(fit_module, "make_trainer", stand_in)
+    fit_module._check_group_overrides(args)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=args)
+    with pytest.raises(ReachedTrainer):
+        fit_module.fit(cfg)
+
+
+def api_args(args: list[str]) -> tuple[str, dict]:
+    path, *rest = args
+    return path, dict(a.split("=", 1) for a in rest)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_a_bad_input_is_refused_in_one_line_touching_nothing_and_the_corrected_command_works(case, places,
+                                                                                          tmp_path, monkeypatch):
+    fill = {**places, "tmp": str(tmp_path / "scratch")}
+    args = [a.format(**fill) for a in case.args]
+    value, allowed = case.value.format(**fill), case.allowed.format(**fill)
+    before = files_of(Path(places["root"]))
+    if case.tool == "load_policy":
+        path, kwargs = api_args(args)
+        with pytest.raises(ConfigError) as err:
+            load_policy(path, **kwargs)
+        lines = [str(err.value)]
+    else:
+        status, lines = command_line(case.tool, args, tmp_path / "output.txt")
+        assert status == 2, lines
+        assert len(lines) == 1 and lines[0].startswith(f"ccpo_pl.{case.tool}: error: "), lines
+    assert value in lines[0] and allowed in lines[0], lines[0]
+    assert "Traceback" not in lines[0]
+    assert files_of(Path(places["root"])) == before  # the reference run, its evaluation and report untouched
+    assert not (tmp_path / "scratch").exists()  # nothing written where the command would have written
+
+    fixed = [a.format(**fill) for a in case.fixed]
+    if case.tool == "fit":
+        corrected_fit(fixed, monkeypatch)
+    elif case.tool == "load_policy":
+        path, kwargs = api_args(fixed)
+        actor, cfg = load_policy(path, **kwargs)
+        assert cfg["algo"]["name"] == "ccpo" and all(torch.isfinite(p).all() for p in actor.parameters())
+    else:
+        status, lines = command_line(case.tool, fixed, tmp_path / "fixed.txt")
+        assert status == 0, lines
+        written = tmp_path / "scratch" / ("eval/summary.json" if case.tool == "evaluate" else "report.md")
+        assert written.is_file()
+    assert files_of(Path(places["root"])) == before

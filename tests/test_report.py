@@ -1,0 +1,51 @@
+"""`python -m ccpo_pl.report` on the edges of a user's directory: a run directory given itself, runs not yet
+evaluated, evaluations older than the run's last checkpoint, and what it prints."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ccpo_pl import report as report_module
+
+
+def fake_run(root: Path, name: str, evaluated_at: float | None, ckpt_at: float = 1_000_000.0, **summary) -> Path:
+    """A run directory with a last checkpoint written at `ckpt_at` and, if `evaluated_at`, an evaluation then."""
+    run = root / name
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    os.utime(run / "checkpoints" / "last.ckpt", (ckpt_at, ckpt_at))
+    if evaluated_at is not None:
+        (run / "eval").mkdir()
+        base = {"task": "ball_circle", "algo": "ccpo", "label": "ccpo", "seed": 0, "episodes": 10, "eps": [10, 20],
+                "frames": 1000, "train_wall_s": 3600.0, "avg_reward": 700.0, "avg_cv": 1.0}
+        (run / "eval" / "summary.json").write_text(json.dumps(base | summary))
+        os.utime(run / "eval" / "summary.json", (evaluated_at, evaluated_at))
+    return run
+
+
+def test_a_run_directory_given_itself_is_named_and_its_report_goes_beside_it(tmp_path, capsys):
+    run = fake_run(tmp_path / "logs", "ball_circle-ccpo-s0", evaluated_at=2_000_000.0)
+    report_module.main([str(run)])
+    printed = capsys.readouterr().out.splitlines()
+    assert not (run / "report.md").exists() and (tmp_path / "logs" / "report.md").is_file()
+    assert printed[-1] == f"ccpo_pl.report: wrote {tmp_path / 'logs' / 'report.md'}"
+    assert "| ball_circle | Avg. R ↑ | 700.00 |" in printed  # the table is printed, one seed without "± 0.00"
+    assert not any(line.startswith("| ball_circle-ccpo-s0 |") for line in printed)  # the runs list stays in the file
+    text = (tmp_path / "logs" / "report.md").read_text()
+    assert "| ball_circle-ccpo-s0 | ball_circle | ccpo | 0 |" in text and "| . |" not in text
+
+
+def test_unevaluated_runs_and_stale_evaluations_are_named_in_one_warning_each(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    fake_run(logs, "fresh", evaluated_at=2_000_000.0)
+    fake_run(logs, "stale", evaluated_at=500_000.0, seed=1)
+    fake_run(logs, "never", evaluated_at=None)
+    text = report_module.report([logs])
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 2 and all(w.startswith("ccpo_pl.report: warning: ") for w in warnings)
+    assert "never'" in warnings[0] and "not evaluated (no eval/summary.json)" in warnings[0]
+    assert "stale'" in warnings[1] and "older than checkpoints/last.ckpt" in warnings[1]
+    assert "| ball_circle | seeds | 2 |" in text  # the stale evaluation still counts: it is what there is
