@@ -12,18 +12,23 @@ The result line is the steady state, epochs 2..N: frames / (training-loop wall t
 collection + updates + Lightning overhead, without the one-off compilation of the first epoch; the line before it
 has the whole-run figures.
 
-    uv run --locked python benchmarks/ccpo_throughput.py [--algo NAME] [hydra overrides, e.g. collect.num_envs=20]
+    uv run --locked python benchmarks/ccpo_throughput.py [--algo NAME] [--load N] [hydra overrides, e.g. threads=1]
 
 `--algo NAME` (default ccpo) benchmarks any registered algorithm (`conf/algo/NAME.yaml`) the same way. FSRL's same
 algorithm on SafetyBallCircle-v0, same 2-core CPU: SAC-Lag ~280 env steps/s, PPO-Lag ~2,000, CPO ~1,080,
 CVPO 240-300.
 
-Last line: env_steps_per_s=<x> ms_per_update=<y> thresholds_per_update=<n> updates_per_step=<u> algo=<name>
+`--load N` starts N busy processes (one pure-Python loop each) before the run and ends them after it: the speed of
+a run beside other work, e.g. a second seed or an editor (compare with FSRL under the same load).
+
+Last line: env_steps_per_s=<x> ms_per_update=<y> thresholds_per_update=<n> updates_per_step=<u> algo=<name> load=<N>
 (thresholds_per_update only for algorithms with `algo.n_eps`, the CCPO family).
 """
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
 import tempfile
 
@@ -33,27 +38,43 @@ from omegaconf import OmegaConf
 from ccpo_pl.fit import fit
 
 
-def split_algo(argv: list[str]) -> tuple[str, list[str]]:
-    """(`--algo NAME`, `--algo=NAME` or the Hydra override `algo=NAME`, default ccpo; the other overrides)."""
-    algo, rest, i = "ccpo", [], 0
+def split_args(argv: list[str]) -> tuple[str, int, list[str]]:
+    """(`--algo NAME`, `--algo=NAME` or the Hydra override `algo=NAME`, default ccpo; `--load N` or `--load=N`,
+    default 0; the other overrides)."""
+    algo, load, rest, i = "ccpo", 0, [], 0
     while i < len(argv):
-        if argv[i] == "--algo" and i + 1 < len(argv):
-            algo, i = argv[i + 1], i + 2
+        if argv[i] in ("--algo", "--load") and i + 1 < len(argv):
+            algo, load = (argv[i + 1], load) if argv[i] == "--algo" else (algo, int(argv[i + 1]))
+            i += 2
             continue
         if argv[i].startswith(("--algo=", "algo=")):
             algo = argv[i].split("=", 1)[1]
+        elif argv[i].startswith("--load="):
+            load = int(argv[i].split("=", 1)[1])
         else:
             rest.append(argv[i])
         i += 1
-    return algo, rest
+    return algo, load, rest
+
+
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """`n` processes that keep one core busy each while the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def main(argv: list[str]) -> None:
-    algo, overrides = split_algo(argv)
-    with tempfile.TemporaryDirectory() as log_dir:
+    algo, load, overrides = split_args(argv)
+    with tempfile.TemporaryDirectory() as log_dir, busy_processes(load):
         cfg = compose_cfg([f"algo={algo}", "total_frames=30000", "eval.every_epochs=1000", "eval.episodes=1",
                            "eval.final_episodes=0", f"log_dir={log_dir}", "run_name=throughput"], overrides)
-        log(f"benchmark: {algo} throughput, env={cfg.env.id} total_frames={cfg.total_frames}")
+        log(f"benchmark: {algo} throughput, env={cfg.env.id} total_frames={cfg.total_frames} busy processes={load}")
         m = fit(cfg)
     train_s = m["time/loop_s"] - m["time/eval_s"]
     n_eps = OmegaConf.select(cfg, "algo.n_eps")
@@ -64,7 +85,7 @@ def main(argv: list[str]) -> None:
           f"whole_run_ms_per_update={1e3 * m['time/update_s'] / m['time/updates']:.2f} "
           f"update_share={m['time/update_s'] / train_s:.2f} commit={commit()}")
     print(f"env_steps_per_s={m['time/steady_env_steps_per_s']:.1f} ms_per_update={m['time/steady_update_ms']:.2f} "
-          f"{per_update}updates_per_step={cfg.collect.updates_per_frame} algo={algo}")
+          f"{per_update}updates_per_step={cfg.collect.updates_per_frame} algo={algo} load={load}")
 
 
 if __name__ == "__main__":
