@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ccpo_pl.algos.ccpo.cvpo import CVPO, PinnedEps, cvpo_actor, cvpo_threshold
+from hydra import compose, initialize_config_dir
+
+from ccpo_pl.algos.ccpo.build import build
+from ccpo_pl.algos.ccpo.build import make_actor as cvpo_actor
+from ccpo_pl.algos.ccpo.cvpo import PinnedEps, cvpo_threshold
+from ccpo_pl.algos.ccpo.module import CCPO
+from ccpo_pl.fit import CONF_DIR
 from ccpo_pl.nets import EpsActor, PlainCritic
 
 
@@ -34,16 +40,29 @@ def test_pinned_policy_is_the_threshold_policy_at_every_eps():
 
 
 def test_cvpo_actor_rebuilds_the_pinned_policy_from_a_run_config():
-    run_cfg = {"algo": {"hidden": [16], "log_std": [-20.0, 2.0], "threshold": None},
+    run_cfg = {"algo": {"name": "cvpo", "hidden": [16], "log_std": [-20.0, 2.0], "threshold": None},
                "eps": {"behavior": [20, 40, 60], "range": [10, 70]}}
     actor = cvpo_actor(run_cfg, 3, 2)
     assert isinstance(actor, PinnedEps) and actor.threshold == 40.0
+    assert isinstance(cvpo_actor({**run_cfg, "algo": {**run_cfg["algo"], "name": "ccpo"}}, 3, 2), EpsActor)
 
 
 def test_cvpo_trains_one_threshold_per_update():
-    module = CVPO(EpsActor(3, 2, [8], [10, 70]), PlainCritic(3, 2, [8], [10, 70]), threshold=25.0, n_eps=4,
-                  eps_behavior=[20, 40, 60], eps_range=[10, 70], eps_bin=5, eps_eval=[10, 40], horizon=200,
+    module = CCPO(PinnedEps(EpsActor(3, 2, [8], [10, 70]), 25.0), PlainCritic(3, 2, [8], [10, 70]), threshold=25.0,
+                  n_eps=4, eps_behavior=[20, 40, 60], eps_range=[10, 70], eps_bin=5, eps_eval=[10, 40], horizon=200,
                   total_frames=1000)
     assert module.sample_train_eps().tolist() == [25.0]
     assert module.hparams.threshold == 25.0
-    assert isinstance(module.actor, PinnedEps)
+
+
+def test_cvpo_is_built_as_ccpo_at_its_threshold_with_the_pinned_policy_and_envs_drawing_only_it():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["algo=cvpo", "algo.compile=false"])
+    drawn = {}
+    module = build(cfg, 3, 2, eps_behavior=[20, 40, 60], eps_range=[10, 70], eps_bin=5, eps_eval=[10, 40],
+                   horizon=200, total_frames=1000, make_train_env=lambda **kw: drawn.update(kw))
+    assert isinstance(module.actor, PinnedEps) and module.actor.threshold == 40.0
+    assert isinstance(module.actor_old, PinnedEps)
+    assert module.hparams.threshold == 40.0 and module.sample_train_eps().tolist() == [40.0]
+    module.make_train_env(seed=1)
+    assert drawn == {"seed": 1, "eps_values": [40.0]}

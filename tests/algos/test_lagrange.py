@@ -53,3 +53,17 @@ def test_multipliers_update_only_the_indexed_constraints_and_are_checkpointed():
     assert set(mult.state_dict()) == {"lam", "integral", "prev_cost", "started"}
     with pytest.raises(ValueError, match="'newton'"):
         LagrangeMultipliers(2, "newton")
+
+
+def test_multiplier_step_is_the_rule_of_its_method_and_the_first_pid_step_has_no_derivative_kick():
+    from ccpo_pl.algos.lagrange import multiplier_step
+
+    lam, cost = torch.tensor([0.5, 0.5]), torch.tensor([30.0, 30.0])
+    integral, prev = torch.zeros(2), torch.tensor([0.0, 10.0])
+    kw = dict(lr=0.1, lam_max=100.0, pid={"kp": 0.0, "ki": 0.0, "kd": 1.0})
+    got = multiplier_step("gradient", lam, cost, 20.0, integral, prev, None, **kw)
+    torch.testing.assert_close(got[0], gradient_step(lam, cost, 20.0, 0.1, 100.0))
+    assert got[1] is integral and got[2] is prev  # the gradient rule keeps the PID state as it is
+    lam_pid, _, new_prev = multiplier_step("pid", lam, cost, 20.0, integral, prev, torch.tensor([False, True]), **kw)
+    assert lam_pid.tolist() == [0.0, 20.0]  # kd * max(0, J_c - J_c_prev): none on the first step, 30 - 10 after
+    assert new_prev.tolist() == [30.0, 30.0]

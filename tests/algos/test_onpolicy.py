@@ -1,9 +1,10 @@
-"""The on-policy base: J_c estimates, GAE inputs, rank-averaged gradients, and a tiny policy-gradient subclass
-trained, checkpointed, resumed and evaluated through the real trainer."""
+"""The on-policy functions (`algos.onpolicy`): J_c estimates, GAE inputs, rank-averaged gradients, and a tiny
+policy-gradient module written with them, trained, checkpointed, resumed and evaluated through the real trainer."""
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -11,27 +12,45 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 
-from ccpo_pl.algos import registry
-from ccpo_pl.algos.onpolicy import OnPolicyModule, diag_normal_kl, diag_normal_log_prob
+from ccpo_pl.algos import onpolicy, registry
+from ccpo_pl.algos.onpolicy import diag_normal_kl, diag_normal_log_prob
+from ccpo_pl.algos.safe_module import SafeRLModule
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import evaluate_thresholds, load_policy
 from ccpo_pl.fit import CONF_DIR, fit
 from ccpo_pl.nets import EpsActor, ValueCritic, make_actor, make_policy
 
 
-class PolicyGradient(OnPolicyModule):
-    """The simplest subclass: one Adam step on -E[log pi * (A_r - A_c)] per collection."""
+class PolicyGradient(SafeRLModule):
+    """The simplest on-policy module: per collection J_c, GAE and the critic fit of `algos.onpolicy`, then one Adam
+    step on -E[log pi * (A_r - A_c)]."""
 
-    def policy_optimizers(self):
-        return [torch.optim.Adam(self.actor.parameters(), lr=1e-3)]
+    def __init__(self, actor, value, *, eps_behavior, value_epochs=10, minibatch_size=512, **kwargs):
+        super().__init__(eps_behavior=eps_behavior, **kwargs)
+        self.save_hyperparameters(ignore=["actor", "value", "make_train_env", "make_eval_env"])
+        onpolicy.attach(self, actor, value, eps_behavior, gamma=0.99, gae_lambda=0.95, lr_value=1e-3,
+                        value_epochs=value_epochs, minibatch_size=minibatch_size)
 
-    def policy_update(self, data, j_c):
-        loc, scale = self.actor(data["observation"], data["eps"])
-        loss = -(diag_normal_log_prob(data["action"], loc, scale) * (data["adv_r"] - data["adv_c"])).mean()
-        params = list(self.actor.parameters())
-        self.apply_grads(self.optimizer(1), params, self.mean_grads(loss, params))
-        self.log_update({"loss": loss.detach()}, per_behavior={"j_c": j_c})
-        return loss.detach()
+    def make_stream(self):
+        return onpolicy.make_stream(self)
+
+    def configure_optimizers(self):
+        return [torch.optim.Adam(self.value.parameters(), lr=self.lr_value),
+                torch.optim.Adam(self.actor.parameters(), lr=1e-3)]
+
+    def training_step(self, batch, batch_idx):
+        start = time.perf_counter()
+        if onpolicy.new_collection(self):
+            j_c = onpolicy.episode_costs(self, batch, batch["next", "cost"], self.j_c)
+            data = onpolicy.advantages(batch, self.actor, self.value, batch["next", "cost"], 0.99, 0.95)
+            critic_opt, actor_opt = self.optimizers()
+            loss_value = onpolicy.fit_value(self, self.value, critic_opt, data, self.value_epochs, self.minibatch_size)
+            loc, scale = self.actor(data["observation"], data["eps"])
+            loss = -(diag_normal_log_prob(data["action"], loc, scale) * (data["adv_r"] - data["adv_c"])).mean()
+            params = list(self.actor.parameters())
+            onpolicy.apply_grads(actor_opt, params, onpolicy.mean_grads(self, loss, params))
+            onpolicy.log_update(self, {"loss": loss.detach()}, per_behavior={"j_c": j_c})
+            onpolicy.end_update(self, start, loss_value, loss.detach())
 
 
 def build_pg(cfg, obs_dim, act_dim, **kw):
@@ -60,21 +79,25 @@ def rollout(eps, done, cost, ep_cost):
 
 def test_episode_costs_ended_episodes_then_per_step_rate_then_kept(monkeypatch):
     m = module()
-    monkeypatch.setattr(OnPolicyModule, "reduce_mean", lambda self, t: t)
+    monkeypatch.setattr(PolicyGradient, "reduce_mean", lambda self, t: t)
     # env 0 (eps 20) ends two episodes of cost 3 and 5; env 1 (eps 40) ends none, 2 cost in 4 steps, horizon 10
     batch = rollout(eps=[[20] * 4, [40] * 4], done=[[0, 1, 0, 1], [0, 0, 0, 0]],
                     cost=[[1, 1, 0, 1], [1, 0, 1, 0]], ep_cost=[[9, 3, 9, 5], [1, 1, 2, 2]])
-    assert m.episode_costs(batch).tolist() == pytest.approx([4.0, 5.0])  # (3+5)/2; 2/4 * 10
+    assert onpolicy.episode_costs(m, batch, batch["next", "cost"], m.j_c).tolist() == pytest.approx([4.0, 5.0])
+    # (3+5)/2; 2/4 * 10
     only_20 = rollout(eps=[[20] * 2], done=[[0, 1]], cost=[[0, 2]], ep_cost=[[0, 2]])
-    assert m.episode_costs(only_20).tolist() == pytest.approx([2.0, 5.0])  # eps 40 has no data: kept
+    j_c = onpolicy.episode_costs(m, only_20, only_20["next", "cost"], m.j_c)
+    assert j_c.tolist() == pytest.approx([2.0, 5.0])  # eps 40 has no data: kept
+    assert m.j_c.tolist() == j_c.tolist()  # the estimates are kept in the module's buffer
 
 
 def test_episode_costs_add_the_shaping_to_the_true_cost(monkeypatch):
     m = module()
-    monkeypatch.setattr(OnPolicyModule, "reduce_mean", lambda self, t: t)
-    monkeypatch.setattr(PolicyGradient, "cost_signal", lambda self, b: b["next", "cost"] + 0.5, raising=False)
+    monkeypatch.setattr(PolicyGradient, "reduce_mean", lambda self, t: t)
     batch = rollout(eps=[[20] * 2], done=[[0, 1]], cost=[[0, 2]], ep_cost=[[0, 2]])
-    assert m.episode_costs(batch)[0].item() == pytest.approx(2.0 + 0.5 * 10)  # + mean shaping per step * horizon
+    shaped = batch["next", "cost"] + 0.5
+    assert onpolicy.episode_costs(m, batch, shaped, m.j_c)[0].item() == pytest.approx(2.0 + 0.5 * 10)
+    # + mean shaping per step * horizon
 
 
 def test_log_prob_and_kl_match_torch_distributions():

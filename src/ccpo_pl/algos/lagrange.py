@@ -5,8 +5,9 @@ Two update rules, as pure functions over a batch of constraints (one multiplier 
   the SAC-Lag / PPO-Lag multipliers of FSRL and OmniSafe);
 - `pid_step`: the PID Lagrangian of Stooke, Achiam & Abbeel (ICML 2020, Algorithm 2), which damps the oscillation
   of the pure integral (gradient) rule.
-`LagrangeMultipliers` keeps the multipliers and the PID state as module buffers (checkpointed, moved with the
-module) and applies the configured rule; every rank must feed it the same (rank-averaged) costs.
+`multiplier_step` applies the configured rule to multipliers and PID state held anywhere; `LagrangeMultipliers` keeps
+them as module buffers (checkpointed, moved with the module); every rank must feed them the same (rank-averaged)
+costs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 METHODS = ("gradient", "pid")
+#: The PID gains where a configuration gives none.
+PID_GAINS = {"kp": 0.1, "ki": 0.01, "kd": 0.01}
 
 
 def gradient_step(lam: Tensor, cost: Tensor, limit: Tensor | float, lr: float,
@@ -61,6 +64,23 @@ def pid_step(cost: Tensor, limit: Tensor | float, integral: Tensor, prev_cost: T
     return lam.detach(), integral.detach(), cost.detach().clone()
 
 
+def multiplier_step(method: str, lam: Tensor, cost: Tensor, limit: Tensor | float, integral: Tensor | None,
+                    prev_cost: Tensor | None, started: Tensor | None, *, lr: float, lam_max: float,
+                    pid: Mapping[str, float]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """One step of the rule `method` ("gradient": `gradient_step` with `lr`; "pid": `pid_step` with the gains `pid`)
+    for multipliers `lam [E]` on costs `cost [E]` against `limit`. PID state: the integral, the previous cost and
+    `started` (False where no step was taken yet: that first step has no derivative kick, its previous cost is
+    taken as the current one); unused (may be None) by the gradient rule, which returns it unchanged.
+
+    Returns:
+        (lam, integral, prev_cost), detached.
+    """
+    if method == "gradient":
+        return gradient_step(lam, cost, limit, lr, lam_max), integral, prev_cost
+    prev = torch.where(started, prev_cost, cost)
+    return pid_step(cost, limit, integral, prev, lam_max=lam_max, **pid)
+
+
 class LagrangeMultipliers(nn.Module):
     """One multiplier per constraint (e.g. per behaviour threshold), updated by `gradient_step` or `pid_step`.
 
@@ -79,7 +99,7 @@ class LagrangeMultipliers(nn.Module):
         if method not in METHODS:
             raise ValueError(f"lagrange method {method!r} is not allowed; use {' or '.join(METHODS)}")
         self.method, self.lr, self.lam_max = method, float(lr), float(lam_max)
-        self.pid = {"kp": 0.1, "ki": 0.01, "kd": 0.01, **(pid or {})}
+        self.pid = {**PID_GAINS, **(pid or {})}
         self.register_buffer("lam", torch.full((n,), float(lam_init)))
         # PID state: the integral starts where the initial multiplier would come from the integral term alone
         ki = self.pid["ki"]
@@ -92,13 +112,12 @@ class LagrangeMultipliers(nn.Module):
         idx = slice(None) if index is None else torch.as_tensor(index, device=self.lam.device)
         cost = cost.to(self.lam)
         limit = torch.as_tensor(limit, dtype=self.lam.dtype, device=self.lam.device)
-        if self.method == "gradient":
-            self.lam[idx] = gradient_step(self.lam[idx], cost, limit, self.lr, self.lam_max)
-        else:
-            # the first step has no previous cost: no derivative kick from J_c_prev = 0
-            prev = torch.where(self.started[idx], self.prev_cost[idx], cost)
-            lam, integral, prev = pid_step(cost, limit, self.integral[idx], prev, lam_max=self.lam_max, **self.pid)
-            self.lam[idx], self.integral[idx], self.prev_cost[idx] = lam, integral, prev
+        lam, integral, prev = multiplier_step(self.method, self.lam[idx], cost, limit, self.integral[idx],
+                                              self.prev_cost[idx], self.started[idx], lr=self.lr,
+                                              lam_max=self.lam_max, pid=self.pid)
+        self.lam[idx] = lam
+        if self.method == "pid":
+            self.integral[idx], self.prev_cost[idx] = integral, prev
             self.started[idx] = True
         return self.lam[idx]
 

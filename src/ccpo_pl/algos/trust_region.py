@@ -13,6 +13,9 @@ Stable API (used by `algos.cpo` and by TRPO-Lag; keep signatures and semantics):
   sqrt(2 delta / q) x with x = H^-1 g and q = x^T H x (Schulman et al. 2015, appendix C).
 - `backtracking_line_search(params, step, evaluate, accept, max_backtracks=15, shrink=0.8) -> LineSearchResult`:
   try theta_0 + shrink^j step for j = 0, 1, ... and keep the first that `accept` takes; theta_0 if none.
+- `diag_normal_log_prob(action, loc, scale)` and `diag_normal_kl(loc_old, scale_old, loc, scale)`: log pi(a|s) and
+  KL(pi_old || pi) of diagonal Gaussian policies, summed over the action dims (the surrogate's ratio and the
+  trust-region distance).
 
 Distributed (DDP) use: every function here is deterministic given its inputs, so ranks stay identical when the
 *inputs* are: pass rank-averaged gradients (g, b), a `reduce` that averages the Fisher-vector products, and an
@@ -31,6 +34,27 @@ from torch import Tensor
 _TINY = 1e-8  # guards divisions by p^T A p and q (ours; omnisafe adds 1e-6 in CG)
 
 Params = Sequence[torch.nn.Parameter]
+
+
+def diag_normal_log_prob(action: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """log pi(a|s) of a diagonal Gaussian policy, summed over the action dims."""
+    return torch.distributions.Normal(loc, scale).log_prob(action).sum(-1)
+
+
+def diag_normal_kl(loc_old: Tensor, scale_old: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """KL(N(loc_old, scale_old^2) || N(loc, scale^2)) of diagonal Gaussians, summed over the action dims:
+
+        sum_a log(scale / scale_old) + (scale_old^2 + (loc_old - loc)^2) / (2 scale^2) - 1/2.
+
+    Args:
+        loc_old, scale_old: the old policy's mean and std [..., A].
+        loc, scale: the new policy's [..., A].
+
+    Returns:
+        [...].
+    """
+    var_ratio = (scale_old / scale) ** 2
+    return (0.5 * (var_ratio + ((loc_old - loc) / scale) ** 2 - 1.0) - 0.5 * var_ratio.log()).sum(-1)
 
 
 def flat_params(params: Params) -> Tensor:

@@ -20,6 +20,8 @@ from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 
+from ccpo_pl.nets import nearest_threshold
+
 #: env quantities checked for NaN/inf in every collection: name -> keys of a transition
 CHECKED_KEYS = {"observation": ("observation", ("next", "observation")), "reward": (("next", "reward"),),
                 "cost": (("next", "cost"),)}
@@ -149,7 +151,7 @@ class OffPolicyStream:
         eps = batch["eps"].reshape(-1)[done].cpu().float()
         ep_r = batch["next", "episode_reward"].reshape(-1)[done].cpu().double()
         ep_c = batch["next", "episode_cost"].reshape(-1)[done].cpu().double()
-        which = (eps[:, None] - self.eps_behavior[None]).abs().argmin(-1)
+        which = nearest_threshold(eps, self.eps_behavior)
         stats = torch.stack([torch.ones_like(ep_r), ep_r, ep_c], -1)
         self._episodes.index_add_(0, which, stats)
 

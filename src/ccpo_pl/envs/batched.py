@@ -17,6 +17,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
 from ccpo_pl import compat
+from ccpo_pl.envs.base import make_base_env
 
 
 class BulletBatchEnv(EnvBase):
@@ -32,8 +33,6 @@ class BulletBatchEnv(EnvBase):
 
     def __init__(self, env_id: str, num_envs: int, seed: int | None = None, device: str | torch.device = "cpu"):
         import gymnasium as gym
-
-        from ccpo_pl.envs.factory import make_base_env
 
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         template = make_base_env("bullet", env_id)

@@ -1,39 +1,30 @@
 """Builds batched TorchRL envs with ``cost``, ``eps`` and episode sums for the bullet and safety-gymnasium tasks.
 
-Facts behind the construction: bullet-safety-gym reports the cost only in ``info["cost"]`` as a Python number, which TorchRL's
-``default_info_dict_reader`` cannot read (it calls ``.dtype``), hence :class:`CostReader`; TorchRL's
-``SafetyGymnasiumEnv`` turns safety-gymnasium's 6-tuple step into a float64 shape-``()`` ``cost`` observation.
+The single envs they batch are `ccpo_pl.envs.base.make_base_env`'s; `BulletBatchEnv` batches the bullet ones in one
+process.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-import numpy as np
 import torch
-from tensordict import TensorDictBase
-from torchrl.data import Composite, Unbounded
 from torchrl.envs import (
     ClipTransform,
     Compose,
     DoubleToFloat,
     EnvBase,
-    GymEnv,
     ParallelEnv,
     RewardSum,
     SerialEnv,
     StepCounter,
     TransformedEnv,
 )
-from torchrl.envs.gym_like import BaseInfoDictReader
 
-from ccpo_pl import compat
+from ccpo_pl.envs.base import SUITES, make_base_env
 from ccpo_pl.envs.batched import BulletBatchEnv
 from ccpo_pl.envs.transforms import CostToReward, EndOnNonFinite, EpsSampler
-
-SUITES = ("bullet", "safety_gymnasium")
 
 #: Short task name -> (suite, gym id, episode length). Lengths are the gym registries' ``max_episode_steps``.
 TASKS: dict[str, tuple[str, str, int]] = {
@@ -53,66 +44,6 @@ TASKS: dict[str, tuple[str, str, int]] = {
     "ant_velocity": ("safety_gymnasium", "SafetyAntVelocity-v1", 1000),
     "half_cheetah_velocity": ("safety_gymnasium", "SafetyHalfCheetahVelocity-v1", 1000),
 }
-
-
-class CostReader(BaseInfoDictReader):
-    """Info-dict reader that writes bullet's ``info["cost"]`` (a Python number, absent at reset) as float32 ``()``."""
-
-    def __init__(self):
-        self._spec = Composite(cost=Unbounded((), dtype=torch.float32), shape=())
-
-    def __call__(self, info_dict: dict[str, Any], tensordict: TensorDictBase) -> TensorDictBase:
-        tensordict.set("cost", torch.as_tensor(info_dict.get("cost", 0.0), dtype=torch.float32))
-        return tensordict
-
-    def reset(self) -> None:
-        """Nothing to reset; part of the reader interface TorchRL calls."""
-
-    @property
-    def info_spec(self) -> Composite:
-        return self._spec
-
-
-class BulletSafetyEnv(GymEnv):
-    """``GymEnv`` for bullet-safety-gym whose ``set_seed`` also seeds numpy's global RNG.
-
-    bullet-safety-gym 1.4.0 ignores ``reset(seed=...)``: every random draw (initial positions, noise) comes from
-    the global ``np.random``. So seeding means ``np.random.seed``, which is per process: in a ``ParallelEnv`` each
-    worker has its own; in a ``SerialEnv`` the sub-envs share one stream and differ by drawing from it in turn.
-    """
-
-    def _set_seed(self, seed: int | None) -> None:
-        if seed is not None:
-            np.random.seed(seed % 2**32)
-        super()._set_seed(seed)
-
-
-def make_base_env(suite: str, env_id: str, seed: int | None = None) -> EnvBase:
-    """Builds one unbatched TorchRL env whose observations include a shape-``()`` ``cost``.
-
-    Module-level so that ``ParallelEnv``'s spawn-started workers can unpickle it (and import ``ccpo_pl``, which
-    installs the safety-gymnasium shim).
-
-    Args:
-        suite: ``"bullet"`` or ``"safety_gymnasium"``.
-        env_id: the gym id, e.g. ``"SafetyBallCircle-v0"``.
-        seed: if given, the env is seeded with it (``env.set_seed``) right after construction.
-    """
-    if suite == "bullet":
-        with compat.process_std_streams():
-            import bullet_safety_gym  # noqa: F401  (registers the Safety*-v0 ids)
-
-            env = BulletSafetyEnv(env_id)
-        env.set_info_dict_reader(CostReader())
-    elif suite == "safety_gymnasium":
-        from torchrl.envs.libs.safety_gymnasium import SafetyGymnasiumEnv
-
-        env = SafetyGymnasiumEnv(env_id)
-    else:
-        raise ValueError(f"unknown env suite {suite!r}; allowed: {SUITES}")
-    if seed is not None:
-        env.set_seed(seed)
-    return env
 
 
 def _check_task(env_cfg: Mapping) -> tuple[str, str, int]:
@@ -178,7 +109,7 @@ def make_env(
         num_envs: number of envs in the batch.
         seed: sub-env ``i`` is seeded with ``seed + i`` when built. Under DDP pass ``base_seed + rank * num_envs``
             so that no two envs of the run share a seed. Bullet envs draw from numpy's global RNG (see
-            :class:`BulletSafetyEnv`), so in one process they share one stream, seeded with ``seed``
+            :class:`~ccpo_pl.envs.base.BulletSafetyEnv`), so in one process they share one stream, seeded with ``seed``
             (``BulletBatchEnv``) or ``seed + num_envs - 1`` (``SerialEnv``, the last sub-env's seed). ``eps``
             draws use torch's global RNG: seed torch per rank as well.
         eps_values: thresholds for ``eps``: the set to draw from (``sample``) or one per env (``fixed``).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from tensordict import TensorDictBase
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchrl.envs.utils import ExplorationType, exploration_type
 from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
 
-from ccpo_pl.nets.critics import normalise_eps
+from ccpo_pl.nets.critics import cat_broadcast, normalise_eps
 
 
 class EpsActor(nn.Module):
@@ -40,9 +40,7 @@ class EpsActor(nn.Module):
 
     def forward(self, observation: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (loc, scale), each `[..., act_dim]`; `observation [..., obs]` and `eps [..., 1]` broadcast."""
-        e = normalise_eps(eps, self.eps_range)
-        shape = torch.broadcast_shapes(observation.shape[:-1], e.shape[:-1])
-        h = self.trunk(torch.cat([observation.expand(*shape, -1), e.expand(*shape, 1)], -1))
+        h = self.trunk(cat_broadcast(observation, normalise_eps(eps, self.eps_range)))
         log_std = self.log_std(h).clamp(self.log_std_min, self.log_std_max)
         return torch.tanh(self.mu(h)), log_std.exp()
 
@@ -50,6 +48,11 @@ class EpsActor(nn.Module):
 def make_actor(algo_cfg, obs_dim: int, act_dim: int, eps_range: Sequence[float]) -> EpsActor:
     """Build the actor from the algorithm config (a DictConfig or the plain dict stored in a checkpoint)."""
     return EpsActor(obs_dim, act_dim, algo_cfg["hidden"], eps_range, *algo_cfg["log_std"])
+
+
+def make_run_actor(run_cfg: Mapping, obs_dim: int, act_dim: int) -> EpsActor:
+    """The `EpsActor` of a run from its whole config (composed, or the plain resolved one of a checkpoint)."""
+    return make_actor(run_cfg["algo"], obs_dim, act_dim, run_cfg["eps"]["range"])
 
 
 class EpsPolicy(TensorDictModuleBase):

@@ -29,12 +29,18 @@ def normalise_eps(eps: Tensor, eps_range: Sequence[float]) -> Tensor:
     return (eps - lo) * (2.0 / (hi - lo)) - 1.0
 
 
+def nearest_threshold(eps: Tensor, thresholds: Tensor) -> Tensor:
+    """Index of the threshold in `thresholds [n]` nearest to each eps (any shape, flattened): `[N]` long; ties go to
+    the lower index. Exact for data collected under one of them."""
+    return (eps.reshape(-1, 1) - thresholds.to(eps).view(1, -1)).abs().argmin(-1)
+
+
 def eps_features(e: Tensor, degree: int) -> Tensor:
     """CCPO slides Assumption 2: z(eps) = Poly(eps, p) = [1, e, e^2, ..., e^p] of the normalised threshold e."""
     return torch.cat([e**k for k in range(degree + 1)], dim=-1)
 
 
-def _cat_broadcast(*tensors: Tensor) -> Tensor:
+def cat_broadcast(*tensors: Tensor) -> Tensor:
     """Concatenate on the last dim after broadcasting the leading dims."""
     shape = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
     return torch.cat([t.expand(*shape, t.shape[-1]) for t in tensors], -1)
@@ -84,7 +90,7 @@ class VVECritic(nn.Module):
         return self.z["r"](e), self.z["c"](e)
 
     def forward(self, obs: Tensor, act: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        psi_r, psi_c = self.psi(_cat_broadcast(obs, act))
+        psi_r, psi_c = self.psi(cat_broadcast(obs, act))
         z_r, z_c = self.features(eps)
         return (psi_r * z_r).sum(-1), (psi_c * z_c).sum(-1)
 
@@ -99,7 +105,7 @@ class PlainCritic(nn.Module):
         self.q = _TwoHeads(obs_dim + act_dim + 1, 1, hidden, shared_trunk)
 
     def forward(self, obs: Tensor, act: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        q_r, q_c = self.q(_cat_broadcast(obs, act, normalise_eps(eps, self.eps_range)))
+        q_r, q_c = self.q(cat_broadcast(obs, act, normalise_eps(eps, self.eps_range)))
         return q_r.squeeze(-1), q_c.squeeze(-1)
 
 
@@ -113,7 +119,7 @@ class ValueCritic(nn.Module):
 
     def forward(self, obs: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """`obs [..., obs_dim]`, `eps [..., 1]` -> (v_r, v_c), each `[...]`."""
-        v_r, v_c = self.v(_cat_broadcast(obs, normalise_eps(eps, self.eps_range)))
+        v_r, v_c = self.v(cat_broadcast(obs, normalise_eps(eps, self.eps_range)))
         return v_r.squeeze(-1), v_c.squeeze(-1)
 
 

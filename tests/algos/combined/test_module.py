@@ -40,7 +40,7 @@ def _module(cls, **kw):
 
 
 def _data(actor, eps_values, n=48, seed=0):
-    """A flat collection as `OnPolicyModule.prepare` returns it, with pi_old = the current actor."""
+    """A flat collection as `onpolicy.advantages` returns it, with pi_old = the current actor."""
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(n, 3, generator=g)
     eps = torch.tensor(eps_values).repeat(n // len(eps_values)).view(n, 1)

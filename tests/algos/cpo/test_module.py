@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensordict import TensorDict
 
 from ccpo_pl.algos.cpo import equations as eq
-from ccpo_pl.algos.cpo.module import CPO, FPO, PDO, TRPO
+from ccpo_pl.algos.cpo.module import CPO
 from ccpo_pl.algos.onpolicy import diag_normal_kl, diag_normal_log_prob
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.errors import ConfigError
@@ -30,9 +30,9 @@ BASE = dict(eps_behavior=[D], eps_range=(10, 70), eps_bin=5, eps_eval=[25], hori
             minibatch_size=64, value_epochs=1)
 
 
-def _module(cls=CPO, **kw):
+def _module(variant="cpo", **kw):
     torch.manual_seed(0)
-    m = cls(EpsActor(OBS, ACT, [16, 16], (10, 70)), ValueCritic(OBS, [8], (10, 70)), **BASE, **kw)
+    m = CPO(EpsActor(OBS, ACT, [16, 16], (10, 70)), ValueCritic(OBS, [8], (10, 70)), variant=variant, **BASE, **kw)
     m._trainer = SimpleNamespace(world_size=1)  # one process, no logger
     opts = [torch.optim.Adam(m.value.parameters()), *m.policy_optimizers()]
     m.optimizer = lambda i: opts[i]
@@ -42,7 +42,7 @@ def _module(cls=CPO, **kw):
 
 
 def _data(actor, n=400, seed=0, cost_follows_action=True):
-    """A flat collection as `OnPolicyModule.prepare` returns it (pi_old = the current actor). The reward advantage
+    """A flat collection as `onpolicy.advantages` returns it (pi_old = the current actor). The reward advantage
     grows with the first action dim, the cost advantage with both: reward and constraint partly pull together."""
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(n, OBS, generator=g)
@@ -96,15 +96,15 @@ def test_cpo_line_search_rejects_every_step_that_breaks_the_kl_bound(monkeypatch
     assert all(torch.equal(a, b) for a, b in zip(before, m.actor.parameters()))
 
 
-@pytest.mark.parametrize(("cls", "nu_expected"), [(TRPO, 0.0), (FPO, 50.0)])
-def test_penalty_variants_use_their_fixed_nu_and_keep_the_kl_bound(cls, nu_expected):
-    m = _module(cls, penalty_nu=nu_expected)
+@pytest.mark.parametrize(("variant", "nu_expected"), [("trpo", 0.0), ("fpo", 50.0)])
+def test_penalty_variants_use_their_fixed_nu_and_keep_the_kl_bound(variant, nu_expected):
+    m = _module(variant, penalty_nu=nu_expected)
     data = _data(m.actor)
     m.policy_update(data, torch.tensor([60.0]))
     log = m.logged[-1]
     assert log["nu"] == nu_expected and _kl_to(m, data) <= m.target_kl + 1e-6 and log["surr_reward_change"] > 0
     # TRPO follows the reward (and with it the cost, here); FPO with nu = 50 (paper) pushes the cost down
-    if cls is TRPO:
+    if variant == "trpo":
         assert log["surr_cost_change"] > 0
     else:
         assert log["surr_cost_change"] < 0
@@ -112,7 +112,7 @@ def test_penalty_variants_use_their_fixed_nu_and_keep_the_kl_bound(cls, nu_expec
 
 def test_pdo_multiplier_follows_eq_16():
     """nu <- max(0, nu + alpha (J_c - d)), before each step: +alpha*35 then clipped back to 0 after J_c 5."""
-    m = _module(PDO, lagrange={"method": "gradient", "lr": 0.01})
+    m = _module("pdo", lagrange={"method": "gradient", "lr": 0.01})
     m.policy_update(_data(m.actor), torch.tensor([60.0]))
     assert m.logged[-1]["nu"] == pytest.approx(0.35)
     m.policy_update(_data(m.actor, seed=1), torch.tensor([D - 10.0]))

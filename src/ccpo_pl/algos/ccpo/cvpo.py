@@ -1,6 +1,7 @@
 """Single-threshold CVPO (Liu et al., "Constrained Variational Policy Optimization", ICML 2022): the base CCPO extends.
 
-`CVPO` is the `CCPO` module (same critic step, conditioned E-step, M-step, equations) run at one fixed threshold:
+CVPO is the `CCPO` module (same critic step, conditioned E-step, M-step, equations) run at one fixed threshold
+(`CCPO(threshold=...)`, built by `ccpo.build.build` for `algo=cvpo`):
 - one threshold per update, `algo.threshold` (default: the middle behaviour threshold), never versatile draws;
 - a critic without VVE (`vve: false` in conf/algo/cvpo.yaml): eps is the constant threshold, so it is a plain Q(s, a);
 - collection uses that threshold only (the training envs draw no other); `eps.behavior` keeps its meaning for the
@@ -22,15 +23,10 @@ our CCPO implementation (see `ccpo_pl.algos.ccpo.module`):
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
-
-from ccpo_pl.algos.ccpo.module import CCPO
-from ccpo_pl.nets import make_actor
 
 
 def cvpo_threshold(algo_cfg: Mapping, eps_behavior: Sequence[float], eps_range: Sequence[float]) -> float:
@@ -54,33 +50,3 @@ class PinnedEps(nn.Module):
 
     def forward(self, observation: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         return self.policy(observation, torch.full_like(eps, self.threshold))
-
-
-class CVPO(CCPO):
-    """CCPO's E-step/M-step at one fixed threshold, without VVE or versatile thresholds (see module docstring)."""
-
-    def __init__(self, actor: nn.Module, critic: nn.Module, *, threshold: float, **kwargs):
-        super().__init__(PinnedEps(actor, threshold), critic, **kwargs)
-        self.threshold = float(threshold)
-
-    def sample_train_eps(self) -> Tensor:
-        """The one threshold of every update."""
-        return torch.tensor([self.threshold], device=self.device)
-
-
-def cvpo_actor(run_cfg: Mapping, obs_dim: int, act_dim: int) -> PinnedEps:
-    """CVPO's policy from a run's plain resolved config (`AlgoSpec.make_actor`)."""
-    eps = run_cfg["eps"]
-    threshold = cvpo_threshold(run_cfg["algo"], eps["behavior"], eps["range"])
-    return PinnedEps(make_actor(run_cfg["algo"], obs_dim, act_dim, eps["range"]), threshold)
-
-
-def build_cvpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> CVPO:
-    """CVPO from the composed config: CCPO's builder with the module class and threshold swapped in."""
-    from ccpo_pl.algos.registry import build_ccpo
-
-    threshold = cvpo_threshold(cfg.algo, cfg.eps.behavior, cfg.eps.range)
-    if base_kwargs.get("make_train_env") is not None:  # the training envs draw only this threshold
-        base_kwargs["make_train_env"] = functools.partial(base_kwargs["make_train_env"], eps_values=[threshold])
-    return build_ccpo(cfg, obs_dim, act_dim, module_cls=functools.partial(CVPO, threshold=threshold),
-                      **base_kwargs)

@@ -1,5 +1,8 @@
 """CCPO equations: pure tensor functions, vectorised over a leading threshold dim E.
 
+Over 300 lines: most of it is the E-step dual and its batched projected-Newton solver (derivatives, direction,
+candidate steps), kept beside the equations it solves.
+
 Order follows the algorithm: cost threshold -> Q units, conditioned E-step (dual, its derivatives, its solver,
 the nonparametric weights), versatile M-step (decoupled KL, weighted max-likelihood, trust-region multiplier),
 then the Lagrangian pieces of the `cvi=false` ablation. Sources: the CCPO paper and slides (Yao, Liu et al.,

@@ -1,5 +1,8 @@
 """CCPO as a LightningModule: VVE critic fit -> conditioned E-step -> multi-eps M-step, manual optimization.
 
+Over 300 lines: the paper -> code notes below, and the parts of one update (critic step, E-step, M-step, multipliers,
+threshold schedule, the w/o-CVI ablation) that read and write the same module state; the maths is `equations.py`.
+
 Implementation details (paper -> code; "ours" marks our choices where the paper/slides are silent):
 1. VVE critic (slides eq. 3): `critic(s, a, eps)` = psi_f(s,a)^T z_f(eps). Every sampled transition is trained
    for all `n_eps` thresholds of the update (psi is computed once per batch). TD(0) targets with the next action
@@ -48,6 +51,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +61,7 @@ from torch import Tensor, nn
 from ccpo_pl.algos.ccpo import equations as eq
 from ccpo_pl.algos.ccpo.compiled import compiled_or_eager
 from ccpo_pl.algos.common import frozen_copy, polyak
-from ccpo_pl.algos.lagrange import METHODS, gradient_step, pid_step
+from ccpo_pl.algos.lagrange import METHODS, PID_GAINS, multiplier_step
 from ccpo_pl.algos.safe_module import SafeRLModule
 from ccpo_pl.faults import all_finite
 from ccpo_pl.nets import critic_members
@@ -65,10 +69,52 @@ from ccpo_pl.nets import critic_members
 
 #: Updates' thresholds drawn at once by `sample_train_eps`.
 EPS_ROWS = 256
+#: The columns of the `stats` buffer: running means per threshold bin, for logging.
+STATS_COLUMNS = ("q_r", "q_c", "kl_mean", "kl_cov")
+
+
+class EStep(NamedTuple):
+    """The conditioned E-step of an update at thresholds `eps [E]` on states `[E, S]` with K actions each."""
+
+    actions: Tensor  # [E, S, K, A], drawn from pi_old(.|s, eps_i)
+    weights: Tensor  # [E, S, K], eq. (8)
+    eta: Tensor  # [E], the dual solution
+    lam: Tensor  # [E]
+    loc_old: Tensor  # [E, S, A], pi_old
+    scale_old: Tensor  # [E, S, A]
+    q_means: Tensor  # [2, E]: the batch means of q_r and q_c
+
+
+class UpdateStats(NamedTuple):
+    """Per-threshold statistics of an update `[E]` each, averaged across ranks."""
+
+    kl_mean: Tensor
+    kl_cov: Tensor
+    q_r: Tensor
+    q_c: Tensor
+
+
+class Objectives(NamedTuple):
+    """What one pass of `update_objectives` returns: the two losses, the values the duals and multipliers step to,
+    the statistics, and the finiteness flags; all but the losses detached."""
+
+    loss_critic: Tensor
+    loss_actor: Tensor
+    eta: Tensor  # [E], E-step dual
+    lam: Tensor  # [E]
+    alpha_mu: Tensor  # [E], KL multipliers after their step
+    alpha_sigma: Tensor  # [E]
+    c_gap: Tensor  # [E], the running cost-gap estimate with this batch folded in
+    stats: UpdateStats
+    params_finite: Tensor  # every parameter finite as the pass began (the last update's result)
+    finite: Tensor  # all of the above finite
 
 
 class CCPO(SafeRLModule):
-    """Constraint-Conditioned Policy Optimization (Yao, Liu et al., NeurIPS 2023)."""
+    """Constraint-Conditioned Policy Optimization (Yao, Liu et al., NeurIPS 2023).
+
+    `threshold`: train at that one threshold every update instead of drawing them (CVPO, `ccpo.cvpo`).
+    """
 
     def __init__(
         self,
@@ -99,6 +145,7 @@ class CCPO(SafeRLModule):
         lagrangian: dict | None = None,
         compile: bool = False,
         estep_precision: str = "fp32",
+        threshold: float | None = None,
         **base_kwargs,
     ):
         super().__init__(eps_behavior=eps_behavior, eps_range=eps_range, eps_bin=eps_bin, horizon=horizon,
@@ -109,7 +156,7 @@ class CCPO(SafeRLModule):
         self.critic_target = frozen_copy(critic)
         self.dual = {"eta_init": 1.0, "lam_init": 0.0, "gap_decay": 0.003, "lam_max": 100.0, **(dual or {})}
         self.lagrangian = {"method": "gradient", "lr": 0.01, "lam_max": 100.0, "alpha": 0.0,
-                           "pid": {"kp": 0.1, "ki": 0.01, "kd": 0.01}, **(lagrangian or {})}
+                           "pid": dict(PID_GAINS), **(lagrangian or {})}
         if self.lagrangian["method"] not in METHODS:
             raise ValueError(f"algo.lagrangian.method={self.lagrangian['method']!r} is not allowed; use "
                              f"{' or '.join(METHODS)}")
@@ -118,8 +165,8 @@ class CCPO(SafeRLModule):
         self.register_buffer("lam", torch.full((n_bins,), float(self.dual["lam_init"])))
         self.register_buffer("alpha_mu", torch.zeros(n_bins))
         self.register_buffer("alpha_sigma", torch.zeros(n_bins))
-        # per-bin running estimates for logging: q_r, q_c, kl_mean, kl_cov
-        self.register_buffer("stats", torch.zeros(n_bins, 4))
+        # per-bin running estimates for logging, columns `STATS_COLUMNS`
+        self.register_buffer("stats", torch.zeros(n_bins, len(STATS_COLUMNS)))
         # running estimate of the E-step constraint's state-level gap, and the batches averaged into it, per bin
         self.register_buffer("c_gap", torch.zeros(n_bins))
         self.register_buffer("c_gap_n", torch.zeros(n_bins))
@@ -223,71 +270,67 @@ class CCPO(SafeRLModule):
         noise_next = torch.randn(len(eps), *act.shape, device=act.device)  # next actions from pi(.|s', eps_i)
         noise = torch.randn(*states.shape[:2], hp.num_samples, hp.act_dim, device=act.device)  # K per state
         _ = self.estep_bf16, self.dual_reduce  # resolved once, outside the compiled pass
-        out = self.objectives_fn(
+        out: Objectives = self.objectives_fn(
             batch["observation"], act, nxt["observation"], nxt["reward"].view(-1), nxt["cost"].view(-1),
             nxt["terminated"].view(-1), eps, noise_next, states, noise, self.eta[bins], self.lam[bins],
             self.alpha_mu[bins], self.alpha_sigma[bins], self.c_gap[bins], self.c_gap_n[bins])
-        loss_critic, loss_actor, eta, lam, alpha_mu, alpha_sigma, c_gap, stats, params_finite, finite = out
-        self.check_finite(self.parameter_tensors, can_skip=False, finite=params_finite)  # the last update's result
-        if not self.check_finite({"critic loss": loss_critic, "E-step dual eta": eta, "E-step dual lam": lam,
-                                  "actor loss": loss_actor, "KL multiplier alpha_mu": alpha_mu,
-                                  "KL multiplier alpha_sigma": alpha_sigma, "E-step statistics": stats,
-                                  "E-step cost gap": c_gap},
-                                 suspects=self.batch_suspects(batch), finite=finite):
+        self.check_finite(self.parameter_tensors, can_skip=False, finite=out.params_finite)  # the last update's
+        if not self.check_finite({"critic loss": out.loss_critic, "E-step dual eta": out.eta,
+                                  "E-step dual lam": out.lam, "actor loss": out.loss_actor,
+                                  "KL multiplier alpha_mu": out.alpha_mu, "KL multiplier alpha_sigma": out.alpha_sigma,
+                                  "E-step statistics": torch.stack(out.stats), "E-step cost gap": out.c_gap},
+                                 suspects=self.batch_suspects(batch), finite=out.finite):
             return None
         critic_opt, actor_opt = self.optimizers()
         for p in self.trained_parameters:  # both optimizers' zero_grad(set_to_none=True), without their per-call
             p.grad = None  # overhead (torch's dynamo-disabling wrapper and profiler range: ~0.07 ms each here)
-        self.manual_backward(loss_critic + loss_actor)
+        self.manual_backward(out.loss_critic + out.loss_actor)
         critic_opt.step()
         actor_opt.step()
         with torch.no_grad():
-            self.eta[bins], self.lam[bins] = eta, lam
-            self.alpha_mu[bins], self.alpha_sigma[bins] = alpha_mu, alpha_sigma
-            self.c_gap[bins], self.c_gap_n[bins] = c_gap, self.c_gap_n[bins] + 1
-            self.update_stats(bins, stats[2], stats[3], stats[0], stats[1])
-            at_cap = (lam >= self.dual["lam_max"]).to(self.lam_cap_count)
+            self.eta[bins], self.lam[bins] = out.eta, out.lam
+            self.alpha_mu[bins], self.alpha_sigma[bins] = out.alpha_mu, out.alpha_sigma
+            self.c_gap[bins], self.c_gap_n[bins] = out.c_gap, self.c_gap_n[bins] + 1
+            self.update_stats(bins, **out.stats._asdict())
+            at_cap = (out.lam >= self.dual["lam_max"]).to(self.lam_cap_count)
             self.lam_cap_count.index_put_((bins,), torch.stack((torch.ones_like(at_cap), at_cap), -1),
                                           accumulate=True)
-        return loss_critic.detach(), loss_actor.detach()
+        return out.loss_critic.detach(), out.loss_actor.detach()
 
     def update_objectives(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, cost: Tensor,
                           terminated: Tensor, eps: Tensor, noise_next: Tensor, states: Tensor, noise: Tensor,
                           eta0: Tensor, lam0: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor, c_gap: Tensor,
-                          c_gap_n: Tensor) -> tuple[Tensor, ...]:
+                          c_gap_n: Tensor) -> Objectives:
         """The objectives of an update at thresholds `eps [E]`: `td_loss` on the batch, `estep` and
         `mstep_objective` on `states [E, S, obs]` (with the multipliers alpha_mu, alpha_sigma and the running cost
-        gap c_gap of c_gap_n batches), then the multipliers' step on the measured KL. Returns (loss_critic,
-        loss_actor, eta, lam, the new alpha_mu, alpha_sigma and c_gap, stats [4, E] = kl_mean, kl_cov and the
-        batch means of q_r, q_c, averaged across ranks, the flag "parameters finite" and the flag "all of them
-        finite"); all but the losses detached."""
+        gap c_gap of c_gap_n batches), then the multipliers' step on the measured KL (`Objectives`)."""
         hp = self.hparams
         loss_critic = self.td_loss(obs, act, next_obs, reward, cost, terminated, eps.view(-1, 1, 1), noise_next)
         eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
-        actions, weights, eta, lam, loc_old, scale_old, q_means = self.estep(states, eps, noise, eta0, lam0, c_gap,
-                                                                            c_gap_n)
-        loss_actor, kl_mu, kl_sigma = self.mstep_objective(states, eps.view(-1, 1, 1), actions, weights, loc_old,
-                                                           scale_old, alpha_mu, alpha_sigma)
-        stats = torch.cat((torch.stack((kl_mu.detach(), kl_sigma.detach())), q_means))
+        e = self.estep(states, eps, noise, eta0, lam0, c_gap, c_gap_n)
+        loss_actor, kl_mu, kl_sigma = self.mstep_objective(states, eps.view(-1, 1, 1), e.actions, e.weights,
+                                                           e.loc_old, e.scale_old, alpha_mu, alpha_sigma)
+        stats = torch.cat((torch.stack((kl_mu.detach(), kl_sigma.detach())), e.q_means))
         if self.dual_reduce is not None:  # DDP: one collective, every rank steps the multipliers identically
             stats = self.dual_reduce(stats)
-        alpha_mu = eq.kl_multiplier_update(alpha_mu, stats[0], hp.kl_mean_bound, hp.kl_lr[0], hp.kl_max[0])
-        alpha_sigma = eq.kl_multiplier_update(alpha_sigma, stats[1], hp.kl_cov_bound, hp.kl_lr[1], hp.kl_max[1])
+        stats = UpdateStats(*stats)
+        alpha_mu = eq.kl_multiplier_update(alpha_mu, stats.kl_mean, hp.kl_mean_bound, hp.kl_lr[0], hp.kl_max[0])
+        alpha_sigma = eq.kl_multiplier_update(alpha_sigma, stats.kl_cov, hp.kl_cov_bound, hp.kl_lr[1], hp.kl_max[1])
         # the estimate kept: this batch's gap averaged across ranks (the one the solve used was the rank's own)
-        c_gap, _ = eq.running_cost_gap(c_gap, c_gap_n, stats[3] - eps_q, self.dual["gap_decay"])
-        finite = all_finite({"losses": torch.stack((loss_critic, loss_actor)), "eta": eta, "lam": lam,
-                             "alpha_mu": alpha_mu, "alpha_sigma": alpha_sigma, "stats": stats, "c_gap": c_gap})
-        return (loss_critic, loss_actor, eta, lam, alpha_mu, alpha_sigma, c_gap, stats,
-                all_finite(dict(self.named_parameters())), finite)
+        c_gap, _ = eq.running_cost_gap(c_gap, c_gap_n, stats.q_c - eps_q, self.dual["gap_decay"])
+        finite = all_finite({"losses": torch.stack((loss_critic, loss_actor)), "eta": e.eta, "lam": e.lam,
+                             "alpha_mu": alpha_mu, "alpha_sigma": alpha_sigma, "stats": torch.stack(stats),
+                             "c_gap": c_gap})
+        return Objectives(loss_critic, loss_actor, e.eta, e.lam, alpha_mu, alpha_sigma, c_gap, stats,
+                          all_finite(dict(self.named_parameters())), finite)
 
     @torch.no_grad()
     def estep(self, obs: Tensor, eps: Tensor, noise: Tensor, eta0: Tensor, lam0: Tensor, c_gap: Tensor,
-              c_gap_n: Tensor) -> tuple[Tensor, ...]:
+              c_gap_n: Tensor) -> EStep:
         """Conditioned E-step (slides eqs. 7-10) for `obs [E, S, obs]` at thresholds `eps [E]`: K = noise.shape[2]
         actions per state from pi_old(.|s, eps_i), their Q from the target critic, the dual (eta_i, lam_i) warm-
         started at (eta0, lam0) with the constraint's state-level part from the running estimate (c_gap of
-        c_gap_n batches, this batch's folded in), and the weights (eq. 8). Returns (actions [E,S,K,A],
-        weights [E,S,K], eta, lam, loc_old, scale_old, the batch means of q_r and q_c stacked [2, E])."""
+        c_gap_n batches, this batch's folded in), and the weights (eq. 8)."""
         hp = self.hparams
         loc_old, scale_old = self.actor_old(obs, eps.view(-1, 1, 1))  # [E, S, A]
         actions = loc_old.unsqueeze(2) + scale_old.unsqueeze(2) * noise  # [E, S, K, A]
@@ -301,7 +344,7 @@ class CCPO(SafeRLModule):
             **{k: v for k, v in self.dual.items() if k not in ("eta_init", "lam_init")},
         )
         weights = eq.estep_weights(q_r, q_c, eta, lam)
-        return actions, weights, eta, lam, loc_old, scale_old, q_means
+        return EStep(actions, weights, eta, lam, loc_old, scale_old, q_means)
 
     def mstep_objective(self, obs: Tensor, eps: Tensor, actions: Tensor, weights: Tensor, loc_old: Tensor,
                         scale_old: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -316,7 +359,8 @@ class CCPO(SafeRLModule):
         loss = (loss_mle + alpha_mu * (kl_mu - hp.kl_mean_bound) + alpha_sigma * (kl_sigma - hp.kl_cov_bound)).mean()
         return loss, kl_mu, kl_sigma
 
-    def lagrangian_update(self, batch: TensorDictBase, eps: Tensor, bins: Tensor) -> tuple[Tensor, Tensor | None] | None:
+    def lagrangian_update(self, batch: TensorDictBase, eps: Tensor,
+                          bins: Tensor) -> tuple[Tensor, Tensor | None] | None:
         """`cvi=False` ablation: the critic step, then the Lagrangian actor step against the updated critic;
         None if the critic step was skipped, (loss_critic, None) if only the actor step was (on_nan=skip)."""
         loss_critic = self.critic_step(batch, eps)
@@ -339,20 +383,20 @@ class CCPO(SafeRLModule):
         with torch.no_grad():
             q_r_mean, q_c_mean = self.reduce_mean(torch.stack((q_r.detach().mean(-1), q_c.detach().mean(-1))))
             eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
-            if lag["method"] == "pid":  # Stooke et al.: on Q_c against eps in Q units; no derivative kick at first
-                prev = self.lam_prev_cost[bins]
-                prev = torch.where(torch.isnan(prev), q_c_mean, prev)
-                lam, integral, prev = pid_step(q_c_mean, eps_q, self.lam_integral[bins], prev,
-                                               lam_max=lag["lam_max"], **lag["pid"])
-            else:
-                lam = gradient_step(self.lam[bins], q_c_mean, eps_q, lag["lr"], lag["lam_max"])  # driven by Q_c
+            integral = prev = started = None
+            if lag["method"] == "pid":  # the PID state of these bins; nan: no step yet
+                integral, prev = self.lam_integral[bins], self.lam_prev_cost[bins]
+                started = ~torch.isnan(prev)
+            # driven by Q_c against eps in Q units
+            lam, integral, prev = multiplier_step(lag["method"], self.lam[bins], q_c_mean, eps_q, integral, prev,
+                                                  started, lr=lag["lr"], lam_max=lag["lam_max"], pid=lag["pid"])
             if not self.check_finite({"Lagrange multiplier lam": lam}):
                 return None
             self.lam[bins] = lam
             if lag["method"] == "pid":
                 self.lam_integral[bins], self.lam_prev_cost[bins] = integral, prev
             kl = torch.zeros_like(q_c_mean)
-            self.update_stats(bins, q_r_mean, q_c_mean, kl, kl)
+            self.update_stats(bins, q_r=q_r_mean, q_c=q_c_mean, kl_mean=kl, kl_cov=kl)
         return loss.detach()
 
     # ---------------------------------------------------------------- helpers
@@ -394,8 +438,11 @@ class CCPO(SafeRLModule):
         """Thresholds of this update (same on every rank): behaviour ones, plus versatile draws after the warm-up.
         Served from a table of `EPS_ROWS` updates' draws (`draw_train_eps`), drawn anew when it runs out or the
         stage changes: one set of generator calls per table instead of five per update (~0.2 ms an update here).
-        The unused rows are saved in checkpoints, so a resumed run draws what an uninterrupted one would."""
+        The unused rows are saved in checkpoints, so a resumed run draws what an uninterrupted one would.
+        With `threshold` set (CVPO): that threshold alone, every update."""
         hp = self.hparams
+        if hp.threshold is not None:  # CVPO: the one threshold of every update
+            return torch.tensor([float(hp.threshold)], device=self.device)
         n_versatile = 0
         if self.global_frames >= hp.versatile_start * hp.total_frames:
             n_versatile = int(round(hp.n_eps * hp.versatile_frac))
@@ -419,15 +466,14 @@ class CCPO(SafeRLModule):
         lo, hi = self.eps_range
         return torch.cat([beh[picks], lo + (hi - lo) * torch.rand(n, n_versatile, generator=g)], -1)
 
-    def update_stats(self, bins: Tensor, *values: Tensor) -> None:
-        """Exponential moving averages per threshold bin of (q_r, q_c, kl_mean, kl_cov), for logging."""
-        new = torch.stack(values, -1).to(self.stats)
+    def update_stats(self, bins: Tensor, **values: Tensor) -> None:
+        """Exponential moving averages per threshold bin of the `STATS_COLUMNS` (keywords), for logging."""
+        new = torch.stack([values[name] for name in STATS_COLUMNS], -1).to(self.stats)
         self.stats[bins] = 0.9 * self.stats[bins] + 0.1 * new
 
     def per_eps_metrics(self) -> dict[str, Tensor]:
-        names = ("q_r", "q_c", "kl_mean", "kl_cov")
         cols = {"lam": self.lam, "eta": self.eta, "alpha_mu": self.alpha_mu, "alpha_sigma": self.alpha_sigma}
-        cols.update({n: self.stats[:, i] for i, n in enumerate(names)})
+        cols.update({n: self.stats[:, i] for i, n in enumerate(STATS_COLUMNS)})
         if not self.hparams.cvi:
             for n in ("eta", "alpha_mu", "alpha_sigma", "kl_mean", "kl_cov"):
                 cols.pop(n)

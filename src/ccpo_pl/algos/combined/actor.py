@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torchrl.modules import MLP
 
 from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS, combination_weights
+from ccpo_pl.nets import nearest_threshold
 
 
 class GaussianPolicy(nn.Module):
@@ -127,7 +128,7 @@ class CombinedActor(nn.Module):
 
     def threshold_index(self, eps: Tensor) -> Tensor:
         """Index of the behaviour threshold nearest to each eps (exact for data collected under them)."""
-        return (eps.reshape(-1, 1) - self.eps_behavior.to(eps).view(1, -1)).abs().argmin(-1)
+        return nearest_threshold(eps, self.eps_behavior)
 
 
 def make_combined_actor(algo_cfg, obs_dim: int, act_dim: int, eps_behavior: Sequence[float]) -> CombinedActor:

@@ -12,6 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ccpo_pl.algos.trust_region import diag_normal_kl
+
+#: KL(pi_old || pi) of diagonal Gaussians, summed over the action dims (`trust_region.diag_normal_kl`).
+gaussian_kl = diag_normal_kl
+
 _TINY = 1e-8  # standard-deviation floor of the advantage standardisation (a collection with constant cost)
 
 
@@ -147,19 +152,3 @@ def importance_surrogate(log_prob: Tensor, log_prob_old: Tensor, adv: Tensor) ->
         [N], to be maximised; its gradient at theta = theta_old is the policy gradient.
     """
     return (log_prob - log_prob_old).exp() * adv
-
-
-def gaussian_kl(loc_old: Tensor, scale_old: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-    """KL(N(loc_old, scale_old^2) || N(loc, scale^2)) of diagonal Gaussians, summed over the action dims.
-
-    = sum_a log(scale / scale_old) + (scale_old^2 + (loc_old - loc)^2) / (2 scale^2) - 1/2.
-
-    Args:
-        loc_old, scale_old: the old policy's mean and std [..., A].
-        loc, scale: the new policy's [..., A].
-
-    Returns:
-        [...].
-    """
-    var_ratio = (scale_old / scale) ** 2
-    return (0.5 * (var_ratio + ((loc_old - loc) / scale) ** 2 - 1.0) - 0.5 * var_ratio.log()).sum(-1)

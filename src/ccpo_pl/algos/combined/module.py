@@ -6,22 +6,24 @@ collection acts with each threshold's own policy, and at any other eps (evaluati
 pi(.|eps) = w1 pi(.|eps_1) + w2 pi(.|eps_2) (reading and extrapolation: `combined.actor`).
 
 Implementation details (paper -> code; "ours" marks our choices; the paper gives only the combination rule):
-1. Data: one collection per update (`OnPolicyModule`); every episode runs under one behaviour threshold drawn by
+1. Data: one collection per update (`algos.onpolicy`); every episode runs under one behaviour threshold drawn by
    the env, so policy i learns only from the transitions collected under eps_i (their loss reaches only policy i's
    parameters; losses are averaged within each threshold and summed, so each policy gets the gradient it would get
    alone). `collect.frames_per_collect` is three FSRL collections, so each policy sees about FSRL's data per update.
-2. Critics: the base's V_r(s, eps), V_c(s, eps), one network each with eps as an input (not one pair per
+2. Critics: V_r(s, eps), V_c(s, eps), one network each with eps as an input (not one pair per
    threshold). In training eps takes only the behaviour values, so it acts as a threshold index: the critic is a
-   per-threshold critic with a shared trunk. GAE(gamma, lambda) for reward and cost (TorchRL), fitted by the base.
+   per-threshold critic with a shared trunk. GAE(gamma, lambda) for reward and cost (TorchRL), fitted by
+   `onpolicy.fit_value`.
 3. Multipliers: one lam_i per behaviour threshold (`lagrange.LagrangeMultipliers`, gradient or PID, config
-   `algo.lagrange.method`), stepped once per collection before the policy step (OmniSafe's order) with the base's
-   episode-cost estimate J_c(eps_i) against eps_i (FSRL: raw episodic cost, no discount conversion).
+   `algo.lagrange.method`), stepped once per collection before the policy step (OmniSafe's order) with the
+   episode-cost estimate J_c(eps_i) of `onpolicy.episode_costs` against eps_i (FSRL: raw episodic cost, no
+   discount conversion).
 4. Advantage: per threshold, A_r standardised (mean 0, std 1) and A_c centred (OmniSafe's default;
    `standardise_cost_adv=true` also divides by its std, FSRL's choice, which turns the value noise of a cost-free
    collection into unit-size advantages), both over the whole collection (ours; FSRL per minibatch); then the
    rescaled Lagrangian advantage (A_r - lam_i A_c) / (1 + lam_i) (`equations.lagrangian_advantage`).
 5. C-PPO-Lag: TorchRL `ClipPPOLoss` on the combined actor with this advantage written to its `advantage` key and no
-   critic (the base fits the critics); per-transition losses (`reduction="none"`) averaged per threshold.
+   critic (`onpolicy.fit_value` fits the critics); per-transition losses (`reduction="none"`) averaged per threshold.
    `ppo_epochs` passes of random minibatches, Adam, each policy's gradient clipped to `max_grad_norm` on its own;
    after each pass, the exact KL(pi_old || pi_i) per threshold over the collection: a policy whose KL exceeds
    1.5 target_kl stops for this collection (FSRL's early stop, made per threshold).
@@ -36,30 +38,49 @@ Implementation details (paper -> code; "ours" marks our choices; the paper gives
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
 from torch import Tensor, nn
 from torchrl.objectives import ClipPPOLoss
 
+from ccpo_pl.algos import onpolicy
 from ccpo_pl.algos import trust_region as tr
 from ccpo_pl.algos.combined import equations as eq
-from ccpo_pl.algos.combined.actor import CombinedActor, make_combined_actor
+from ccpo_pl.algos.combined.actor import CombinedActor
 from ccpo_pl.algos.lagrange import LagrangeMultipliers
-from ccpo_pl.algos.onpolicy import OnPolicyModule, diag_normal_log_prob
-from ccpo_pl.nets import ValueCritic, make_policy
+from ccpo_pl.algos.onpolicy import diag_normal_log_prob
+from ccpo_pl.algos.safe_module import SafeRLModule
+from ccpo_pl.nets import make_policy
 
 
-class CombinedLagrangian(OnPolicyModule):
-    """Shared part: multipliers per behaviour threshold and the combined advantage; subclasses take the step."""
+class CombinedLagrangian(SafeRLModule):
+    """Shared part: critics, multipliers per behaviour threshold and the combined advantage; subclasses take the
+    policy step.
 
-    def __init__(self, actor: CombinedActor, value: nn.Module, *, eps_behavior: Sequence[float], total_frames: int,
+    Args:
+        actor: the `CombinedActor`, one policy per behaviour threshold.
+        value: `ValueCritic` V_r(s, eps), V_c(s, eps).
+        gamma, gae_lambda: discount and GAE lambda of reward and cost.
+        lr_value, value_epochs: Adam step size of the critics, passes over the collection per critic fit.
+        minibatch_size: transitions per critic (and PPO) minibatch.
+        lagrange: the multipliers' settings (`LagrangeMultipliers` kwargs).
+        standardise_cost_adv: divide A_c by its std as well (implementation detail 4).
+        target_kl: the KL bound (TRPO) or early-stop level (PPO).
+    """
+
+    def __init__(self, actor: CombinedActor, value: nn.Module, *, eps_behavior: Sequence[float],
+                 eps_range: Sequence[float], eps_bin: float, horizon: int, total_frames: int, gamma: float = 0.99,
+                 gae_lambda: float = 0.95, lr_value: float = 1e-3, value_epochs: int = 10, minibatch_size: int = 512,
                  lagrange: dict | None = None, standardise_cost_adv: bool = False, target_kl: float = 0.02,
                  **kwargs):
-        super().__init__(actor, value, eps_behavior=eps_behavior, **kwargs)
+        super().__init__(eps_behavior=eps_behavior, eps_range=eps_range, eps_bin=eps_bin, horizon=horizon, **kwargs)
+        # the init arguments of this class and of the subclass that called it (nets and env factories excluded)
         self.save_hyperparameters(ignore=["actor", "value", "make_train_env", "make_eval_env"])
+        onpolicy.attach(self, actor, value, eps_behavior, gamma=gamma, gae_lambda=gae_lambda, lr_value=lr_value,
+                        value_epochs=value_epochs, minibatch_size=minibatch_size)
         if actor.eps_behavior.tolist() != [float(e) for e in eps_behavior]:
             raise ValueError(f"the actor's thresholds {actor.eps_behavior.tolist()} differ from eps.behavior="
                              f"{list(eps_behavior)}")
@@ -67,6 +88,31 @@ class CombinedLagrangian(OnPolicyModule):
         self.standardise_cost_adv, self.target_kl = bool(standardise_cost_adv), float(target_kl)
         if not self.target_kl > 0:
             raise ValueError(f"algo.target_kl={target_kl} must be > 0")
+
+    optimizer, mean_grads, log_update = onpolicy.optimizer, onpolicy.mean_grads, onpolicy.log_update
+
+    def make_stream(self):
+        return onpolicy.make_stream(self)
+
+    def configure_optimizers(self):
+        return [torch.optim.Adam(self.value.parameters(), lr=self.lr_value), *self.policy_optimizers()]
+
+    def policy_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimizers of the policies (none for trust-region steps that write the parameters directly)."""
+        return []
+
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+        """Per collection: J_c(eps_i) and the advantages of every behaviour threshold, the critic fit, then per
+        threshold lam_i and a PPO-Lag / TRPO-Lag step of policy i."""
+        start = time.perf_counter()
+        if not onpolicy.new_collection(self):
+            return
+        cost = batch["next", "cost"]
+        j_c = onpolicy.episode_costs(self, batch, cost, self.j_c)
+        data = onpolicy.advantages(batch, self.actor, self.value, cost, self.gamma, self.gae_lambda)
+        loss_value = onpolicy.fit_value(self, self.value, self.optimizer(0), data, self.value_epochs,
+                                        self.minibatch_size)
+        onpolicy.end_update(self, start, loss_value, self.policy_update(data, j_c))
 
     def policy_update(self, data: TensorDictBase, j_c: Tensor) -> Tensor | None:
         """Multipliers from J_c, the combined advantage, then the subclass's policy step."""
@@ -130,7 +176,7 @@ class CPPOLag(CombinedLagrangian):
         frozen: set[int] = set()
         total, clip_frac, steps, epochs = torch.zeros((), device=self.device), 0.0, 0, torch.zeros(n)
         for _ in range(self.ppo_epochs):
-            for mb in self.minibatches(data.shape[0], self.minibatch_size):
+            for mb in onpolicy.minibatches(data.shape[0], self.minibatch_size, self.device):
                 out = self.ppo_loss(td[mb])
                 per_sample = out["loss_objective"].reshape(-1)
                 if "loss_entropy" in out.keys():
@@ -141,7 +187,7 @@ class CPPOLag(CombinedLagrangian):
                 grads = self.mean_grads(loss, params)
                 clip_per_policy(grads, params, groups, self.max_grad_norm)
                 grads = [None if id(p) in frozen else g for p, g in zip(params, grads)]  # Adam skips them
-                self.apply_grads(self.optimizer(1), params, grads)
+                onpolicy.apply_grads(self.optimizer(1), params, grads)
                 total, clip_frac, steps = total + loss.detach(), clip_frac + out["clip_fraction"].detach(), steps + 1
             epochs += active.cpu().float()
             kl = self.kl_per_threshold(data, idx)
@@ -218,18 +264,3 @@ def clip_per_policy(grads: list[Tensor], params: list[Tensor], groups: list[list
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gs]))
         scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(gs, scale)
-
-
-def build_module(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> CombinedLagrangian:
-    """C-PPO-Lag (`algo.name=c_ppo_lag`) or C-TRPO-Lag (`c_trpo_lag`) from the composed config."""
-    a = OmegaConf.to_container(cfg.algo, resolve=True)
-    actor = make_combined_actor(a, obs_dim, act_dim, cfg.eps.behavior)
-    value = ValueCritic(obs_dim, a["hidden"], cfg.eps.range)
-    common = dict(gamma=a["gamma"], gae_lambda=a["gae_lambda"], lr_value=a["lr_value"],
-                  value_epochs=a["value_epochs"], minibatch_size=a["minibatch_size"], lagrange=a["lagrange"],
-                  standardise_cost_adv=a["standardise_cost_adv"], target_kl=a["target_kl"])
-    if a["name"] == "c_ppo_lag":
-        step = {k: a[k] for k in ("lr_actor", "ppo_epochs", "clip_epsilon", "entropy_coeff", "max_grad_norm")}
-        return CPPOLag(actor, value, **common, **step, **base_kwargs)
-    step = {k: a[k] for k in ("cg_iters", "cg_damping", "max_backtracks", "backtrack_coeff")}
-    return CTRPOLag(actor, value, **common, **step, **base_kwargs)

@@ -3,8 +3,10 @@
 - `equations`: the pure maths, in Algorithm 1's order: the constraint value c on the scale of b, the analytic
   single-constraint dual (eq. 12, all cases), the step of eq. (13) and the recovery step of eq. (14), the
   multi-constraint dual of eq. (12) solved numerically, the line-search test, and the cost-shaping target (§6.3).
-- `module`: `CPO` (`algo=cpo`) and the baselines sharing its trust-region step: `PDO` (`algo=pdo`, eq. 16),
-  `TRPO` (`algo=trpo`), `FPO` (`algo=fpo`, fixed penalty); any of them with `algo.cost_shaping=true`.
+- `module`: `CPO`, whose `variant` is CPO (`algo=cpo`) or one of the baselines sharing its trust-region step: PDO
+  (`algo=pdo`, eq. 16), TRPO (`algo=trpo`), FPO (`algo=fpo`, fixed penalty); any of them with
+  `algo.cost_shaping=true`.
+- `build`: the module of `algo.name` from the composed config (`registry.AlgoSpec`).
 - The trust-region pieces (CG, Fisher-vector products, line search) are `ccpo_pl.algos.trust_region`.
 
 Tasks: the paper's Point-Circle and Ant-Circle (rllab) have analogues here in the Circle tasks of both suites:

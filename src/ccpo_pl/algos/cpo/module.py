@@ -1,11 +1,11 @@
 """CPO and the CPO paper's baselines (PDO, TRPO, FPO) as on-policy LightningModules sharing one trust-region step.
 
 Implementation details (paper -> code; "ours" marks our choices where the paper is silent):
-1. Data: one on-policy collection per update from the TorchRL collector (`OnPolicyModule`); GAE (TorchRL
-   `vec_generalized_advantage_estimate`) for reward and cost with V_r(s, eps), V_c(s, eps) critics fitted by the
-   base. The actor is the project's `EpsActor` pi(a|s, eps) trained at one fixed threshold: `eps.behavior` must
-   hold exactly one value, the limit d (so the shared any-eps evaluation applies, trivially).
-2. Scales (see `equations`): J_c is the undiscounted episode cost (the base's estimate from the collection),
+1. Data: one on-policy collection per update from the TorchRL collector (`algos.onpolicy`); GAE (TorchRL
+   `vec_generalized_advantage_estimate`) for reward and cost with V_r(s, eps), V_c(s, eps) critics fitted on it
+   (`onpolicy.fit_value`). The actor is the project's `EpsActor` pi(a|s, eps) trained at one fixed threshold:
+   `eps.behavior` must hold exactly one value, the limit d (so the shared any-eps evaluation applies, trivially).
+2. Scales (see `equations`): J_c is the undiscounted episode cost (`onpolicy.episode_costs` of the collection),
    c = (J_c - d) / T per step, and b the gradient of the per-step cost surrogate mean(ratio A_c); A_c is only
    centred (a standardised A_c would change b's scale against c; FSRL standardises it, OmniSafe centres it).
    A_r is standardised: every step below is invariant to the scale of g. The episode length T is the env's
@@ -23,8 +23,8 @@ Implementation details (paper -> code; "ours" marks our choices where the paper 
 5. Cost shaping (paper §6.3, `cost_shaping=true`, any variant): an MLP classifier p(s) of "a cost > 0 within the
    next `shaping.horizon` steps of the episode" is trained on each collection (`shaping.epochs` passes, BCE, its own
    Adam) before the collection's advantages are computed; C+ = C + p(s') replaces C for the cost advantages and
-   for J_c (the base adds the shaping's mean per step times T), so CPO, PDO and FPO constrain C+. The logged
-   episode costs and the evaluation use the env's true C.
+   for J_c (`onpolicy.episode_costs` adds the shaping's mean per step times T), so CPO, PDO and FPO constrain C+.
+   The logged episode costs and the evaluation use the env's true C.
 6. Multi-constraint eq. (12) (`equations.multi_constraint_dual_solution`) is a tested pure function; the trainer's
    envs supply one cost signal, so this module always solves the single-constraint dual analytically.
 7. Logged per update (`update/...`): case, lam, nu, step_fraction, backtracks, kl, surr_reward_change,
@@ -37,27 +37,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import time
+
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDictBase
 from torch import Tensor, nn
 from torchrl.modules import MLP
 
+from ccpo_pl.algos import onpolicy
 from ccpo_pl.algos import trust_region as tr
 from ccpo_pl.algos.cpo import equations as eq
 from ccpo_pl.algos.lagrange import LagrangeMultipliers
-from ccpo_pl.algos.onpolicy import OnPolicyModule, diag_normal_kl, diag_normal_log_prob
+from ccpo_pl.algos.onpolicy import diag_normal_kl, diag_normal_log_prob
+from ccpo_pl.algos.safe_module import SafeRLModule
 
 VARIANTS = ("cpo", "pdo", "trpo", "fpo")
 _TINY = 1e-8
 
 
-class CPO(OnPolicyModule):
+class CPO(SafeRLModule):
     """Constrained Policy Optimization (Achiam et al. 2017) and, by `variant`, its baselines PDO, TRPO and FPO.
 
     Args:
         actor: `EpsActor`, trained at the single threshold eps.behavior[0].
         value: `ValueCritic` V_r(s, eps), V_c(s, eps).
+        gamma, gae_lambda: discount and GAE lambda of reward and cost.
+        lr_value, value_epochs: Adam step size of the critics, passes over the collection per critic fit.
+        minibatch_size: transitions per critic (and cost-shaping classifier) minibatch.
         variant: "cpo" (constrained step), "pdo" (learned penalty, eq. 16), "trpo" (no penalty), "fpo" (fixed).
         target_kl: trust-region bound delta on the mean KL(pi_k || pi).
         cg_iters, cg_damping, cg_residual_tol: conjugate gradient and Fisher damping.
@@ -68,8 +75,10 @@ class CPO(OnPolicyModule):
         shaping: the classifier: horizon, hidden, lr, epochs, minibatch_size.
     """
 
-    def __init__(self, actor: nn.Module, value: nn.Module, *, eps_behavior: Sequence[float], variant: str = "cpo",
-                 target_kl: float = 0.01, cg_iters: int = 10, cg_damping: float = 0.1, cg_residual_tol: float = 1e-10,
+    def __init__(self, actor: nn.Module, value: nn.Module, *, eps_behavior: Sequence[float], eps_range: Sequence[float],
+                 eps_bin: float, horizon: int, gamma: float = 0.99, gae_lambda: float = 0.95, lr_value: float = 1e-3,
+                 value_epochs: int = 10, minibatch_size: int = 512, variant: str = "cpo", target_kl: float = 0.01,
+                 cg_iters: int = 10, cg_damping: float = 0.1, cg_residual_tol: float = 1e-10,
                  max_backtracks: int = 15, backtrack_coeff: float = 0.8, penalty_nu: float = 0.0,
                  lagrange: dict | None = None, cost_shaping: bool = False, shaping: dict | None = None,
                  total_frames: int | None = None, **kwargs):
@@ -81,7 +90,10 @@ class CPO(OnPolicyModule):
         if not target_kl > 0 or not 0 < backtrack_coeff < 1 or penalty_nu < 0:
             raise ValueError(f"need target_kl > 0, 0 < backtrack_coeff < 1, penalty_nu >= 0; got {target_kl}, "
                              f"{backtrack_coeff}, {penalty_nu}")
-        super().__init__(actor, value, eps_behavior=eps_behavior, **kwargs)
+        super().__init__(eps_behavior=eps_behavior, eps_range=eps_range, eps_bin=eps_bin, horizon=horizon, **kwargs)
+        self.save_hyperparameters(ignore=["actor", "value", "make_train_env", "make_eval_env"])
+        onpolicy.attach(self, actor, value, eps_behavior, gamma=gamma, gae_lambda=gae_lambda, lr_value=lr_value,
+                        value_epochs=value_epochs, minibatch_size=minibatch_size)
         self.variant = variant
         self.target_kl, self.cg_iters, self.cg_damping = float(target_kl), int(cg_iters), float(cg_damping)
         self.cg_residual_tol = float(cg_residual_tol)
@@ -98,7 +110,15 @@ class CPO(OnPolicyModule):
         self._shaped: tuple[int, Tensor] | None = None
         self._shaping_stats: dict[str, Tensor] = {}
 
-    # ---------------------------------------------------------------- optimizers and the cost signal
+    optimizer, mean_grads = onpolicy.optimizer, onpolicy.mean_grads
+
+    # ---------------------------------------------------------------- data, optimizers and the cost signal
+    def make_stream(self):
+        return onpolicy.make_stream(self)
+
+    def configure_optimizers(self):
+        return [torch.optim.Adam(self.value.parameters(), lr=self.lr_value), *self.policy_optimizers()]
+
     def policy_optimizers(self) -> list[torch.optim.Optimizer]:
         """The policy is written directly (trust region); with cost shaping, the classifier's Adam."""
         if self.shaping is None:
@@ -118,7 +138,7 @@ class CPO(OnPolicyModule):
             self._shaped = (key, eq.shaped_cost(cost, delta.to(cost)))
         return self._shaped[1]
 
-    @torch.enable_grad()  # also when called from the base's no-grad statistics (`episode_costs`)
+    @torch.enable_grad()
     def fit_shaping(self, batch: TensorDictBase) -> None:
         """Paper §6.3: the classifier of "unsafe within H steps" on this collection (BCE, rank-averaged grads)."""
         labels = eq.unsafe_within_horizon(batch["next", "cost"].squeeze(-1), batch["next", "done"].squeeze(-1),
@@ -127,14 +147,27 @@ class CPO(OnPolicyModule):
         params, opt = list(self.shaping.parameters()), self.optimizer(1)
         total, n = torch.zeros((), device=self.device), 0
         for _ in range(int(self.shaping_cfg["epochs"])):
-            for idx in self.minibatches(labels.shape[0], int(self.shaping_cfg["minibatch_size"])):
+            for idx in onpolicy.minibatches(labels.shape[0], int(self.shaping_cfg["minibatch_size"]), self.device):
                 loss = F.binary_cross_entropy_with_logits(self.shaping(obs[idx]).squeeze(-1), labels[idx].float())
                 self.check_finite({"cost-shaping loss": loss}, can_skip=False)
-                self.apply_grads(opt, params, self.mean_grads(loss, params))
+                onpolicy.apply_grads(opt, params, self.mean_grads(loss, params))
                 total, n = total + loss.detach(), n + 1
         self._shaping_stats = {"shaping_loss": total / max(n, 1), "shaping_positive": labels.float().mean()}
 
-    # ---------------------------------------------------------------- the policy step
+    # ---------------------------------------------------------------- the algorithm box
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+        """Algorithm 1 per collection: J_C(pi_k), the advantages A_r, A_c and V fit, then the trust-region step."""
+        start = time.perf_counter()
+        if not onpolicy.new_collection(self):
+            return
+        cost = self.cost_signal(batch)  # C, or C+ = C + p(s') with cost shaping
+        j_c = onpolicy.episode_costs(self, batch, cost, self.j_c)
+        data = onpolicy.advantages(batch, self.actor, self.value, cost, self.gamma, self.gae_lambda)
+        loss_value = onpolicy.fit_value(self, self.value, self.optimizer(0), data, self.value_epochs,
+                                        self.minibatch_size)
+        loss_policy = self.policy_update(data, j_c)  # g, b, H; the dual; the step of eq. (13)/(14); line search
+        onpolicy.end_update(self, start, loss_value, loss_policy)
+
     def policy_update(self, data: TensorDictBase, j_c: Tensor) -> Tensor | None:
         """Algorithm 1 (CPO) or the penalised TRPO step (PDO, TRPO, FPO) from one collection."""
         d = float(self.eps_behavior_t[0])
@@ -233,51 +266,7 @@ class CPO(OnPolicyModule):
         return self.reduce_mean if self.trainer.world_size > 1 else None
 
     def log_update(self, diagnostics: dict, per_behavior: dict | None = None) -> None:
-        """The base's `update/...` logging; `update/multiplier` for PDO as well."""
+        """`onpolicy.log_update`'s `update/...` logging; `update/multiplier` for PDO as well."""
         if self.lagrange is not None:
             diagnostics = {**diagnostics, "multiplier": self.lagrange.lam[0]}
-        super().log_update(diagnostics, per_behavior)
-
-
-class PDO(CPO):
-    """Primal-dual optimisation (CPO paper eq. 16) with CPO's trust-region step."""
-
-    def __init__(self, actor: nn.Module, value: nn.Module, **kwargs):
-        super().__init__(actor, value, **{**kwargs, "variant": "pdo"})
-
-
-class TRPO(CPO):
-    """Unconstrained TRPO (Schulman et al. 2015) on the reward alone."""
-
-    def __init__(self, actor: nn.Module, value: nn.Module, **kwargs):
-        super().__init__(actor, value, **{**kwargs, "variant": "trpo"})
-
-
-class FPO(CPO):
-    """TRPO on R - nu C (or C+) with a fixed penalty nu (the CPO paper's fixed-penalty comparison)."""
-
-    def __init__(self, actor: nn.Module, value: nn.Module, **kwargs):
-        super().__init__(actor, value, **{**kwargs, "variant": "fpo"})
-
-
-MODULES = {"cpo": CPO, "pdo": PDO, "trpo": TRPO, "fpo": FPO}
-
-
-def build_module(cfg, obs_dim: int, act_dim: int, **base_kwargs) -> CPO:
-    """CPO / PDO / TRPO / FPO (`algo.name`) from the composed config; a one-line `ConfigError` unless
-    `eps.behavior` holds exactly one threshold (the cost limit)."""
-    from omegaconf import OmegaConf
-
-    from ccpo_pl.errors import ConfigError
-    from ccpo_pl.nets import ValueCritic, make_actor
-
-    a = OmegaConf.to_container(cfg.algo, resolve=True)
-    if len(cfg.eps.behavior) != 1:
-        raise ConfigError(f"algo={a['name']} trains at one cost limit: eps.behavior={list(cfg.eps.behavior)} must "
-                          f"hold one value, e.g. eps.behavior=[25]")
-    actor = make_actor(a, obs_dim, act_dim, cfg.eps.range)
-    value = ValueCritic(obs_dim, a["hidden"], cfg.eps.range)
-    keys = ("gamma", "gae_lambda", "lr_value", "value_epochs", "minibatch_size", "target_kl", "cg_iters",
-            "cg_damping", "cg_residual_tol", "max_backtracks", "backtrack_coeff", "penalty_nu", "lagrange",
-            "cost_shaping", "shaping")
-    return MODULES[a["name"]](actor, value, **{k: a[k] for k in keys}, **base_kwargs)
+        onpolicy.log_update(self, diagnostics, per_behavior)

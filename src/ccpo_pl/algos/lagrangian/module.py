@@ -2,6 +2,8 @@
 appended to the actor and critic inputs, trained on episodes collected under the behaviour thresholds, one Lagrange
 multiplier per behaviour threshold, evaluated at any eps by feeding it to the actor.
 
+Over 300 lines: the implementation notes and the two algorithms on their one shared update.
+
 Implementation details ("ours" marks our choices where the paper is silent; FSRL = its sac_lag / ddpg_lag):
 1. Thresholds in updates: each transition is trained with the threshold it was collected under (`batch["eps"]`,
    `train_eps="collected"`, the literal reading of the paper). `train_eps="behavior"` relabels each sampled
@@ -54,6 +56,7 @@ from ccpo_pl.algos.lagrangian import equations as eq
 from ccpo_pl.algos.lagrangian.nets import make_squashed_policy
 from ccpo_pl.algos.safe_module import SafeRLModule, eps_tag
 from ccpo_pl.data import OffPolicyStream
+from ccpo_pl.nets import nearest_threshold
 
 TRAIN_EPS = ("collected", "behavior")
 
@@ -140,7 +143,7 @@ class OffPolicyLagrangian(SafeRLModule):
 
     def threshold_index(self, eps: Tensor) -> Tensor:
         """Index of the nearest behaviour threshold of each eps `[B, 1]` -> `[B]`."""
-        return (eps.view(-1, 1) - self.eps_behavior_buf.view(1, -1)).abs().argmin(-1)
+        return nearest_threshold(eps, self.eps_behavior_buf)
 
     def critic_values(self, critics: nn.ModuleList, obs: Tensor, action: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """(Q_r, Q_c) `[B]` of a critic set: min of the reward heads (clipped double-Q), mean of the cost heads."""

@@ -11,14 +11,14 @@ and take `loc` as the deterministic action, so `loc` must be the algorithm's det
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
 
-from ccpo_pl.nets import EpsActor, normalise_eps
+from ccpo_pl.nets import EpsActor, cat_broadcast, normalise_eps
 
 
 class SquashedEpsActor(EpsActor):
@@ -30,9 +30,7 @@ class SquashedEpsActor(EpsActor):
 
     def pre_tanh(self, observation: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """(mu, sigma) of the Gaussian before tanh, each `[..., act_dim]`."""
-        e = normalise_eps(eps, self.eps_range)
-        shape = torch.broadcast_shapes(observation.shape[:-1], e.shape[:-1])
-        h = self.trunk(torch.cat([observation.expand(*shape, -1), e.expand(*shape, 1)], -1))
+        h = self.trunk(cat_broadcast(observation, normalise_eps(eps, self.eps_range)))
         return self.mu(h), self.log_std(h).clamp(self.log_std_min, self.log_std_max).exp()
 
     def forward(self, observation: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,9 +54,7 @@ class DeterministicEpsActor(nn.Module):
 
     def forward(self, observation: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (action, exploration std), each `[..., act_dim]`."""
-        e = normalise_eps(eps, self.eps_range)
-        shape = torch.broadcast_shapes(observation.shape[:-1], e.shape[:-1])
-        loc = torch.tanh(self.mu(self.trunk(torch.cat([observation.expand(*shape, -1), e.expand(*shape, 1)], -1))))
+        loc = torch.tanh(self.mu(self.trunk(cat_broadcast(observation, normalise_eps(eps, self.eps_range)))))
         return loc, torch.full_like(loc, self.noise_std)
 
 
@@ -78,16 +74,3 @@ def make_squashed_policy(actor: SquashedEpsActor) -> ProbabilisticActor:
     module = TensorDictModule(_PreTanh(actor), in_keys=["observation", "eps"], out_keys=["loc", "scale"])
     return ProbabilisticActor(module, in_keys=["loc", "scale"], distribution_class=TanhNormal,
                               return_log_prob=False)
-
-
-def sac_actor(run_cfg: Mapping, obs_dim: int, act_dim: int) -> SquashedEpsActor:
-    """V-SAC-Lag's actor from a run's plain resolved config (`AlgoSpec.make_actor`)."""
-    algo = run_cfg["algo"]
-    return SquashedEpsActor(obs_dim, act_dim, algo["hidden"], run_cfg["eps"]["range"], *algo["log_std"])
-
-
-def ddpg_actor(run_cfg: Mapping, obs_dim: int, act_dim: int) -> DeterministicEpsActor:
-    """V-DDPG-Lag's actor from a run's plain resolved config (`AlgoSpec.make_actor`)."""
-    algo = run_cfg["algo"]
-    return DeterministicEpsActor(obs_dim, act_dim, algo["hidden"], run_cfg["eps"]["range"],
-                                 algo["exploration_noise"])
