@@ -31,8 +31,6 @@ from torch import Tensor, nn
 from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
 from ccpo_pl.algos.safe_module import SafeRLModule, eps_tag
-from ccpo_pl.data import OnPolicyStream
-from ccpo_pl.nets import EpsPolicy
 
 
 def diag_normal_log_prob(action: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
@@ -86,10 +84,8 @@ class OnPolicyModule(SafeRLModule):
         # J_c per behaviour threshold: starts at the thresholds (no pressure before any data)
         self.register_buffer("j_c", torch.tensor([float(e) for e in eps_behavior]))
 
-    # ---------------------------------------------------------------- data
-    def make_stream(self) -> OnPolicyStream:
-        return OnPolicyStream(self._seeded_train_env, EpsPolicy(self.actor), device=self.device,
-                              eps_behavior=self.hparams.eps_behavior, **self.hparams.stream)
+    #: the rollouts yield each collection whole, once (`data.OnPolicyStream`)
+    on_policy = True
 
     def cost_signal(self, batch: TensorDictBase) -> Tensor:
         """The per-step cost the constraint is on, `[envs, steps, 1]`: the env's cost (cost shaping overrides)."""
@@ -107,7 +103,7 @@ class OnPolicyModule(SafeRLModule):
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         start = time.perf_counter()
         self.on_new_data()
-        if not self.stream.clean:  # on_nan=skip (stop raised in on_new_data): no update from corrupt data
+        if not self.rollouts.stream.clean:  # on_nan=skip (stop raised in on_new_data): no update from corrupt data
             self.faults["skipped_updates"] += 1
             return
         j_c = self.episode_costs(batch)

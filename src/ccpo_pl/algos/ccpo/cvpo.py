@@ -63,6 +63,10 @@ class CVPO(CCPO):
         super().__init__(PinnedEps(actor, threshold), critic, **kwargs)
         self.threshold = float(threshold)
 
+    def collection_eps(self) -> list[float]:
+        """The training envs draw only this threshold."""
+        return [self.threshold]
+
     def sample_train_eps(self) -> Tensor:
         """The one threshold of every update."""
         return torch.tensor([self.threshold], device=self.device)
@@ -80,7 +84,5 @@ def build_cvpo(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> CV
     from ccpo_pl.algos.registry import build_ccpo
 
     threshold = cvpo_threshold(cfg.algo, cfg.eps.behavior, cfg.eps.range)
-    if base_kwargs.get("make_train_env") is not None:  # the training envs draw only this threshold
-        base_kwargs["make_train_env"] = functools.partial(base_kwargs["make_train_env"], eps_values=[threshold])
     return build_ccpo(cfg, obs_dim, act_dim, module_cls=functools.partial(CVPO, threshold=threshold),
                       **base_kwargs)

@@ -110,7 +110,7 @@ class CPO(OnPolicyModule):
         cost = batch["next", "cost"]
         if self.shaping is None:
             return cost
-        key = self.stream.collects if self.stream is not None else -1
+        key = self.rollouts.stream.collects if self.rollouts is not None else -1
         if self._shaped is None or self._shaped[0] != key:
             self.fit_shaping(batch)
             with torch.no_grad():
