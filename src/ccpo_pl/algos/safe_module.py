@@ -64,7 +64,7 @@ class SafeRLModule(L.LightningModule):
         self.on_nan = on_nan
         self.eps_behavior_t = torch.tensor([float(e) for e in eps_behavior])
         self.eps_range = (float(eps_range[0]), float(eps_range[1]))
-        self.eps_eval = [float(e) for e in eps_eval]
+        self.eps_eval = [float(e) for e in eps_eval]  # the evaluation grid, kept with the hyperparameters
         self.eps_bins = threshold_bins(eps_behavior, eps_range, eps_bin)
         bins_t = torch.tensor(self.eps_bins)
         self.register_buffer("eps_bin_edges", (bins_t[1:] + bins_t[:-1]) / 2, persistent=False)  # midpoints

@@ -192,7 +192,7 @@ class OffPolicyLagrangian(SafeRLModule):
     # ---------------------------------------------------------------- Lagrange multipliers
     def on_new_collect(self) -> None:
         """After each collection: step each behaviour threshold's multiplier on its mean episode cost."""
-        tallies = self.rollouts.stream.peek_episode_stats()[:, [0, 2]].to(self.device)  # [n_beh, (episodes, sum of costs)]
+        tallies = self.rollouts.stream.peek_episode_stats()[:, [0, 2]].to(self.device)  # [n_beh, (episodes, costs)]
         if self.trainer.world_size > 1:
             tallies = self.trainer.strategy.reduce(tallies.float(), reduce_op="sum")
         n, cost_sum = tallies[:, 0].double(), tallies[:, 1].double()
