@@ -19,14 +19,20 @@ from ccpo_pl.faults import Preempted, StorageError
 INTERRUPTED_EXIT = 130
 
 
+def _stream(trainer):
+    """The train iterable of the trainer's rollouts (`data.RolloutData`), None before it is built."""
+    return getattr(trainer.datamodule, "stream", None)
+
+
 class FramesProgressBar(RichProgressBar):
-    """Rich progress bar showing env frames, and J_c(eps) of the last evaluation for each evaluation threshold."""
+    """Rich progress bar showing env frames, and J_c(eps) of the last evaluation for each evaluation threshold (the
+    `latest_eval` of `evaluation.PeriodicEvaluation`)."""
 
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         items["frames"] = f"{getattr(pl_module, 'global_frames', 0):,}"
-        latest = getattr(pl_module, "latest_eval", {})
+        latest = next((cb.latest_eval for cb in trainer.callbacks if hasattr(cb, "latest_eval")), {})
         if latest:
             items["eval cost"] = " ".join(f"{e:g}:{c:.1f}" for e, c in latest.items())
         return items
@@ -139,7 +145,7 @@ class Preemption(Callback):
         return bool(trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        per_collect = getattr(getattr(pl_module, "stream", None), "updates_per_collect", 1)
+        per_collect = getattr(_stream(trainer), "updates_per_collect", 1)
         if (batch_idx + 1) % per_collect or batch_idx + 1 >= trainer.num_training_batches:
             return  # not a collection boundary, or the epoch's end (its own checkpoint follows)
         if self.total_frames is not None and getattr(pl_module, "global_frames", 0) >= self.total_frames:
@@ -185,7 +191,7 @@ class FlushLogs(Callback):
         self._collects: int | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        collects = getattr(getattr(pl_module, "stream", None), "collects", None)
+        collects = getattr(_stream(trainer), "collects", None)
         if collects != self._collects:
             self._collects = collects
             for logger in trainer.loggers:

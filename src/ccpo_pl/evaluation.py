@@ -1,5 +1,14 @@
 """Evaluation of a threshold-conditioned policy: deterministic episodes per eps and the CCPO paper's metrics.
 
+One path runs the episodes: `evaluate_thresholds` (the policy wrapped by `make_policy`, sub-env j of the grid seeded
+with `seed + j`, the caller's RNG streams left as they were). Two callers use it:
+
+`PeriodicEvaluation` is the Lightning callback that evaluates the policy being trained every
+`eval.every_epochs` epochs and at the last one (seed `seed + 10000 (1 + rank)`, the same start states at every
+evaluation): TensorBoard's `eval/eps_<eps>/{reward,cost,cv}`, the paper's averages `eval/avg_{reward,cv}` and over
+unseen thresholds `eval/avg_{reward,cv}_unseen`, the J(eps) plot as the image `eval/curves`, and a custom-scalar
+layout that puts all thresholds' curves of a quantity on one chart.
+
 `evaluate_run` is what `python -m ccpo_pl.evaluate` and the end of `ccpo_pl.fit` call: it loads the policy of a
 checkpoint (no training state), runs episodes on a threshold grid in batched envs with the deterministic (mean
 action) and/or the stochastic (sampled actions) policy, and writes `eval/per_eps.csv`, `eval/per_episode.csv`,
@@ -13,11 +22,14 @@ import io
 import json
 import math
 import os
+import re
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
@@ -26,8 +38,8 @@ from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
 from ccpo_pl.checkpointing import READABLE_FORMATS, check_checkpoint
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError, check_writable
-from ccpo_pl.metrics import cost_violation  # noqa: F401 - re-exported: the per-threshold metric lives with the others
-from ccpo_pl.metrics import outside_range, per_eps_stats, seen_mask, summarize
+from ccpo_pl.metrics import cost_violation  # the per-threshold metric lives with the others; re-exported here
+from ccpo_pl.metrics import cost_violation_per_episode, eps_tag, outside_range, per_eps_stats, seen_mask, summarize
 from ccpo_pl.nets import EpsActor, make_policy
 
 #: the algorithms whose policy is the linear combination of per-threshold policies (`extrapolation=` applies)
@@ -162,6 +174,94 @@ def evaluate_thresholds(policy, env_cfg: Mapping, eps: Sequence[float], episodes
     finally:
         np.random.set_state(np_state)
     return tuple(torch.cat(parts).view(len(eps), episodes) for parts in zip(*results))
+
+
+class PeriodicEvaluation(Callback):
+    """Deterministic episodes on the evaluation grid every `every_epochs` epochs and after the last one, logged at
+    the global frame count (see the module docstring). `latest_eval` (eps -> J_c) feeds the progress bar;
+    `final_metrics` (the last evaluation's `eval/...` and `train/frames`) is what `ccpo_pl.fit` returns.
+
+    Args:
+        env_cfg: the run's `env` config (`make_env`).
+        eps_eval: the evaluation grid; `eps_behavior`: the behaviour thresholds (seen / unseen split, the plot).
+        episodes: episodes per threshold; `every_epochs`: the evaluation period; `seed`: the run's seed.
+        horizon: the episode length bound (`env.max_episode_steps`).
+    """
+
+    def __init__(self, env_cfg: Mapping, eps_eval: Sequence[float], eps_behavior: Sequence[float], *,
+                 episodes: int = 1, every_epochs: int = 1, seed: int = 0, horizon: int):
+        self.env_cfg, self.eps_eval = env_cfg, [float(e) for e in eps_eval]
+        self.eps_behavior = [float(e) for e in eps_behavior]
+        self.episodes, self.every_epochs = int(episodes), int(every_epochs)
+        self.seed, self.horizon = int(seed), int(horizon)
+        self.latest_eval: dict[float, float] = {}
+        self.final_metrics: dict[str, float] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.log_layout(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_epochs == 0 or epoch >= trainer.max_epochs:
+            self.evaluate(trainer, pl_module)
+
+    @torch.no_grad()
+    def evaluate(self, trainer, pl_module) -> dict[str, float]:
+        """Deterministic episodes on the evaluation grid; logs the per-threshold metrics, the averages and the plot."""
+        start = time.perf_counter()
+        ep_r, ep_c, _ = evaluate_thresholds(make_policy(pl_module.actor), self.env_cfg, self.eps_eval, self.episodes,
+                                            seed=self.seed + 10_000 * (1 + trainer.global_rank),
+                                            max_steps=self.horizon, batch_envs=len(self.eps_eval) * self.episodes)
+        eps = torch.tensor(self.eps_eval, dtype=torch.float64)
+        ep_c = ep_c.double()
+        stats = torch.stack([ep_r.double().mean(1), ep_c.mean(1), cost_violation_per_episode(ep_c, eps)], 0)
+        stats = pl_module.reduce_mean(stats.to(pl_module.device)).cpu().double()
+        reward, cost = stats[0].tolist(), stats[1].tolist()
+        cv = cost_violation(stats[1], eps).tolist()
+        metrics = {}
+        for i, e in enumerate(self.eps_eval):
+            metrics |= {f"eval/{eps_tag(e)}/reward": reward[i], f"eval/{eps_tag(e)}/cost": cost[i],
+                        f"eval/{eps_tag(e)}/cv": cv[i]}
+        summary = summarize(reward, cv, seen_mask(self.eps_eval, self.eps_behavior), stats[2].tolist())
+        metrics |= {f"eval/{k}": v for k, v in summary.items() if not math.isnan(v)}
+        frames = pl_module.global_frames
+        self.latest_eval = dict(zip(self.eps_eval, cost))
+        self.final_metrics = metrics | {"train/frames": float(frames)}
+        if pl_module.logger is not None:
+            pl_module.logger.log_metrics(metrics, step=frames)
+            writer = getattr(pl_module.logger, "experiment", None)
+            if trainer.global_rank == 0 and hasattr(writer, "add_figure"):  # the J(eps) plot: `eval/curves`
+                fig = plot_curves({"eps": self.eps_eval, "reward_mean": reward, "cost_mean": cost},
+                                  self.eps_behavior, f"{frames} frames")
+                writer.add_figure("eval/curves", fig, global_step=frames, close=False)
+        if hasattr(pl_module, "timing"):
+            pl_module.timing["eval_s"] += time.perf_counter() - start
+        return metrics
+
+    @staticmethod
+    def log_layout(trainer, pl_module) -> None:
+        """TensorBoard custom scalars: every threshold's curve of a quantity on one chart (rank 0 only)."""
+        writer = getattr(pl_module.logger, "experiment", None)
+        if trainer.global_rank != 0 or not hasattr(writer, "add_custom_scalars"):
+            return
+        multi = lambda pattern: ["Multiline", [pattern]]  # noqa: E731 - a TensorBoard regex over tags
+        per_eps = getattr(pl_module, "per_eps_metrics", dict)()
+        layout = {
+            "eval: all thresholds": {
+                "J_c(eps): episode cost": multi(r"eval/eps_[^/]+/cost"),
+                "J_r(eps): episode reward": multi(r"eval/eps_[^/]+/reward"),
+                "CV(eps) = max(0, J_c - eps)": multi(r"eval/eps_[^/]+/cv"),
+                "Avg. CV and Avg. CV-G": multi(r"eval/avg_cv.*"),
+                "Avg. R and Avg. R-G": multi(r"eval/avg_reward.*"),
+            },
+            "train: behaviour thresholds": {
+                "episode cost": multi(r"train/eps_[^/]+/episode_cost"),
+                "episode reward": multi(r"train/eps_[^/]+/episode_reward"),
+            },
+            "per threshold bin": {name.replace("/{eps}", ""): multi(re.escape(pl_module.per_eps_tag(name, 0.0)).replace(
+                "eps_0", r"eps_[^/]+") + "$") for name in per_eps},
+        }
+        writer.add_custom_scalars(layout)
 
 
 def plot_curves(stats: Mapping[str, Sequence[float]] | Mapping[str, Mapping[str, Sequence[float]]],

@@ -38,8 +38,9 @@ from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.callbacks import INTERRUPTED_EXIT, DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
 from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp
 from ccpo_pl.envs import make_env
+from ccpo_pl.data import RolloutData
 from ccpo_pl.errors import ConfigError, refuse_or_run
-from ccpo_pl.evaluation import evaluate_run
+from ccpo_pl.evaluation import PeriodicEvaluation, evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
 from ccpo_pl.validation import CONF_DIR, GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
@@ -178,7 +179,8 @@ def unlock_run(run_dir: Path) -> None:
 
 class RecordRun(Callback):
     """When training really starts (rank 0): write `config.yaml` atomically (fsync, rename) and append the command
-    line to `commands.txt`. A run that failed before this point has not claimed its name."""
+    line to `commands.txt`. A run that failed before this point has not claimed its name. Every checkpoint carries
+    the resolved config as plain data (`hyper_parameters.run_config`), which `load_policy` and resumes read."""
 
     def __init__(self, run_dir: Path, plain: dict, command: str | None):
         self.run_dir, self.plain, self.command = run_dir, plain, command
@@ -192,6 +194,9 @@ class RecordRun(Callback):
         if self.command:
             with open(self.run_dir / "commands.txt", "a") as f:
                 f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.command}\n")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint.setdefault("hyper_parameters", {})["run_config"] = self.plain
 
 
 # ---------------------------------------------------------------- the run
@@ -225,7 +230,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     frames_per_epoch = cfg.collect.frames_per_collect * cfg.collect.collects_per_epoch * n_ranks
     max_epochs = math.ceil(cfg.total_frames / frames_per_epoch)
     obs_dim, act_dim = env_sizes(cfg)
-    module = build_module(cfg, obs_dim, act_dim, run_dir, max_epochs)
+    module = build_module(cfg, obs_dim, act_dim)
     ckpt, ckpt_frames = resume_point(cfg, run_dir, module)
     if ckpt_frames is not None and ckpt_frames >= cfg.total_frames:
         print(f"ccpo_pl.fit: run {str(run_dir)!r} already has {ckpt_frames} frames (total_frames="
@@ -233,6 +238,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         return {"train/frames": float(ckpt_frames)}
 
     record = RecordRun(run_dir, plain, command)
+    evaluation = build_evaluation(cfg)
     created = not run_dir.exists()
     try:
         if rank_zero_only.rank == 0:
@@ -241,9 +247,9 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
             remove_stale_tmp(run_dir)  # left by a process killed while writing
             if ckpt_frames is not None:
                 print(f"ccpo_pl.fit: resuming run {str(run_dir)!r} from {ckpt} ({ckpt_frames} frames)", flush=True)
-        trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames, record)
+        trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames, record, evaluation)
         try:
-            trainer.fit(module, ckpt_path=ckpt)
+            trainer.fit(module, datamodule=build_data(cfg, run_dir), ckpt_path=ckpt)
         except Exception as err:  # noqa: BLE001 - re-raised, as the fault it reports where that is known
             raise _as_fault(err, run_dir) from None
     except BaseException:
@@ -251,7 +257,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
             unlock_run(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    metrics = dict(module.final_metrics)
+    metrics = evaluation.final_metrics | module.time_metrics
     if trainer.global_rank == 0 and cfg.eval.final_episodes > 0 and module.global_frames >= cfg.total_frames:
         summary = final_evaluation(cfg, run_dir)
         metrics |= {f"final/{k}": v for k, v in summary["by_policy"][summary["policy"]].items()}  # the headline
@@ -279,25 +285,34 @@ def _as_fault(err: Exception, run_dir: Path) -> Exception:
                         f"space, then re-run the same command to resume")
 
 
-def build_module(cfg: DictConfig, obs_dim: int, act_dim: int, run_dir: Path, max_epochs: int) -> L.LightningModule:
-    """The algorithm's training module, with its envs, stream and checkpoint settings from the config."""
-    behavior, evals = list(cfg.eps.behavior), list(cfg.eps.eval)
-    episodes = cfg.eval.episodes
+def build_module(cfg: DictConfig, obs_dim: int, act_dim: int) -> L.LightningModule:
+    """The algorithm's training module from the config."""
     return build(
         cfg, obs_dim, act_dim,
-        eps_behavior=behavior, eps_range=list(cfg.eps.range), eps_bin=cfg.eps.bin, eps_eval=evals,
-        horizon=int(cfg.env.max_episode_steps), total_frames=int(cfg.total_frames),
-        make_train_env=functools.partial(make_env, cfg.env, num_envs=cfg.collect.num_envs, eps_values=behavior,
-                                         eps_mode="sample", parallel=cfg.collect.parallel),
-        make_eval_env=functools.partial(make_env, cfg.env, num_envs=len(evals) * episodes,
-                                        eps_values=[e for e in evals for _ in range(episodes)], eps_mode="fixed"),
+        eps_behavior=list(cfg.eps.behavior), eps_range=list(cfg.eps.range), eps_bin=cfg.eps.bin,
+        eps_eval=list(cfg.eps.eval), horizon=int(cfg.env.max_episode_steps), total_frames=int(cfg.total_frames),
+        seed=int(cfg.seed), on_nan=cfg.faults.on_nan,
+    )
+
+
+def build_data(cfg: DictConfig, run_dir: Path) -> RolloutData:
+    """The run's training data: envs, collector and replay buffer per rank, sidecars beside the checkpoints."""
+    return RolloutData(
+        functools.partial(make_env, cfg.env, num_envs=cfg.collect.num_envs, eps_mode="sample",
+                          parallel=cfg.collect.parallel),
         stream=dict(frames_per_collect=cfg.collect.frames_per_collect, updates_per_collect=updates_per_collect(cfg),
                     collects_per_epoch=cfg.collect.collects_per_epoch, buffer_size=cfg.collect.buffer_size,
                     batch_size=cfg.collect.batch_size),
-        seed=int(cfg.seed), eval_every=cfg.eval.every_epochs, eval_episodes=episodes, max_epochs=max_epochs,
-        sidecar_dir=str(run_dir / "checkpoints" / "sidecars"), keep_buffers=cfg.checkpoint.keep_buffers,
-        run_config=OmegaConf.to_container(cfg, resolve=True), on_nan=cfg.faults.on_nan,
-    )
+        eps_behavior=list(cfg.eps.behavior), seed=int(cfg.seed),
+        sidecar_dir=str(run_dir / "checkpoints" / "sidecars"), keep_buffers=cfg.checkpoint.keep_buffers)
+
+
+def build_evaluation(cfg: DictConfig) -> PeriodicEvaluation:
+    """The periodic evaluation on `eps.eval` during training."""
+    return PeriodicEvaluation(OmegaConf.to_container(cfg.env, resolve=True), list(cfg.eps.eval),
+                              list(cfg.eps.behavior), episodes=int(cfg.eval.episodes),
+                              every_epochs=int(cfg.eval.every_epochs), seed=int(cfg.seed),
+                              horizon=int(cfg.env.max_episode_steps))
 
 
 def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
@@ -307,9 +322,10 @@ def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, ckpt_frames: int | None,
-                 record: RecordRun) -> L.Trainer:
+                 record: RecordRun, evaluation: PeriodicEvaluation) -> L.Trainer:
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
+        evaluation,  # before the epoch's checkpoints (Lightning runs checkpoint callbacks last)
         # last.ckpt after every epoch (overwritten atomically), and a kept checkpoint every N epochs
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_epochs=1, save_top_k=1,
                         enable_version_counter=False, save_on_train_epoch_end=True),

@@ -23,6 +23,11 @@ from torch import Tensor
 SEEN_ATOL = 1e-6
 
 
+def eps_tag(eps: float) -> str:
+    """`eps_20`, `eps_12.5`: the TensorBoard group of a threshold."""
+    return f"eps_{float(eps):g}"
+
+
 def cost_violation(cost: Tensor, eps: Tensor) -> Tensor:
     """CCPO paper Table 1: CV(eps) = max(0, J_c(eps) - eps), the episodic cost above the threshold."""
     return (cost - eps).clamp_min(0.0)

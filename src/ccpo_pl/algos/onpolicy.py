@@ -31,11 +31,10 @@ from torchrl.objectives.value.functional import vec_generalized_advantage_estima
 
 from ccpo_pl.algos.safe_module import SafeRLModule, eps_tag
 from ccpo_pl.algos.trust_region import diag_normal_kl, diag_normal_log_prob
-from ccpo_pl.data import OnPolicyStream
-from ccpo_pl.nets import EpsPolicy, nearest_threshold
+from ccpo_pl.nets import nearest_threshold
 
 __all__ = ["advantages", "apply_grads", "attach", "diag_normal_kl", "diag_normal_log_prob", "end_update",
-           "episode_costs", "fit_value", "log_update", "make_stream", "mean_grads", "minibatches", "new_collection",
+           "episode_costs", "fit_value", "log_update", "mean_grads", "minibatches", "new_collection",
            "optimizer"]
 
 
@@ -54,7 +53,7 @@ def new_collection(module: SafeRLModule) -> bool:
     """Call first in `training_step`: `module.on_new_data()`, then whether the collection may be learned from
     (False, counted as a skipped update, where `faults.on_nan=skip` dropped corrupt env data)."""
     module.on_new_data()
-    if not module.stream.clean:  # on_nan=skip (stop raised in on_new_data): no update from corrupt data
+    if not module.rollouts.stream.clean:  # on_nan=skip (stop raised in on_new_data): no update from corrupt data
         module.faults["skipped_updates"] += 1
         return False
     return True
@@ -66,12 +65,6 @@ def end_update(module: SafeRLModule, start: float, loss_value: Tensor | None, lo
     module.check_finite(module.parameter_tensors, can_skip=False)
     if loss_value is not None and loss_policy is not None:
         module.record_update(loss_value, loss_policy, time.perf_counter() - start)
-
-
-def make_stream(module: SafeRLModule) -> OnPolicyStream:
-    """The on-policy train iterable of `module` (its `make_stream`): one collection per update."""
-    return OnPolicyStream(module._seeded_train_env, EpsPolicy(module.actor), device=module.device,
-                          eps_behavior=module.hparams.eps_behavior, **module.hparams.stream)
 
 
 @torch.no_grad()

@@ -3,7 +3,6 @@ the CCPO module at one fixed threshold behind an eps-pinned policy (`ccpo.cvpo`)
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,13 +29,11 @@ def make_actor(run_cfg: Mapping, obs_dim: int, act_dim: int) -> nn.Module:
 
 
 def build(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> CCPO:
-    """CCPO (or CVPO, `algo.name=cvpo`) from the composed config; CVPO's training envs draw only its threshold."""
+    """CCPO (or CVPO, `algo.name=cvpo`) from the composed config."""
     a = cfg.algo
     threshold = None
-    if is_cvpo(cfg):
+    if is_cvpo(cfg):  # its training envs draw only this threshold (`CCPO.collection_eps`)
         threshold = cvpo_threshold(a, cfg.eps.behavior, cfg.eps.range)
-        if base_kwargs.get("make_train_env") is not None:
-            base_kwargs["make_train_env"] = functools.partial(base_kwargs["make_train_env"], eps_values=[threshold])
     plain = OmegaConf.to_container(a, resolve=True)
     return CCPO(
         make_actor(cfg, obs_dim, act_dim), make_critic(a, obs_dim, act_dim, cfg.eps.range), gamma=a.gamma,

@@ -434,6 +434,10 @@ class CCPO(SafeRLModule):
             return obs[: per * n_eps].view(n_eps, per, -1)
         return obs[:per].expand(n_eps, per, -1)
 
+    def collection_eps(self) -> list[float]:
+        """The thresholds the training envs draw: the behaviour ones, or with `threshold` set (CVPO) that one."""
+        return super().collection_eps() if self.hparams.threshold is None else [float(self.hparams.threshold)]
+
     def sample_train_eps(self) -> Tensor:
         """Thresholds of this update (same on every rank): behaviour ones, plus versatile draws after the warm-up.
         Served from a table of `EPS_ROWS` updates' draws (`draw_train_eps`), drawn anew when it runs out or the

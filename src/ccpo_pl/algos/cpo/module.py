@@ -111,10 +111,10 @@ class CPO(SafeRLModule):
         self._shaping_stats: dict[str, Tensor] = {}
 
     optimizer, mean_grads = onpolicy.optimizer, onpolicy.mean_grads
+    #: the rollouts yield each collection whole, once (`data.OnPolicyStream`)
+    on_policy = True
 
-    # ---------------------------------------------------------------- data, optimizers and the cost signal
-    def make_stream(self):
-        return onpolicy.make_stream(self)
+    # ---------------------------------------------------------------- optimizers and the cost signal
 
     def configure_optimizers(self):
         return [torch.optim.Adam(self.value.parameters(), lr=self.lr_value), *self.policy_optimizers()]
@@ -130,7 +130,7 @@ class CPO(SafeRLModule):
         cost = batch["next", "cost"]
         if self.shaping is None:
             return cost
-        key = self.stream.collects if self.stream is not None else -1
+        key = self.rollouts.stream.collects if self.rollouts is not None else -1
         if self._shaped is None or self._shaped[0] != key:
             self.fit_shaping(batch)
             with torch.no_grad():

@@ -55,7 +55,6 @@ from ccpo_pl.algos.lagrange import LagrangeMultipliers
 from ccpo_pl.algos.lagrangian import equations as eq
 from ccpo_pl.algos.lagrangian.nets import make_squashed_policy
 from ccpo_pl.algos.safe_module import SafeRLModule, eps_tag
-from ccpo_pl.data import OffPolicyStream
 from ccpo_pl.nets import nearest_threshold
 
 TRAIN_EPS = ("collected", "behavior")
@@ -196,7 +195,7 @@ class OffPolicyLagrangian(SafeRLModule):
     # ---------------------------------------------------------------- Lagrange multipliers
     def on_new_collect(self) -> None:
         """After each collection: step each behaviour threshold's multiplier on its mean episode cost."""
-        tallies = self.stream.peek_episode_stats()[:, [0, 2]].to(self.device)  # [n_beh, (episodes, sum of costs)]
+        tallies = self.rollouts.stream.peek_episode_stats()[:, [0, 2]].to(self.device)  # [n_beh, (episodes, costs)]
         if self.trainer.world_size > 1:
             tallies = self.trainer.strategy.reduce(tallies.float(), reduce_op="sum")
         n, cost_sum = tallies[:, 0].double(), tallies[:, 1].double()
@@ -244,10 +243,9 @@ class VSACLag(OffPolicyLagrangian):
         self.target_entropy = float(target_entropy)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha_init)), requires_grad=bool(learn_alpha))
 
-    def make_stream(self) -> OffPolicyStream:
-        """Collection samples SAC's squashed Gaussian (the default stream would sample N(tanh(mu), sigma))."""
-        return OffPolicyStream(self._seeded_train_env, make_squashed_policy(self.actor), device=self.device,
-                               eps_behavior=self.hparams.eps_behavior, **self.hparams.stream)
+    def collection_policy(self):
+        """Collection samples SAC's squashed Gaussian (the default policy would sample N(tanh(mu), sigma))."""
+        return make_squashed_policy(self.actor)
 
     def configure_optimizers(self):
         opts = super().configure_optimizers()
