@@ -26,7 +26,8 @@ from ccpo_pl.deploy import Policy, policy_metadata, remaining_budget, run_episod
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_thresholds, load_policy
 from ccpo_pl.export import export_policy, policy_bytes
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import make_policy
 
 REPO = Path(__file__).resolve().parents[1]

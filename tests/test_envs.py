@@ -209,11 +209,11 @@ def test_parallel_env_with_safety_gymnasium_worker():
 
 
 def test_env_configs_match_tasks():
-    from pathlib import Path
-
     from omegaconf import OmegaConf
 
-    paths = sorted((Path(__file__).parents[1] / "conf" / "env").glob("*.yaml"))
+    from ccpo_pl.conf import CONF_DIR
+
+    paths = sorted((CONF_DIR / "env").glob("*.yaml"))
     assert sorted(path.stem for path in paths) == sorted(TASKS)
     for path in paths:
         cfg = OmegaConf.load(path)

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import CSV_COLUMNS, evaluate_run
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.fit import fit
 from ccpo_pl.metrics import cost_violation, mean_std, outside_range, per_eps_stats, seen_mask, summarize
 from ccpo_pl.report import report
 

@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import load_policy
-from ccpo_pl.fit import CONF_DIR, ConfigError, fit, validate
+from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.fit import ConfigError, fit, validate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -38,7 +38,8 @@ from ccpo_pl.checkpointing import Sidecars, safe_load
 from ccpo_pl.data import OffPolicyStream
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.faults import NumericalFault, StorageError
-from ccpo_pl.fit import CONF_DIR, check_checkpoint, fit
+from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.fit import check_checkpoint, fit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from ccpo_pl.errors import ConfigError
-from ccpo_pl.fit import CONF_DIR
+from ccpo_pl.conf import CONF_DIR
 from ccpo_pl.validation import SCHEMA, check_override_keys, validate
 
 ALGOS = sorted(p.stem for p in (CONF_DIR / "algo").glob("*.yaml"))

@@ -13,9 +13,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ccpo_pl.conf import CONF_PATH
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_run
-from ccpo_pl.fit import CONF_DIR
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -30,7 +30,7 @@ def evaluate(cfg: DictConfig) -> dict:
                         extrapolation=cfg.extrapolation)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         summary = evaluate(cfg)

@@ -37,11 +37,12 @@ from ccpo_pl import checkpointing, compat
 from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.callbacks import INTERRUPTED_EXIT, DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
 from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp
+from ccpo_pl.conf import CONF_DIR, CONF_PATH
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
-from ccpo_pl.validation import CONF_DIR, GROUPS, check_override_keys, updates_per_collect, validate, world_size
+from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
 RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
@@ -350,7 +351,7 @@ def _check_group_overrides(argv: list[str]) -> None:
     check_override_keys(argv)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         metrics = fit(cfg, command=" ".join(["python -m ccpo_pl.fit", *HydraConfig.get().overrides.task]))

@@ -22,16 +22,14 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ccpo_pl.conf import CONF_DIR
 from ccpo_pl.errors import ConfigError
 
-#: the config files (`conf/`), found beside the package's source tree
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: config groups: `env=<file>` picks conf/env/<file>.yaml
 GROUPS = ("env", "algo", "trainer", "experiment")
 

@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import evaluate_thresholds, load_policy
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import make_policy
 
 UNSEEN = 25.0  # not a behaviour threshold, not on the smoke evaluation grid

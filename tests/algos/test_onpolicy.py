@@ -15,7 +15,8 @@ from ccpo_pl.algos import registry
 from ccpo_pl.algos.onpolicy import OnPolicyModule, diag_normal_kl, diag_normal_log_prob
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import evaluate_thresholds, load_policy
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import EpsActor, ValueCritic, make_actor, make_policy
 
 

@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ccpo_pl.algos.ccpo import equations as eq
-from ccpo_pl.fit import CONF_DIR
+from ccpo_pl.conf import CONF_DIR
 
 KAPPA, K, E = 0.02, 16, 3
 LAM_MAX = 100.0

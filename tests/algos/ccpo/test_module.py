@@ -13,7 +13,7 @@ from ccpo_pl.algos.ccpo import equations as eq
 from ccpo_pl.algos.ccpo.module import CCPO
 from ccpo_pl.algos.common import polyak
 from ccpo_pl.algos.registry import build
-from ccpo_pl.fit import CONF_DIR
+from ccpo_pl.conf import CONF_DIR
 from ccpo_pl.nets import critic_members
 
 OBS, ACT, B = 3, 2, 64

@@ -20,7 +20,8 @@ from ccpo_pl.algos.combined.module import CPPOLag, CTRPOLag
 from ccpo_pl.algos.onpolicy import diag_normal_log_prob
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import evaluate_run, evaluate_thresholds, load_policy
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import ValueCritic, make_policy
 
 EPS_B = [20.0, 40.0, 60.0]

@@ -22,7 +22,8 @@ from ccpo_pl.algos.cpo.module import CPO, FPO, PDO, TRPO
 from ccpo_pl.algos.onpolicy import diag_normal_kl, diag_normal_log_prob
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.errors import ConfigError
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import EpsActor, ValueCritic
 
 OBS, ACT, T, D = 3, 2, 50, 25.0
