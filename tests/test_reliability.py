@@ -582,7 +582,7 @@ BAD_INPUTS = [
     (["algo.hidden=[64,0]"], "algo.hidden=[64, 0]", "positive integers"),
     (["algo.z.kind=cubic"], "algo.z.kind='cubic'", "one of poly, mlp"),
     (["algo.estep_precision=fp16"], "algo.estep_precision='fp16'", "one of auto, fp32, bf16"),
-    (["algo.lagrangian.method=adam"], "algo.lagrangian.method='adam'", "one of gradient, pid"),
+    (["algo.lagrange.method=adam"], "algo.lagrange.method='adam'", "one of gradient, pid"),
     (["algo.name=nope"], "unknown algo 'nope'", "ccpo, ccpo_wo_cvi"),
     (["trainer.accelerator=tpu"], "trainer.accelerator='tpu'", "one of cpu, gpu"),
     (["trainer.strategy=fsdp"], "trainer.strategy='fsdp'", "one of auto, ddp"),

@@ -42,7 +42,8 @@ from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
-from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
+from ccpo_pl.validation import (GROUPS, check_override_keys, current_run_config, updates_per_collect, validate,
+                                world_size)
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
 RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
@@ -84,7 +85,7 @@ def run_config(run_dir: Path) -> dict | None:
         raise ConfigError(f"{str(snapshot)!r} is {problem}; the run's config is also in its checkpoints "
                           f"(hyper_parameters.run_config): restore the file from there or a backup, or move the run "
                           f"directory away to start over")
-    return old
+    return current_run_config(old)
 
 
 def check_resumable(run_dir: Path, plain: dict) -> None:

@@ -247,8 +247,8 @@ class _ConstantCostCritic(torch.nn.Module):
 def test_wo_cvi_multipliers_follow_the_selected_lagrange_rule(method, expected):
     """Q_c above the Q-unit threshold by 2, 4, 1. Gradient (lr 0.5): 0+1, 1+2, 3+0.5. PID (kp 1, ki 0.5, kd 2):
     2+1+0, 4+3+2*2, 1+3.5+0 (the first step has no derivative term)."""
-    module = make_module("algo.cvi=false", f"algo.lagrangian.method={method}", "algo.lagrangian.lr=0.5",
-                         "algo.lagrangian.pid={kp: 1.0, ki: 0.5, kd: 2.0}")
+    module = make_module("algo.cvi=false", f"algo.lagrange.method={method}", "algo.lagrange.lr=0.5",
+                         "algo.lagrange.pid={kp: 1.0, ki: 0.5, kd: 2.0}")
     module.critic = _ConstantCostCritic()
     eps = torch.tensor([40.0])
     bins = module.bin_index(eps)

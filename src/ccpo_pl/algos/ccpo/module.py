@@ -111,7 +111,7 @@ class CCPO(SafeRLModule):
         self.lagrangian = {"method": "gradient", "lr": 0.01, "lam_max": 100.0, "alpha": 0.0,
                            "pid": {"kp": 0.1, "ki": 0.01, "kd": 0.01}, **(lagrangian or {})}
         if self.lagrangian["method"] not in METHODS:
-            raise ValueError(f"algo.lagrangian.method={self.lagrangian['method']!r} is not allowed; use "
+            raise ValueError(f"algo.lagrange.method={self.lagrangian['method']!r} is not allowed; use "
                              f"{' or '.join(METHODS)}")
         n_bins = len(self.eps_bins)
         self.register_buffer("eta", torch.full((n_bins,), float(self.dual["eta_init"])))
