@@ -51,3 +51,9 @@ def tb_scalars() -> Callable[[Path], dict[str, list[tuple[int, float]]]]:
         return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
     return scalars
+
+
+@pytest.fixture(scope="session")
+def tb_values(tb_scalars) -> Callable[[Path], dict[str, list[float]]]:
+    """`tb_values(run_dir)`: tag -> [value, ...] of every scalar the run logged, in step order."""
+    return lambda run_dir: {tag: [v for _, v in events] for tag, events in tb_scalars(run_dir).items()}
