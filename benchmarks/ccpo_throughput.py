@@ -13,9 +13,9 @@ has the whole-run figures.
 
     uv run --locked python benchmarks/ccpo_throughput.py [--algo NAME] [hydra overrides, e.g. collect.num_envs=20]
 
-`--algo NAME` (default ccpo) benchmarks any registered algorithm (`src/ccpo_pl/conf/algo/NAME.yaml`) the same way. FSRL's same
-algorithm on SafetyBallCircle-v0, measured on this machine: SAC-Lag ~280 env steps/s, PPO-Lag ~2,000, CPO ~1,080,
-CVPO 240-300 (`bash ../shared/peers/fsrl_run.sh <algo>`).
+`--algo NAME` (default ccpo) benchmarks any registered algorithm (`src/ccpo_pl/conf/algo/NAME.yaml`) the same
+way. FSRL's same algorithm on SafetyBallCircle-v0, measured on this machine: SAC-Lag ~280 env steps/s, PPO-Lag
+~2,000, CPO ~1,080, CVPO 240-300 (`bash ../shared/peers/fsrl_run.sh <algo>`).
 
 Last line: env_steps_per_s=<x> ms_per_update=<y> thresholds_per_update=<n> updates_per_step=<u> algo=<name>
 (thresholds_per_update only for algorithms with `algo.n_eps`, the CCPO family).

@@ -23,8 +23,8 @@ import torch
 from omegaconf import DictConfig
 
 from ccpo_pl.checkpointing import atomic_write
-from ccpo_pl.deploy import Policy, load
 from ccpo_pl.conf import CONF_PATH
+from ccpo_pl.deploy import Policy, load
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import resolve_checkpoint
 

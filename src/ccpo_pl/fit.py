@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ccpo_pl import checkpointing, compat
+from ccpo_pl import checkpointing, compat, validation
 from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.callbacks import INTERRUPTED_EXIT, DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
 from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp
@@ -42,8 +42,7 @@ from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
-from ccpo_pl.validation import (GROUPS, check_override_keys, current_run_config, updates_per_collect, validate,
-                                world_size)
+from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
 RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
@@ -85,7 +84,7 @@ def run_config(run_dir: Path) -> dict | None:
         raise ConfigError(f"{str(snapshot)!r} is {problem}; the run's config is also in its checkpoints "
                           f"(hyper_parameters.run_config): restore the file from there or a backup, or move the run "
                           f"directory away to start over")
-    return current_run_config(old)
+    return validation.current_run_config(old)
 
 
 def check_resumable(run_dir: Path, plain: dict) -> None:

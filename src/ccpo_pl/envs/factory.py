@@ -1,9 +1,10 @@
 """Builds batched TorchRL envs with ``cost``, ``eps`` and episode sums for the bullet and safety-gymnasium tasks.
 
-Facts behind the construction (``../shared/design/INSTALL.md`` §7-§8, ``../shared/design/research-omnisafe-torchrl-lightning.md``
-B.1-B.2): bullet-safety-gym reports the cost only in ``info["cost"]`` as a Python number, which TorchRL's
-``default_info_dict_reader`` cannot read (it calls ``.dtype``), hence :class:`CostReader`; TorchRL's
-``SafetyGymnasiumEnv`` turns safety-gymnasium's 6-tuple step into a float64 shape-``()`` ``cost`` observation.
+Facts behind the construction (``../shared/design/INSTALL.md`` §7-§8,
+``../shared/design/research-omnisafe-torchrl-lightning.md`` B.1-B.2): bullet-safety-gym reports the cost only in
+``info["cost"]`` as a Python number, which TorchRL's ``default_info_dict_reader`` cannot read (it calls
+``.dtype``), hence :class:`CostReader`; TorchRL's ``SafetyGymnasiumEnv`` turns safety-gymnasium's 6-tuple step
+into a float64 shape-``()`` ``cost`` observation.
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ def make_env(
     eps_sampler = EpsSampler(eps_values, eps_mode)
     if eps_mode == "fixed" and len(eps_values) != num_envs:
         raise ValueError(
-            f"eps_mode='fixed' needs len(eps_values) == num_envs; got eps_values={list(eps_values)}, num_envs={num_envs}"
+            f"eps_mode='fixed' needs len(eps_values) == num_envs; got eps_values={list(eps_values)}, "
+            f"num_envs={num_envs}"
         )
     if suite == "bullet" and not parallel:
         base_env = BulletBatchEnv(env_id, num_envs, seed=seed, device=device)

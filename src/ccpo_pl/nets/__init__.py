@@ -13,6 +13,6 @@ from ccpo_pl.nets.critics import (
 )
 
 __all__ = [
-    "CriticEnsemble", "EpsActor", "EpsPolicy", "PlainCritic", "ValueCritic", "VVECritic", "critic_members", "eps_features",
-    "make_actor", "make_critic", "make_policy", "normalise_eps",
+    "CriticEnsemble", "EpsActor", "EpsPolicy", "PlainCritic", "ValueCritic", "VVECritic", "critic_members",
+    "eps_features", "make_actor", "make_critic", "make_policy", "normalise_eps",
 ]
