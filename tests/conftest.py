@@ -19,8 +19,9 @@ def _compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
         return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-def _events(run_dir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+def _events(run_dir: Path, kinds: tuple[str, ...] = ("scalars", "images", "tensors")) -> EventAccumulator:
+    """The run's TensorBoard events of `kinds`, every one of them (no sampling)."""
+    acc = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance=dict.fromkeys(kinds, 0))
     acc.Reload()
     return acc
 
@@ -47,7 +48,7 @@ def tb_events() -> Callable[[Path], EventAccumulator]:
 def tb_scalars() -> Callable[[Path], dict[str, list[tuple[int, float]]]]:
     """`tb_scalars(run_dir)`: tag -> [(step, value), ...] of every scalar the run logged."""
     def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-        acc = _events(run_dir)
+        acc = _events(run_dir, ("scalars",))
         return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
     return scalars
