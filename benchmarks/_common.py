@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from ccpo_pl.fit import CONF_DIR
+from ccpo_pl.conf import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 

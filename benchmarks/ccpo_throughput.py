@@ -14,9 +14,9 @@ has the whole-run figures.
 
     uv run --locked python benchmarks/ccpo_throughput.py [--algo NAME] [--load N] [hydra overrides, e.g. threads=1]
 
-`--algo NAME` (default ccpo) benchmarks any registered algorithm (`conf/algo/NAME.yaml`) the same way. FSRL's same
-algorithm on SafetyBallCircle-v0, same 2-core CPU: SAC-Lag ~280 env steps/s, PPO-Lag ~2,000, CPO ~1,080,
-CVPO 240-300.
+`--algo NAME` (default ccpo) benchmarks any registered algorithm (`src/ccpo_pl/conf/algo/NAME.yaml`) the same
+way. FSRL's same algorithm on SafetyBallCircle-v0, same 2-core CPU: SAC-Lag ~280 env steps/s, PPO-Lag ~2,000,
+CPO ~1,080, CVPO 240-300.
 
 `--load N` starts N busy processes (one pure-Python loop each) before the run and ends them after it: the speed of
 a run beside other work, e.g. a second seed or an editor (compare with FSRL under the same load).

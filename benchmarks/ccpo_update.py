@@ -66,7 +66,8 @@ def synthetic_batch() -> TensorDict:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--without", required=True, choices=["recompute_views", "cpp_wrapper", "split_addmm", "compile"])
+    parser.add_argument("--without", required=True,
+                        choices=["recompute_views", "cpp_wrapper", "split_addmm", "compile"])
     parser.add_argument("--blocks", type=int, default=25)
     parser.add_argument("--updates", type=int, default=40)
     args, overrides = parser.parse_known_args(argv)

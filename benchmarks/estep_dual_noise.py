@@ -15,8 +15,9 @@ runs `--updates` consecutive replay batches of `--states` states per threshold, 
 Also measures the E-step's sampled Q values in bfloat16 (`algo.estep_precision`) against float32 at the run's Q
 magnitudes: their error and the E-step weights' total-variation distance at the population solution.
 
-Prints the population solution, the bf16 line, then per scheme the share of updates with lam at its cap, the share within
-`--tol` of the population lam, and the mean |lam - lam_pop|; the last line compares the schemes as key=value pairs.
+Prints the population solution, the bf16 line, then per scheme the share of updates with lam at its cap, the share
+within `--tol` of the population lam, and the mean |lam - lam_pop|; the last line compares the schemes as key=value
+pairs.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ def relative_paths(value, root: str):
 
 
 def learning_curve(run_dir: Path, title: str) -> bytes | None:
-    """PNG of Avg. R / Avg. CV of the periodic evaluations and the training episodes against frames (None: no events)."""
+    """PNG of Avg. R / Avg. CV of the periodic evaluations and the training episodes against frames (None: no
+    events)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})

@@ -34,6 +34,7 @@ from ccpo_pl.validation import CONF_DIR
 DATA = Path(__file__).resolve().parent / "data" / "checkpoints_main"
 RUN = "ball_circle-ccpo-s0"
 FIT = ("experiment=smoke", "threads=1", "log_dir={logs}", f"run_name={RUN}")
+RESUME_REFERENCE = ("ckpt_path={ckpt}", "total_frames=3200")  # the reference checkpoint has 1600 frames
 EVALUATE = ("run={run}", "out={tmp}/eval", "episodes=1", "eps=[10]", "policy=deterministic", "threads=1")
 
 
@@ -96,10 +97,10 @@ CASES = [
     fit_case("~algo.kappa", "algo.kappa is missing", "restore it", "algo.kappa=0.03"),
     fit_case("algo.clip_epsilon=0.1", "algo.clip_epsilon", "ccpo", ("algo=c_ppo_lag", "algo.clip_epsilon=0.1")),
     # ---- fit: checkpoints and the existing run
-    fit_case("ckpt_path={text}", "{text}", "a checkpoint written by ccpo_pl.fit", ("ckpt_path={ckpt}", "total_frames=3200")),
-    fit_case("ckpt_path={nan}", "NaN or inf in actor.", "an earlier checkpoint", ("ckpt_path={ckpt}", "total_frames=3200")),
-    fit_case("ckpt_path={tmp}/none.ckpt", "none.ckpt", "does not exist", ("ckpt_path={ckpt}", "total_frames=3200")),
-    fit_case("ckpt_path={trunc}", "{trunc}", "a checkpoint written by ccpo_pl.fit", ("ckpt_path={ckpt}", "total_frames=3200")),
+    fit_case("ckpt_path={text}", "{text}", "a checkpoint written by ccpo_pl.fit", RESUME_REFERENCE),
+    fit_case("ckpt_path={nan}", "NaN or inf in actor.", "an earlier checkpoint", RESUME_REFERENCE),
+    fit_case("ckpt_path={tmp}/none.ckpt", "none.ckpt", "does not exist", RESUME_REFERENCE),
+    fit_case("ckpt_path={trunc}", "{trunc}", "a checkpoint written by ccpo_pl.fit", RESUME_REFERENCE),
     fit_case("algo.kappa=0.5", "algo.kappa: 0.02 -> 0.5", "run_name", ("algo.kappa=0.5", "run_name=kappa05")),
     # ---- evaluate
     evaluate_case("episodes=0", "episodes=0", "a positive integer", "episodes=2"),

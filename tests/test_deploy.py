@@ -16,7 +16,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import ccpo_pl
@@ -26,27 +25,22 @@ from ccpo_pl.deploy import Policy, policy_metadata, remaining_budget, run_episod
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_thresholds, load_policy
 from ccpo_pl.export import export_policy, policy_bytes
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import make_policy
 
 REPO = Path(__file__).resolve().parents[1]
 OBS_DIM, ACT_DIM = 8, 2  # BallCircle
 # below, inside and above the trained range [10, 70], on and between the behaviour thresholds 20, 40, 60
 EPS = [5.0, 10.0, 20.0, 25.0, 40.0, 55.0, 60.0, 70.0, 90.0]
-
-
-def make_cfg(log_dir, *overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", f"log_dir={log_dir}", "threads=1",
-                                            "eps.eval=[10,70]", *overrides])
+DEPLOY = ("threads=1", "eps.eval=[10,70]")  # on experiment=smoke
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, smoke_config):
     """A smoke-trained run of CCPO (EpsActor) and of C-PPO-Lag (CombinedActor): one update each, real checkpoints."""
     log_dir = tmp_path_factory.mktemp("logs")
     for algo in ("ccpo", "c_ppo_lag"):
-        fit(make_cfg(log_dir, f"algo={algo}", "total_frames=400", f"run_name={algo}"))
+        fit(smoke_config(log_dir, *DEPLOY, f"algo={algo}", "total_frames=400", f"run_name={algo}"))
     return {algo: log_dir / algo for algo in ("ccpo", "c_ppo_lag")}
 
 
@@ -177,11 +171,11 @@ def test_exported_files_run_without_ccpo_pl_and_match_the_checkpoint_policy(runs
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
-def test_every_algorithm_traces_to_files_that_act_as_its_policy(algo, tmp_path):
+def test_every_algorithm_traces_to_files_that_act_as_its_policy(algo, tmp_path, smoke_config):
     """Every registered actor (random weights) through both formats, run here, at several batch sizes."""
     import onnxruntime
 
-    cfg = OmegaConf.to_container(make_cfg(tmp_path, f"algo={algo}"), resolve=True)
+    cfg = OmegaConf.to_container(smoke_config(tmp_path, *DEPLOY, f"algo={algo}"), resolve=True)
     torch.manual_seed(0)
     actor = ALGOS[algo].make_actor(cfg, OBS_DIM, ACT_DIM).eval()
     rng = np.random.default_rng(2)
@@ -286,11 +280,11 @@ class RecordSteps(gym.Wrapper):
         return out
 
 
-def test_run_episodes_reads_the_cost_of_a_safety_gymnasium_step(tmp_path):
+def test_run_episodes_reads_the_cost_of_a_safety_gymnasium_step(tmp_path, smoke_config):
     """Safety-Gymnasium returns (obs, reward, cost, terminated, truncated, info): the cost is the third value."""
     import safety_gymnasium
 
-    cfg = OmegaConf.to_container(make_cfg(tmp_path, "env=point_circle"), resolve=True)
+    cfg = OmegaConf.to_container(smoke_config(tmp_path, *DEPLOY, "env=point_circle"), resolve=True)
     env = RecordSteps(safety_gymnasium.make(cfg["env"]["id"]))
     obs_dim = env.observation_space.shape[0]
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ def test_make_env_specs_and_keys(name):
     assert env.batch_size == torch.Size([2])
     eps_spec = env.observation_spec["eps"]
     assert eps_spec.shape == (2, 1) and eps_spec.space.low.min() == 20 and eps_spec.space.high.max() == 60
-    assert "cost" not in env.observation_spec.keys() and env.full_reward_spec["cost"].shape == (2, 1)
+    assert "cost" not in env.observation_spec and env.full_reward_spec["cost"].shape == (2, 1)
     rollout = env.rollout(7, break_when_any_done=False)
     for key in ["observation", "eps", ("next", "reward"), ("next", "cost"), ("next", "episode_cost")]:
         assert rollout[key].dtype == torch.float32, key
@@ -205,15 +205,16 @@ def test_parallel_env_with_safety_gymnasium_worker():
     eps = rollout["eps"].squeeze(-1).reshape(3, 4)
     assert (eps == eps[:, :1]).all() and torch.isin(eps, torch.tensor([20.0, 40.0])).all()
     assert rollout["next", "cost"].shape == (1, 12, 1)
-    assert torch.equal(rollout["next", "episode_cost"], rollout["next", "cost"].reshape(3, 4).cumsum(-1).reshape(1, 12, 1))
+    sums = rollout["next", "cost"].reshape(3, 4).cumsum(-1).reshape(1, 12, 1)
+    assert torch.equal(rollout["next", "episode_cost"], sums)
 
 
 def test_env_configs_match_tasks():
-    from pathlib import Path
-
     from omegaconf import OmegaConf
 
-    paths = sorted((Path(__file__).parents[1] / "conf" / "env").glob("*.yaml"))
+    from ccpo_pl.conf import CONF_DIR
+
+    paths = sorted((CONF_DIR / "env").glob("*.yaml"))
     assert sorted(path.stem for path in paths) == sorted(TASKS)
     for path in paths:
         cfg = OmegaConf.load(path)

@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import math
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import load_policy
-from ccpo_pl.fit import CONF_DIR, ConfigError, fit, validate
+from ccpo_pl.fit import ConfigError, fit, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_cfg(log_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", f"log_dir={log_dir}", *overrides])
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, smoke_config):
     log_dir = tmp_path_factory.mktemp("logs")
-    cfg = make_cfg(log_dir, "total_frames=800", "run_name=smoke")
+    cfg = smoke_config(log_dir, "total_frames=800", "run_name=smoke")
     metrics = fit(cfg)
     return log_dir / "smoke", metrics, cfg
 
@@ -55,9 +42,9 @@ def test_smoke_fit_writes_checkpoint_sidecar_and_metrics(smoke_run):
     assert torch.all(state["lam"] >= 0) and torch.all(state["eta"] > 0)
 
 
-def test_smoke_fit_logs_per_eps_tags_against_frames(smoke_run):
+def test_smoke_fit_logs_per_eps_tags_against_frames(smoke_run, tb_scalars):
     run_dir, _, cfg = smoke_run
-    tags = scalars(run_dir)
+    tags = tb_scalars(run_dir)
     for eps in cfg.eps.behavior:
         for name in ("lam", "eta", "q_c", "kl_mean", "kl_cov"):
             assert f"eps_{eps:g}/{name}" in tags
@@ -69,12 +56,12 @@ def test_smoke_fit_logs_per_eps_tags_against_frames(smoke_run):
     assert all(math.isfinite(v) for _, v in tags["loss/critic"])
 
 
-def test_resume_continues_counters_buffer_and_tensorboard(tmp_path):
-    first = fit(make_cfg(tmp_path, "total_frames=800", "run_name=r"))
+def test_resume_continues_counters_buffer_and_tensorboard(tmp_path, smoke_config, tb_scalars):
+    first = fit(smoke_config(tmp_path, "total_frames=800", "run_name=r"))
     run_dir = tmp_path / "r"
     before = safe_load(run_dir / "checkpoints" / "last.ckpt")
     assert first["train/frames"] == 800
-    fit(make_cfg(tmp_path, "total_frames=1600", "run_name=r"))  # same run name: resumes and extends the budget
+    fit(smoke_config(tmp_path, "total_frames=1600", "run_name=r"))  # same run name: resumes and extends the budget
     after = safe_load(run_dir / "checkpoints" / "last.ckpt")
     assert after["ccpo"]["stream"]["frames"] == 1600
     assert after["global_step"] == 2 * before["global_step"]
@@ -82,32 +69,32 @@ def test_resume_continues_counters_buffer_and_tensorboard(tmp_path):
     sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{after['ccpo']['sidecar']}.pt")
     assert int(sidecar["buffer"]["_storage"]["_len"]) == 1600  # the first 800 transitions were restored
     assert [p.name for p in run_dir.iterdir() if p.is_dir() and p.name != "checkpoints"] == ["tb"]
-    steps = [s for s, _ in scalars(run_dir)["eval/avg_reward"]]
+    steps = [s for s, _ in tb_scalars(run_dir)["eval/avg_reward"]]
     assert steps == [400, 800, 1200, 1600]
 
 
-def test_finished_run_is_not_retrained(smoke_run, capsys):
+def test_finished_run_is_not_retrained(smoke_run, capsys, smoke_config):
     run_dir, _, _ = smoke_run
     before = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
-    assert fit(make_cfg(run_dir.parent, "total_frames=800", "run_name=smoke")) == {"train/frames": 800.0}
+    assert fit(smoke_config(run_dir.parent, "total_frames=800", "run_name=smoke")) == {"train/frames": 800.0}
     assert "raise total_frames to continue" in capsys.readouterr().out
     assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
 
 
-def test_resume_from_another_runs_checkpoint_loads_its_buffer(smoke_run, tmp_path):
+def test_resume_from_another_runs_checkpoint_loads_its_buffer(smoke_run, tmp_path, smoke_config):
     run_dir, _, _ = smoke_run
-    fit(make_cfg(tmp_path, "total_frames=1200", "run_name=child", f"ckpt_path={run_dir}/checkpoints/last.ckpt"))
+    fit(smoke_config(tmp_path, "total_frames=1200", "run_name=child", f"ckpt_path={run_dir}/checkpoints/last.ckpt"))
     after = safe_load(tmp_path / "child" / "checkpoints" / "last.ckpt")
     sidecar = safe_load(tmp_path / "child" / "checkpoints" / "sidecars" / "rank0" / f"{after['ccpo']['sidecar']}.pt")
     assert after["ccpo"]["stream"]["frames"] == 1200
     assert int(sidecar["buffer"]["_storage"]["_len"]) == 1200  # the parent's 800 transitions came along
 
 
-def test_changed_config_against_existing_run_is_refused(smoke_run):
+def test_changed_config_against_existing_run_is_refused(smoke_run, smoke_config):
     run_dir, _, _ = smoke_run
     files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     with pytest.raises(ConfigError, match="algo.kappa"):
-        fit(make_cfg(run_dir.parent, "total_frames=800", "run_name=smoke", "algo.kappa=0.5"))
+        fit(smoke_config(run_dir.parent, "total_frames=800", "run_name=smoke", "algo.kappa=0.5"))
     assert files == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
 
 
@@ -126,19 +113,19 @@ def test_changed_config_against_existing_run_is_refused(smoke_run):
         pytest.param("trainer=gpu", "no GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
     ],
 )
-def test_bad_config_values_give_one_line_errors(tmp_path, override, message):
+def test_bad_config_values_give_one_line_errors(tmp_path, override, message, smoke_config):
     with pytest.raises(ConfigError) as err:
-        validate(make_cfg(tmp_path, override))
+        validate(smoke_config(tmp_path, override))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_missing_and_corrupt_checkpoints_are_refused(tmp_path):
+def test_missing_and_corrupt_checkpoints_are_refused(tmp_path, smoke_config):
     with pytest.raises(ConfigError, match="does not exist"):
-        fit(make_cfg(tmp_path, "ckpt_path=nowhere.ckpt", "run_name=a"))
+        fit(smoke_config(tmp_path, "ckpt_path=nowhere.ckpt", "run_name=a"))
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="not a readable checkpoint"):
-        fit(make_cfg(tmp_path, f"ckpt_path={bad}", "run_name=b"))
+        fit(smoke_config(tmp_path, f"ckpt_path={bad}", "run_name=b"))
 
 
 def _run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -173,7 +160,7 @@ def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path, compile_updat
     assert obs[0].shape == obs[1].shape and not torch.equal(obs[0], obs[1])  # each rank collected its own data
 
 
-def test_a_run_older_than_a_setting_resumes_with_it_and_says_so(smoke_run, tmp_path, capsys):
+def test_a_run_older_than_a_setting_resumes_with_it_and_says_so(smoke_run, tmp_path, capsys, smoke_config):
     """A setting added to the configs after the run started (here `algo.critic_ensemble`) does not block resuming;
     a setting the run had, changed, still does."""
     run_dir, _, _ = smoke_run
@@ -183,8 +170,8 @@ def test_a_run_older_than_a_setting_resumes_with_it_and_says_so(smoke_run, tmp_p
     del snapshot.algo["critic_ensemble"]
     OmegaConf.save(snapshot, old_dir / "config.yaml")
     with pytest.raises(ConfigError, match="algo.kappa"):
-        fit(make_cfg(tmp_path, "total_frames=1200", "run_name=smoke", "algo.kappa=0.5"))
-    assert fit(make_cfg(tmp_path, "total_frames=1200", "run_name=smoke"))["train/frames"] == 1200
+        fit(smoke_config(tmp_path, "total_frames=1200", "run_name=smoke", "algo.kappa=0.5"))
+    assert fit(smoke_config(tmp_path, "total_frames=1200", "run_name=smoke"))["train/frames"] == 1200
     assert "predates the settings algo.critic_ensemble=1; continuing" in capsys.readouterr().out
 
 
@@ -197,8 +184,8 @@ def test_a_run_older_than_a_setting_resumes_with_it_and_says_so(smoke_run, tmp_p
         ("algo.critic_trunk=separate", "critic.psi.net.1.0.weight"),  # FSRL-style separate reward/cost MLPs
     ],
 )
-def test_ablations_and_critic_variants_train_through_fit(tmp_path, override, critic_key):
-    metrics = fit(make_cfg(tmp_path, "total_frames=400", "run_name=v", override))
+def test_ablations_and_critic_variants_train_through_fit(tmp_path, override, critic_key, smoke_config):
+    metrics = fit(smoke_config(tmp_path, "total_frames=400", "run_name=v", override))
     assert metrics["train/frames"] == 400 and math.isfinite(metrics["eval/avg_reward"])
     ckpt = safe_load(tmp_path / "v" / "checkpoints" / "last.ckpt")
     assert critic_key in ckpt["state_dict"]

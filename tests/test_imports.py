@@ -11,11 +11,6 @@ import ccpo_pl
 PACKAGE_DIR = Path(ccpo_pl.__file__).parent
 PACKAGE = "ccpo_pl"
 
-#: Edges that close a cycle today and are being removed by other changes (each names the change).
-KNOWN_CYCLE_EDGES = {
-    ("ccpo_pl.algos.safe_module", "ccpo_pl.evaluation"),  # removed by the data/evaluation split
-    ("ccpo_pl.evaluate", "ccpo_pl.fit"),  # removed by the config-table split (CONF_DIR)
-}
 
 
 def module_name(path: Path) -> str:
@@ -111,7 +106,5 @@ def test_the_walk_sees_function_level_and_relative_imports_and_names_a_cycle(tmp
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
     assert "ccpo_pl.algos.registry" in graph and graph["ccpo_pl.algos.registry"]  # the walk sees the package
-    for src, dst in KNOWN_CYCLE_EDGES:
-        graph[src].discard(dst)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)

@@ -74,7 +74,8 @@ def test_plot_writes_figures_and_their_data_grouped_by_a_config_key(tmp_path, ca
     logs = tmp_path / "logs"
     fake_run(logs, "a0", "ccpo", 0, {100: 1.0, 200: 3.0},
              [("deterministic", 20, 10, 5), ("deterministic", 60, 12, 70), ("stochastic", 20, 99, 99)])
-    fake_run(logs, "a1", "ccpo", 1, {100: 3.0, 200: 5.0}, [("deterministic", 20, 20, 15), ("deterministic", 60, 14, 80)])
+    fake_run(logs, "a1", "ccpo", 1, {100: 3.0, 200: 5.0},
+             [("deterministic", 20, 20, 15), ("deterministic", 60, 14, 80)])
     fake_run(logs / "sweep", "b0", "cvpo", 0, {100: 10.0})
     out = tmp_path / "plots"
     plot.main([str(logs), "--by", "algo", "--out", str(out)])

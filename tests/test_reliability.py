@@ -21,42 +21,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchrl.envs.transforms import Transform
 
 import ccpo_pl.algos.ccpo.equations as eq
 import ccpo_pl.algos.ccpo.module as ccpo_module
-from ccpo_pl.faults import all_finite, finite_now
-from ccpo_pl.algos.lagrange import gradient_step
 import ccpo_pl.checkpointing as checkpointing
 import ccpo_pl.fit as fit_module
 from ccpo_pl.algos.ccpo.module import CCPO
+from ccpo_pl.algos.lagrange import gradient_step
 from ccpo_pl.callbacks import Preemption, requeue_slurm_job
 from ccpo_pl.checkpointing import Sidecars, safe_load
 from ccpo_pl.data import OffPolicyStream
 from ccpo_pl.errors import ConfigError
-from ccpo_pl.faults import NumericalFault, StorageError
-from ccpo_pl.fit import CONF_DIR, check_checkpoint, fit
+from ccpo_pl.faults import NumericalFault, StorageError, all_finite, finite_now
+from ccpo_pl.fit import check_checkpoint, fit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import fault_injection  # noqa: E402 - the benchmark's trials, run here with forked processes
 
 #: 2 epochs x 2 collections x 200 frames, 40 updates per collection
-BASE = ("experiment=smoke", "threads=1", "total_frames=800", "run_name=r")
-
-
-def make_cfg(log_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*BASE, f"log_dir={log_dir}", *overrides])
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+BASE = ("threads=1", "total_frames=800", "run_name=r")  # on experiment=smoke
 
 
 def last_ckpt(run_dir: Path) -> dict:
@@ -105,48 +91,49 @@ class ForkedFit:
 
 
 def forked_cli(log_dir: Path, *overrides: str, before=None) -> ForkedFit:
-    return ForkedFit([*BASE, f"log_dir={log_dir}", *overrides], log_dir.parent / f"{log_dir.name}.out", before)
+    return ForkedFit(["experiment=smoke", *BASE, f"log_dir={log_dir}", *overrides],
+                     log_dir.parent / f"{log_dir.name}.out", before)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, smoke_config):
     """An uninterrupted run, recording the thresholds drawn for every update."""
     log_dir = tmp_path_factory.mktemp("reference")
     draws = []
     with pytest.MonkeyPatch.context() as mp:
         original = CCPO.sample_train_eps
         mp.setattr(CCPO, "sample_train_eps", lambda self: draws.append(original(self)) or draws[-1])
-        fit(make_cfg(log_dir))
+        fit(smoke_config(log_dir, *BASE))
     return log_dir / "r", draws
 
 
 # ---------------------------------------------------------------- 3. reproducibility
-def test_same_config_and_seed_give_identical_parameters_and_metrics(reference, tmp_path):
+def test_same_config_and_seed_give_identical_parameters_and_metrics(reference, tmp_path, smoke_config, tb_scalars):
     run_dir, _ = reference
-    fit(make_cfg(tmp_path))
+    fit(smoke_config(tmp_path, *BASE))
     ours, theirs = last_ckpt(tmp_path / "r"), last_ckpt(run_dir)
     assert ours["state_dict"].keys() == theirs["state_dict"].keys()
     assert all(torch.equal(ours["state_dict"][k], theirs["state_dict"][k]) for k in ours["state_dict"])
-    mine, ref = scalars(tmp_path / "r"), scalars(run_dir)
+    mine, ref = tb_scalars(tmp_path / "r"), tb_scalars(run_dir)
     timing = [t for t in ref if t.startswith("time/")]
     assert mine.keys() == ref.keys() and len(ref) > 40
     assert {t: v for t, v in mine.items() if t not in timing} == {t: v for t, v in ref.items() if t not in timing}
 
 
 # ---------------------------------------------------------------- 2. preemption (and 3. what a resume keeps)
-def _train_frames_logged(run_dir: Path) -> bool:
+def _train_frames_logged(run_dir: Path, tb_scalars) -> bool:
     events = list((run_dir / "tb").glob("events.*"))
-    return bool(events) and "train/frames" in scalars(run_dir)
+    return bool(events) and "train/frames" in tb_scalars(run_dir)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_at_a_collection_boundary_and_the_same_command_resumes(reference, tmp_path, monkeypatch,
-                                                                             signum):
+                                                                             signum, smoke_config, tb_scalars):
     ref_dir, ref_draws = reference
     run = forked_cli(tmp_path / "logs")
     run_dir = tmp_path / "logs" / "r"
     deadline = time.monotonic() + 120
-    while not _train_frames_logged(run_dir) and time.monotonic() < deadline and run.poll() is None:
+    while not _train_frames_logged(run_dir, tb_scalars) and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.01)  # the first collection's metrics are flushed: training has started
     run.send_signal(signum)
     assert run.wait() == 0, run.text()[-3000:]
@@ -162,7 +149,7 @@ def test_signal_saves_at_a_collection_boundary_and_the_same_command_resumes(refe
     draws = []
     original = CCPO.sample_train_eps
     monkeypatch.setattr(CCPO, "sample_train_eps", lambda self: draws.append(original(self)) or draws[-1])
-    assert fit(make_cfg(tmp_path / "logs"))["train/frames"] == 800
+    assert fit(smoke_config(tmp_path / "logs", *BASE))["train/frames"] == 800
     monkeypatch.undo()
     done, ref = last_ckpt(run_dir), last_ckpt(ref_dir)
     for key in ("global_step", "epoch"):
@@ -173,14 +160,14 @@ def test_signal_saves_at_a_collection_boundary_and_the_same_command_resumes(refe
     updates_before = 40 * frames // 200
     assert len(draws) == len(ref_draws) - updates_before
     assert all(torch.equal(a, b) for a, b in zip(draws, ref_draws[updates_before:]))
-    tags, ref_tags = scalars(run_dir), scalars(ref_dir)
+    tags, ref_tags = tb_scalars(run_dir), tb_scalars(ref_dir)
     assert [s for s, _ in tags["train/frames"]] == [200, 400, 600, 800]  # no gap, no duplicate
     assert [s for s, _ in tags["loss/critic"]] == [s for s, _ in ref_tags["loss/critic"]]
     if frames < 800:
         first_after = frames + 200
         assert dict(tags["loss/critic"])[first_after] == dict(ref_tags["loss/critic"])[first_after]
     # a resume is deterministic: resuming the same checkpoint again gives the same run
-    fit(make_cfg(tmp_path / "again"))
+    fit(smoke_config(tmp_path / "again", *BASE))
     twin = last_ckpt(tmp_path / "again" / "r")
     assert all(torch.equal(twin["state_dict"][k], done["state_dict"][k]) for k in done["state_dict"])
 
@@ -231,7 +218,7 @@ def _die_while_writing_the_second_last_ckpt() -> None:
     checkpointing.atomic_torch_save = dying
 
 
-def test_kill_while_writing_a_checkpoint_keeps_the_previous_pair_and_the_rerun_resumes(tmp_path, capsys):
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_pair_and_the_rerun_resumes(tmp_path, capsys, smoke_config):
     run = forked_cli(tmp_path / "logs", "checkpoint.keep_buffers=1", before=_die_while_writing_the_second_last_ckpt)
     assert run.wait() == -signal.SIGKILL
     ckpt_dir = tmp_path / "logs" / "r" / "checkpoints"
@@ -240,7 +227,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_pair_and_the_rerun_r
     sidecars = sorted(p.name for p in (ckpt_dir / "sidecars" / "rank0").iterdir())
     assert sidecars == [f"{400:013d}.pt", f"{800:013d}.pt"]  # the pair, and a newer unreferenced sidecar
     assert (ckpt_dir / ".last.ckpt.half.tmp").exists()
-    assert fit(make_cfg(tmp_path / "logs", "checkpoint.keep_buffers=1"))["train/frames"] == 800
+    assert fit(smoke_config(tmp_path / "logs", *BASE, "checkpoint.keep_buffers=1"))["train/frames"] == 800
     assert "resuming run" in capsys.readouterr().out
     assert not list(ckpt_dir.rglob("*.tmp"))
     assert safe_load(ckpt_dir / "last.ckpt")["ccpo"]["stream"]["frames"] == 800
@@ -255,7 +242,7 @@ class _RunsCode:
 
 
 @pytest.mark.parametrize("sidecar", ["missing", "malicious", "another structure", "another buffer"])
-def test_a_missing_or_unreadable_sidecar_warns_and_the_run_continues(reference, tmp_path, sidecar):
+def test_a_missing_or_unreadable_sidecar_warns_and_the_run_continues(reference, tmp_path, sidecar, smoke_config):
     run_dir, _ = reference
     shutil.copytree(run_dir, tmp_path / "r")
     token = last_ckpt(tmp_path / "r")["ccpo"]["sidecar"]
@@ -275,7 +262,7 @@ def test_a_missing_or_unreadable_sidecar_warns_and_the_run_continues(reference, 
              "another structure": "a replay-buffer sidecar of another structure",
              "another buffer": "a replay-buffer sidecar that does not fit this run"}[sidecar]
     with pytest.warns(UserWarning, match=match):
-        assert fit(make_cfg(tmp_path, "total_frames=1200"))["train/frames"] == 1200
+        assert fit(smoke_config(tmp_path, *BASE, "total_frames=1200"))["train/frames"] == 1200
     assert not marker.exists()
     token = last_ckpt(tmp_path / "r")["ccpo"]["sidecar"]
     final = tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{token}.pt"
@@ -327,10 +314,11 @@ SHORT = ("collect.collects_per_epoch=1", "total_frames=400")
 
 
 @pytest.mark.parametrize("key", ["observation", "reward", "cost"])
-def test_nan_from_the_env_stops_the_run_naming_it_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, key):
+def test_nan_from_the_env_stops_the_run_naming_it_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, key,
+                                                                                 smoke_config):
     faulty_train_env(monkeypatch, key, at=150)  # env step 150 of 2 sub-envs: frame 300, in the 2nd collection
     with pytest.raises(NumericalFault) as err:
-        fit(make_cfg(tmp_path, *SHORT))
+        fit(smoke_config(tmp_path, *BASE, *SHORT))
     message = str(err.value)
     assert message.startswith(f"non-finite env {key} (1 transitions) at frame 300, in the collection ending at frame "
                               f"400;") and "\n" not in message
@@ -338,14 +326,14 @@ def test_nan_from_the_env_stops_the_run_naming_it_and_keeps_the_last_checkpoint(
     assert not (tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{400:013d}.pt").exists()
 
 
-def test_nan_from_the_env_with_on_nan_skip_is_dropped_and_counted(tmp_path, monkeypatch):
+def test_nan_from_the_env_with_on_nan_skip_is_dropped_and_counted(tmp_path, monkeypatch, smoke_config, tb_scalars):
     faulty_train_env(monkeypatch, "reward", at=150)
-    assert fit(make_cfg(tmp_path, *SHORT, "faults.on_nan=skip"))["train/frames"] == 400
+    assert fit(smoke_config(tmp_path, *BASE, *SHORT, "faults.on_nan=skip"))["train/frames"] == 400
     ckpt = last_ckpt(tmp_path / "r")
     assert ckpt["ccpo"]["faults"] == {"skipped_updates": 0, "dropped_transitions": 1}
     sidecar = safe_load(tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['ccpo']['sidecar']}.pt")
     assert int(sidecar["buffer"]["_storage"]["_len"]) == 399
-    assert scalars(tmp_path / "r")["faults/dropped_transitions"] == [(400, 1.0)]
+    assert tb_scalars(tmp_path / "r")["faults/dropped_transitions"] == [(400, 1.0)]
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
@@ -363,23 +351,23 @@ def poison_batches(monkeypatch, index: int) -> None:
     monkeypatch.setattr(OffPolicyStream, "__iter__", poisoned)
 
 
-def test_a_poisoned_batch_stops_the_run_naming_it(tmp_path, monkeypatch):
+def test_a_poisoned_batch_stops_the_run_naming_it(tmp_path, monkeypatch, smoke_config):
     poison_batches(monkeypatch, 5)
     with pytest.raises(NumericalFault, match=r"^non-finite batch observation at frame 200;"):
-        fit(make_cfg(tmp_path, *SHORT))
+        fit(smoke_config(tmp_path, *BASE, *SHORT))
     assert not (tmp_path / "r" / "checkpoints" / "last.ckpt").exists()
 
 
-def test_a_poisoned_batch_with_on_nan_skip_is_skipped_and_counted(tmp_path, monkeypatch):
+def test_a_poisoned_batch_with_on_nan_skip_is_skipped_and_counted(tmp_path, monkeypatch, smoke_config, tb_scalars):
     poison_batches(monkeypatch, 5)
-    assert fit(make_cfg(tmp_path, *SHORT, "faults.on_nan=skip"))["train/frames"] == 400
+    assert fit(smoke_config(tmp_path, *BASE, *SHORT, "faults.on_nan=skip"))["train/frames"] == 400
     ckpt = last_ckpt(tmp_path / "r")
     assert ckpt["ccpo"]["faults"] == {"skipped_updates": 2, "dropped_transitions": 0}  # one per epoch
-    assert scalars(tmp_path / "r")["faults/skipped_updates"] == [(400, 1.0)]
+    assert tb_scalars(tmp_path / "r")["faults/skipped_updates"] == [(400, 1.0)]
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
-def test_a_nan_dual_stops_the_run_naming_it(tmp_path, monkeypatch):
+def test_a_nan_dual_stops_the_run_naming_it(tmp_path, monkeypatch, smoke_config):
     original, calls = eq.solve_estep_dual, []
 
     def faulty(*args, **kwargs):
@@ -389,10 +377,10 @@ def test_a_nan_dual_stops_the_run_naming_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(eq, "solve_estep_dual", faulty)
     with pytest.raises(NumericalFault, match=r"^non-finite E-step dual eta at frame 200;"):
-        fit(make_cfg(tmp_path, *SHORT))
+        fit(smoke_config(tmp_path, *BASE, *SHORT))
 
 
-def test_a_non_finite_parameter_stops_the_run_even_with_on_nan_skip(tmp_path, monkeypatch):
+def test_a_non_finite_parameter_stops_the_run_even_with_on_nan_skip(tmp_path, monkeypatch, smoke_config):
     original, calls = ccpo_module.polyak, []
 
     def faulty(target, source, tau):
@@ -403,7 +391,7 @@ def test_a_non_finite_parameter_stops_the_run_even_with_on_nan_skip(tmp_path, mo
 
     monkeypatch.setattr(ccpo_module, "polyak", faulty)
     with pytest.raises(NumericalFault, match=r"^non-finite parameter critic_target\.\S+ at frame 200;"):
-        fit(make_cfg(tmp_path, *SHORT, "faults.on_nan=skip"))
+        fit(smoke_config(tmp_path, *BASE, *SHORT, "faults.on_nan=skip"))
 
 
 def test_duals_and_multipliers_stay_within_their_bounds(reference):
@@ -460,35 +448,35 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_by_the_command_
      "is a algo.name='cvpo' checkpoint, this run has algo.name='ccpo'"),
 ])
 def test_checkpoints_of_another_format_env_or_algorithm_are_refused_in_one_line(reference, tmp_path, change,
-                                                                                 message):
+                                                                                 message, smoke_config):
     ckpt = last_ckpt(reference[0])
     assert ckpt["ccpo"]["format_version"] == 1
     change(ckpt)
     torch.save(ckpt, tmp_path / "other.ckpt")
     with pytest.raises(ConfigError) as err:
-        check_checkpoint(str(tmp_path / "other.ckpt"), make_cfg(tmp_path))
+        check_checkpoint(str(tmp_path / "other.ckpt"), smoke_config(tmp_path, *BASE))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------- 6. disk
-def test_an_unwritable_log_dir_is_refused_before_training(tmp_path):
+def test_an_unwritable_log_dir_is_refused_before_training(tmp_path, smoke_config):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ConfigError, match=r"cannot write in .*a_file/r.*; choose a writable log_dir") as err:
-        fit(make_cfg(tmp_path / "a_file"))
+        fit(smoke_config(tmp_path / "a_file", *BASE))
     assert "\n" not in str(err.value)
 
 
-def test_a_full_disk_is_refused_before_training(tmp_path, monkeypatch):
+def test_a_full_disk_is_refused_before_training(tmp_path, monkeypatch, smoke_config):
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(ConfigError, match="No space left on device"):
-        fit(make_cfg(tmp_path))
+        fit(smoke_config(tmp_path, *BASE))
     assert not list((tmp_path / "r").glob("*.tmp"))
 
 
-def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint_and_sidecar(tmp_path, monkeypatch):
+def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint_and_sidecar(tmp_path, monkeypatch, smoke_config):
     original, calls = checkpointing.atomic_torch_save, []
 
     def disk_full_at_second_last_ckpt(obj, path):
@@ -499,7 +487,7 @@ def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint_and_sidec
 
     monkeypatch.setattr(checkpointing, "atomic_torch_save", disk_full_at_second_last_ckpt)
     with pytest.raises(StorageError) as err:
-        fit(make_cfg(tmp_path, *SHORT, "checkpoint.keep_buffers=1"))
+        fit(smoke_config(tmp_path, *BASE, *SHORT, "checkpoint.keep_buffers=1"))
     assert "cannot write checkpoint" in str(err.value) and "No space left on device" in str(err.value)
     assert "the previous one is kept" in str(err.value) and "\n" not in str(err.value)
     state = last_ckpt(tmp_path / "r")["ccpo"]
@@ -507,22 +495,23 @@ def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint_and_sidec
     assert (tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{state['sidecar']}.pt").exists()
 
 
-def test_a_run_resumed_from_another_runs_checkpoint_leaves_that_run_untouched(reference, tmp_path):
+def test_a_run_resumed_from_another_runs_checkpoint_leaves_that_run_untouched(reference, tmp_path, smoke_config):
     parent = reference[0]
     before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in parent.rglob("*") if p.is_file()}
-    fit(make_cfg(tmp_path, "total_frames=1200", "run_name=child", f"ckpt_path={parent}/checkpoints/last.ckpt"))
+    fit(smoke_config(tmp_path, *BASE, "total_frames=1200", "run_name=child",
+                     f"ckpt_path={parent}/checkpoints/last.ckpt"))
     assert last_ckpt(tmp_path / "child")["ccpo"]["stream"]["frames"] == 1200
     assert before == {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in parent.rglob("*") if p.is_file()}
 
 
-def test_a_run_being_trained_by_another_process_is_refused(reference, tmp_path):
+def test_a_run_being_trained_by_another_process_is_refused(reference, tmp_path, smoke_config):
     (tmp_path / "r").mkdir()
     shutil.copy(reference[0] / "config.yaml", tmp_path / "r" / "config.yaml")  # a run that has not saved yet
     fd = os.open(tmp_path / "r" / ".lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what another process training this run holds
         with pytest.raises(ConfigError, match="is being trained by another process"):
-            fit(make_cfg(tmp_path))
+            fit(smoke_config(tmp_path, *BASE))
     finally:
         os.close(fd)
 
@@ -582,7 +571,7 @@ BAD_INPUTS = [
     (["algo.hidden=[64,0]"], "algo.hidden=[64, 0]", "positive integers"),
     (["algo.z.kind=cubic"], "algo.z.kind='cubic'", "one of poly, mlp"),
     (["algo.estep_precision=fp16"], "algo.estep_precision='fp16'", "one of auto, fp32, bf16"),
-    (["algo.lagrangian.method=adam"], "algo.lagrangian.method='adam'", "one of gradient, pid"),
+    (["algo.lagrange.method=adam"], "algo.lagrange.method='adam'", "one of gradient, pid"),
     (["algo.name=nope"], "unknown algo 'nope'", "ccpo, ccpo_wo_cvi"),
     (["trainer.accelerator=tpu"], "trainer.accelerator='tpu'", "one of cpu, gpu"),
     (["trainer.strategy=fsdp"], "trainer.strategy='fsdp'", "one of auto, ddp"),
@@ -592,33 +581,35 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("overrides", "value", "allowed"), BAD_INPUTS,
                          ids=[" ".join(o)[:40] for o, _, _ in BAD_INPUTS])
-def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(reference, overrides, value, allowed):
+def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(reference, overrides, value, allowed,
+                                                                       smoke_config):
     run_dir = reference[0]
     before = files_of(run_dir)
     with pytest.raises(ConfigError) as err:
-        fit(make_cfg(run_dir.parent, *overrides))  # run_name=r: the reference run, unless the overrides change it
+        # run_name=r: the reference run, unless the overrides change it
+        fit(smoke_config(run_dir.parent, *BASE, *overrides))
     message = str(err.value)
     assert value in message and allowed in message and "\n" not in message
     assert files_of(run_dir) == before
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["r"]  # no other run directory made
 
 
-def test_a_refused_command_leaves_no_trace_and_the_corrected_one_runs(tmp_path, capsys):
+def test_a_refused_command_leaves_no_trace_and_the_corrected_one_runs(tmp_path, capsys, smoke_config):
     run = forked_cli(tmp_path / "logs", "run_name=new", "trainer.num_nodes=0")
     assert run.wait() == 2
     assert run.text().splitlines() == ["ccpo_pl.fit: error: trainer.num_nodes=0 is not allowed; "
                                        "trainer.num_nodes must be an integer >= 1"]
     assert not (tmp_path / "logs").exists()
-    assert fit(make_cfg(tmp_path / "logs", "run_name=new", *SHORT))["train/frames"] == 400
+    assert fit(smoke_config(tmp_path / "logs", *BASE, "run_name=new", *SHORT))["train/frames"] == 400
 
 
-def test_a_run_that_fails_before_training_does_not_block_its_name(tmp_path, monkeypatch):
+def test_a_run_that_fails_before_training_does_not_block_its_name(tmp_path, monkeypatch, smoke_config):
     def broken_trainer(*args, **kwargs):
         raise RuntimeError("no trainer")
 
     monkeypatch.setattr(fit_module, "make_trainer", broken_trainer)
     with pytest.raises(RuntimeError, match="no trainer"):
-        fit(make_cfg(tmp_path))
+        fit(smoke_config(tmp_path, *BASE))
     assert not (tmp_path / "r").exists()
     # a directory left by a process killed before training started (lock, TensorBoard folder) is no run either
     (tmp_path / "r" / "tb").mkdir(parents=True)
@@ -645,26 +636,27 @@ def test_a_mistyped_key_is_refused_by_the_command_line_naming_the_nearest(tmp_pa
      "holds NaN or inf in optimizer 0 state 0 exp_avg"),
 ])
 def test_a_checkpoint_that_does_not_fit_the_run_is_refused_before_anything_is_written(reference, tmp_path, change,
-                                                                                       overrides, message):
+                                                                                       overrides, message,
+                                                                                       smoke_config):
     ckpt = last_ckpt(reference[0])
     if change is not None:
         change(ckpt)
     torch.save(ckpt, tmp_path / "other.ckpt")
     with pytest.raises(ConfigError) as err:
-        fit(make_cfg(tmp_path / "logs", f"ckpt_path={tmp_path / 'other.ckpt'}", *overrides))
+        fit(smoke_config(tmp_path / "logs", *BASE, f"ckpt_path={tmp_path / 'other.ckpt'}", *overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "logs").exists()
 
 
 # ---------------------------------------------------------------- 9. the run's own files
-def test_a_second_process_is_refused_before_it_writes_anything(reference, tmp_path):
+def test_a_second_process_is_refused_before_it_writes_anything(reference, tmp_path, smoke_config):
     shutil.copytree(reference[0], tmp_path / "r")
     before = files_of(tmp_path / "r")
     fd = os.open(tmp_path / "r" / ".lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the live run
         with pytest.raises(ConfigError, match="is being trained by another process"):
-            fit(make_cfg(tmp_path, "total_frames=1200"))  # a setting a resume may change
+            fit(smoke_config(tmp_path, *BASE, "total_frames=1200"))  # a setting a resume may change
     finally:
         os.close(fd)
     assert files_of(tmp_path / "r") == before  # config.yaml still says total_frames=800
@@ -675,19 +667,20 @@ def test_a_second_process_is_refused_before_it_writes_anything(reference, tmp_pa
     ("seed: [unclosed\n", "is unreadable: "),
     ("algo: {name: ccpo}\n", "is empty or incomplete"),
 ])
-def test_a_damaged_config_yaml_is_refused_naming_the_file_and_what_to_do(reference, tmp_path, content, problem):
+def test_a_damaged_config_yaml_is_refused_naming_the_file_and_what_to_do(reference, tmp_path, content, problem,
+                                                                         smoke_config):
     shutil.copytree(reference[0], tmp_path / "r")
     (tmp_path / "r" / "config.yaml").write_text(content)
     before = files_of(tmp_path / "r")
     with pytest.raises(ConfigError) as err:
-        fit(make_cfg(tmp_path, "total_frames=1200"))
+        fit(smoke_config(tmp_path, *BASE, "total_frames=1200"))
     message = str(err.value)
     assert f"{str(tmp_path / 'r' / 'config.yaml')!r} {problem}" in message and "\n" not in message
     assert "restore the file from there or a backup" in message
     assert files_of(tmp_path / "r") == before
 
 
-def test_config_yaml_is_written_atomically_when_training_starts(tmp_path, monkeypatch):
+def test_config_yaml_is_written_atomically_when_training_starts(tmp_path, monkeypatch, smoke_config):
     written, original = [], checkpointing.atomic_write_text
 
     def recording(text, path):
@@ -695,7 +688,7 @@ def test_config_yaml_is_written_atomically_when_training_starts(tmp_path, monkey
         original(text, path)
 
     monkeypatch.setattr(checkpointing, "atomic_write_text", recording)
-    fit(make_cfg(tmp_path, *SHORT))
+    fit(smoke_config(tmp_path, *BASE, *SHORT))
     assert written == [("config.yaml", False)]  # once, through the fsync-and-rename path, before any checkpoint
     assert (tmp_path / "r" / "config.yaml").stat().st_mode & 0o777 == 0o644
 
@@ -743,10 +736,10 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(where)], check=False)
 
 
-def test_a_disk_too_small_for_a_checkpoint_is_refused_before_training(tmpfs):
+def test_a_disk_too_small_for_a_checkpoint_is_refused_before_training(tmpfs, smoke_config):
     small = tmpfs("1m")  # a checkpoint and its sidecar take ~1.2 MB in the smoke config
     with pytest.raises(ConfigError, match=r"cannot write 1\.\d MiB \(a checkpoint and its sidecar\) .*No space"):
-        fit(make_cfg(small))
+        fit(smoke_config(small, *BASE))
     assert list(small.iterdir()) == []
 
 

@@ -205,7 +205,8 @@ def check_checkpoint(path: str | os.PathLike, *, name: str = "ckpt_path", expect
     """
     label = f"{name}={str(path)!r}"
     if Path(path).is_dir():
-        raise ConfigError(f"{label} is a directory; give a checkpoint file, e.g. {name}=<run dir>/checkpoints/last.ckpt")
+        raise ConfigError(f"{label} is a directory; give a checkpoint file, e.g. "
+                          f"{name}=<run dir>/checkpoints/last.ckpt")
     if not Path(path).is_file():
         raise ConfigError(f"{label} does not exist")
     try:

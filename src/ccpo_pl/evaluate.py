@@ -14,9 +14,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ccpo_pl.conf import CONF_DIR, CONF_PATH
 from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import evaluate_run
-from ccpo_pl.validation import CONF_DIR, rule_for
+from ccpo_pl.validation import rule_for
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -47,7 +48,7 @@ def check_keys(argv: list[str]) -> None:
                                                     f"the keys are {', '.join(known)}"))
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="evaluate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         summary = evaluate(cfg)

@@ -38,9 +38,17 @@ from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
 from ccpo_pl.checkpointing import READABLE_FORMATS, check_checkpoint
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError, check_writable
-from ccpo_pl.metrics import cost_violation  # the per-threshold metric lives with the others; re-exported here
-from ccpo_pl.metrics import cost_violation_per_episode, eps_tag, outside_range, per_eps_stats, seen_mask, summarize
+from ccpo_pl.metrics import (
+    cost_violation,  # the per-threshold metric lives with the others; re-exported here
+    cost_violation_per_episode,
+    eps_tag,
+    outside_range,
+    per_eps_stats,
+    seen_mask,
+    summarize,
+)
 from ccpo_pl.nets import EpsActor, make_policy
+from ccpo_pl.validation import current_run_config
 
 #: the algorithms whose policy is the linear combination of per-threshold policies (`extrapolation=` applies)
 COMBINED = ("c_ppo_lag", "c_trpo_lag")
@@ -76,7 +84,7 @@ def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path, device: str | torc
                            algo_overrides: Mapping | None = None) -> tuple[EpsActor, dict]:
     """`load_policy` on an already loaded checkpoint dict (`ckpt_path` only names it in errors); `algo_overrides`
     replace keys of the run's `algo` config that only shape the policy (e.g. `extrapolation`)."""
-    cfg = (ckpt.get("hyper_parameters") or {}).get("run_config")
+    cfg = current_run_config((ckpt.get("hyper_parameters") or {}).get("run_config"))
     if not cfg or "state_dict" not in ckpt:
         raise ValueError(f"{str(ckpt_path)!r} is not a ccpo_pl.fit checkpoint")
     version = (ckpt.get("ccpo") or {}).get("format_version", 1)

@@ -23,10 +23,10 @@ import torch
 from omegaconf import DictConfig
 
 from ccpo_pl.checkpointing import atomic_write
+from ccpo_pl.conf import CONF_PATH
 from ccpo_pl.deploy import Policy, load
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import resolve_checkpoint
-from ccpo_pl.fit import CONF_DIR
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUTS = ("observation", "eps")
@@ -80,7 +80,7 @@ def export_policy(run: str | Path, fmt: str, out: str | Path | None = None, *, s
     return path
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """The command line: `export_policy` with the config's settings; errors are one line and exit status 2."""
     try:

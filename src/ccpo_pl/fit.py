@@ -15,34 +15,35 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import threading
 import functools
 import math
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ccpo_pl import checkpointing, compat
+from ccpo_pl import checkpointing, compat, validation
 from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.callbacks import INTERRUPTED_EXIT, DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
 from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp
-from ccpo_pl.envs import make_env
+from ccpo_pl.conf import CONF_DIR, CONF_PATH
 from ccpo_pl.data import RolloutData
+from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import PeriodicEvaluation, evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
-from ccpo_pl.validation import CONF_DIR, GROUPS, check_override_keys, updates_per_collect, validate, world_size
+from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
 RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
@@ -84,7 +85,7 @@ def run_config(run_dir: Path) -> dict | None:
         raise ConfigError(f"{str(snapshot)!r} is {problem}; the run's config is also in its checkpoints "
                           f"(hyper_parameters.run_config): restore the file from there or a backup, or move the run "
                           f"directory away to start over")
-    return old
+    return validation.current_run_config(old)
 
 
 def check_resumable(run_dir: Path, plain: dict) -> None:
@@ -379,7 +380,7 @@ def hydra_group_options(group: str) -> list[str]:
     return sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list(group))
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         metrics = fit(cfg, command=" ".join(["python -m ccpo_pl.fit", *HydraConfig.get().overrides.task]))

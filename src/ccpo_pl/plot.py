@@ -157,7 +157,8 @@ def plot_learning(metric: str, groups: Mapping[str, dict[str, np.ndarray]], out:
     return [png, table]
 
 
-def plot_thresholds(groups: Mapping[str, dict[str, np.ndarray]], eps_cfg: Mapping[str, Mapping], out: Path) -> list[Path]:
+def plot_thresholds(groups: Mapping[str, dict[str, np.ndarray]], eps_cfg: Mapping[str, Mapping],
+                    out: Path) -> list[Path]:
     """`eps_cfg`: each group's `eps` config (its behaviour thresholds and trained range)."""
     fig = Figure(figsize=(11, 4.5), dpi=100, layout="constrained")
     ax_r, ax_c = fig.subplots(1, 2)
@@ -174,9 +175,10 @@ def plot_thresholds(groups: Mapping[str, dict[str, np.ndarray]], eps_cfg: Mappin
                 ax.axvspan(st["eps"].min(), lo, color="grey", alpha=0.1, linewidth=0)
             if st["eps"].max() > hi:
                 ax.axvspan(hi, st["eps"].max(), color="grey", alpha=0.1, linewidth=0)
-        rows += [[name, float(e), float(rm), float(rs), float(cm), float(cs), int(n), int(x)] for e, rm, rs, cm, cs, n, x
-                 in zip(st["eps"], st["reward_mean"], st["reward_std"], st["cost_mean"], st["cost_std"], st["n"],
-                        st["extrapolation"])]
+        columns = zip(st["eps"], st["reward_mean"], st["reward_std"], st["cost_mean"], st["cost_std"], st["n"],
+                      st["extrapolation"])
+        rows += [[name, float(e), float(rm), float(rs), float(cm), float(cs), int(n), int(x)]
+                 for e, rm, rs, cm, cs, n, x in columns]
     eps = np.concatenate([st["eps"] for st in groups.values()])
     ax_c.plot([eps.min(), eps.max()], [eps.min(), eps.max()], "k--", linewidth=1, label="y = eps")
     for ax, title in ((ax_r, "J_r(eps): episode reward"), (ax_c, "J_c(eps): episode cost")):

@@ -1,4 +1,4 @@
-"""`python -m ccpo_pl.report <sweep dir> [<dir> ...] [--out FILE.md] [--notes FILE] [--section]`: the CCPO paper's Table 1.
+"""`python -m ccpo_pl.report <sweep dir> ... [--out FILE.md] [--notes FILE] [--section]`: the CCPO paper's Table 1.
 
 Collects every evaluated run under the given directories (each `<run>/eval/summary.json`, written by
 `python -m ccpo_pl.evaluate` or at the end of `ccpo_pl.fit`) and aggregates them per task and per run label
@@ -8,9 +8,9 @@ metrics`), for the deterministic policy (the paper's protocol) and, where it was
 With `--paper`, the paper's CCPO column and its safest baseline per task (lowest Avg. CV) stand beside them.
 One seed shows its value alone (no "± 0.00"). Writes a Markdown report (the table, then one line per run with its
 frames, wall time and command) and a CSV beside it, never into a run directory; prints the table and where it
-wrote. A run without an evaluation, or evaluated before its last checkpoint, gets a warning. With `--section`, the report is
-one section of `--out` instead: written between markers named by its title, replacing that section if it is there
-and leaving the rest of the file as it is (one results file built from several generated tables); its CSV is
+wrote. A run without an evaluation, or evaluated before its last checkpoint, gets a warning. With `--section`, the
+report is one section of `--out` instead: written between markers named by its title, replacing that section if it
+is there and leaving the rest of the file as it is (one results file built from several generated tables); its CSV is
 `<out stem>-<title slug>.csv`. Without it, the main part (everything before the first section) is replaced and
 the sections are kept.
 """
@@ -222,10 +222,12 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
             lines.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
         seeds = [str(table.get((task, label), {}).get("runs", (0, 0, 0))[2]) for label in labels]
         if paper:  # the paper's seeds, and which baseline is its safest on this task
-            seeds += [f"5 ({name.split('(')[1].rstrip(')')})" if "(" in name else "5" for name, _ in columns] or ["", ""]
+            seeds += ([f"5 ({name.split('(')[1].rstrip(')')})" if "(" in name else "5" for name, _ in columns]
+                      or ["", ""])
         lines.append(f"| {task} | seeds | " + " | ".join(seeds) + " |")
     lines += ["", "## Runs", "", "Train wall: the training loop's wall clock over all of a run's processes; "
-              "~: not recorded, the span of its TensorBoard events instead.", "", "| run | task | label | seed | frames | train wall (h) | eval | command |",
+              "~: not recorded, the span of its TensorBoard events instead.", "",
+              "| run | task | label | seed | frames | train wall (h) | eval | command |",
               "|---|---|---|---:|---:|---:|---|---|"]
     for run_dir, s in runs:
         name = run_dir.relative_to(root).as_posix() if root is not None and run_dir.is_relative_to(root) \

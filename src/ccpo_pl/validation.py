@@ -16,22 +16,21 @@ key is then unused).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ccpo_pl.conf import CONF_DIR
 from ccpo_pl.errors import ConfigError
 
-#: the config files (`conf/`), found beside the package's source tree
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: config groups: `env=<file>` picks conf/env/<file>.yaml
 GROUPS = ("env", "algo", "trainer", "experiment")
 
@@ -244,8 +243,7 @@ SCHEMA: dict[str, Rule] = {
     "algo.kl_lr": number_list(length=2),
     "algo.kl_max": number_list(length=2),
     "algo.estep_precision": choice("auto", "fp32", "bf16"),
-    **_lagrange("algo.lagrangian"),
-    "algo.lagrangian.alpha": NON_NEGATIVE,
+    "algo.lagrange.alpha": NON_NEGATIVE,  # ccpo_wo_cvi: entropy weight of the Lagrangian actor loss
     "algo.threshold": optional(POSITIVE),
     # V-SAC-Lag, V-DDPG-Lag
     "algo.exploration_noise": NON_NEGATIVE,
@@ -254,6 +252,7 @@ SCHEMA: dict[str, Rule] = {
     "algo.alpha.lr": POSITIVE,
     "algo.alpha.target_entropy": Rule(lambda v: v == "auto" or _num(v), "'auto' or a finite number"),
     "algo.alpha.learn": BOOL,
+    # the Lagrange multipliers of every algorithm that has them (CCPO's w/o-CVI ablation, the Lagrangian baselines)
     **_lagrange("algo.lagrange"),
     # C-PPO-Lag, C-TRPO-Lag, CPO, PDO, TRPO, FPO
     "algo.value_epochs": integer(1),
@@ -280,6 +279,31 @@ SCHEMA: dict[str, Rule] = {
 REQUIRED = tuple(k for k in SCHEMA if k.split(".")[0] not in ("algo", "paper_budgets", "behavior_sets",
                                                               "behavior_set", "trainer")
                  ) + ("algo.name", "trainer.accelerator", "trainer.devices", "trainer.num_nodes")
+
+
+#: keys of run configs stored by earlier versions (a run's config.yaml, a checkpoint's run_config) -> their names now
+RENAMED_KEYS = {"algo.lagrangian": "algo.lagrange"}
+
+
+def _parent(tree: dict, key: str) -> tuple[dict | None, str]:
+    """The mapping that holds the dotted `key` in `tree` (None where a level is missing) and the key's last part."""
+    *path, leaf = key.split(".")
+    for part in path:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return (tree if isinstance(tree, dict) else None), leaf
+
+
+def current_run_config(stored: dict | None) -> dict | None:
+    """A stored run config with every key of `RENAMED_KEYS` under its name now (a copy; None stays None): a run
+    started before a rename resumes (its config is compared with the new one) and its checkpoints load."""
+    if stored is None:
+        return None
+    plain = copy.deepcopy(stored)
+    for old, new in RENAMED_KEYS.items():
+        (src, leaf), (dst, new_leaf) = _parent(plain, old), _parent(plain, new)
+        if src is not None and leaf in src and dst is not None and new_leaf not in dst:
+            dst[new_leaf] = src.pop(leaf)
+    return plain
 
 
 def rule_for(key: str) -> Rule | None:
@@ -313,16 +337,14 @@ def _show(value) -> str:
 
 
 def algo_keys(name: str | None, inherited: bool = False) -> list[str]:
-    """The dotted `algo.*` keys that `conf/algo/<name>.yaml` itself sets (its `algo:` block where the file is of
-    the `_global_` package), with `inherited` also those of the files in its `defaults`; empty for a name without
-    a file."""
+    """The dotted `algo.*` keys that `conf/algo/<name>.yaml` itself sets, with `inherited` also those of the files
+    in its `defaults`; empty for a name without a file."""
     path = CONF_DIR / "algo" / f"{name}.yaml"
     if not name or not path.is_file():
         return []
     own = OmegaConf.to_container(OmegaConf.load(path))
     parents = [d for d in own.get("defaults", []) if isinstance(d, str) and d != "_self_"] if inherited else []
-    own = own.get("algo", {}) if "algo" in own else {k: v for k, v in own.items() if k != "defaults"}
-    keys = [key for key, _ in _leaves(own, "algo.")]
+    keys = [key for key, _ in _leaves({k: v for k, v in own.items() if k != "defaults"}, "algo.")]
     return keys + [k for parent in parents for k in algo_keys(parent, inherited=True) if k not in keys]
 
 

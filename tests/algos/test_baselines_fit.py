@@ -11,27 +11,21 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import evaluate_thresholds, load_policy
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import make_policy
 
 UNSEEN = 25.0  # not a behaviour threshold, not on the smoke evaluation grid
-
-
-def make_cfg(log_dir, algo: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        # 2 collections of 200 frames: episodes (200 steps, 2 envs) end in the second, so multipliers step once
-        return compose("config", overrides=["experiment=smoke", f"algo={algo}", f"log_dir={log_dir}",
-                                            "total_frames=400", "threads=1", "eps.eval=[10,70]"])
+# on experiment=smoke, 2 collections of 200 frames: episodes (200 steps, 2 envs) end in the second, so multipliers
+# step once
+SMALL = ("total_frames=400", "threads=1", "eps.eval=[10,70]")
 
 
 @pytest.mark.parametrize("algo", ["v_sac_lag", "v_ddpg_lag", "cvpo", "ccpo_wo_vve", "ccpo_wo_cvi"])
-def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo):
-    cfg = make_cfg(tmp_path, algo)
+def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo, smoke_config, tb_values):
+    cfg = smoke_config(tmp_path, f"algo={algo}", *SMALL)
     metrics = fit(cfg)
     assert cfg.label == algo and cfg.run_name == f"ball_circle-{algo}-s0"  # the named config's own name
     run_dir = tmp_path / cfg.run_name
@@ -64,11 +58,9 @@ def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo):
     if algo == "ccpo_wo_vve" or algo == "cvpo":
         assert any(k.startswith("critic.q.") for k in state) and not any(k.startswith("critic.psi") for k in state)
     if algo.startswith("v_"):  # per behaviour threshold: lam at every collection, Q means once updates ran
-        acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-        acc.Reload()
-        tags = acc.Tags()["scalars"]
+        tags = tb_values(run_dir)
         assert all(f"eps_{e:g}/lam" in tags for e in cfg.eps.behavior)
-        q_c = [v.value for e in cfg.eps.behavior if f"eps_{e:g}/q_c" in tags for v in acc.Scalars(f"eps_{e:g}/q_c")]
+        q_c = [v for e in cfg.eps.behavior for v in tags.get(f"eps_{e:g}/q_c", [])]
         assert q_c and all(math.isfinite(v) for v in q_c)
     if algo == "v_sac_lag":
         assert "log_alpha" in state and state["log_alpha"] != 0  # the temperature was tuned

@@ -22,8 +22,7 @@ def built_module(run: Path):
     hp = ckpt["hyper_parameters"]
     module = build(cfg, hp["obs_dim"], hp["act_dim"], eps_behavior=list(cfg.eps.behavior),
                    eps_range=list(cfg.eps.range), eps_bin=cfg.eps.bin, eps_eval=list(cfg.eps.eval),
-                   horizon=int(cfg.env.max_episode_steps), total_frames=int(cfg.total_frames),
-                   stream=dict(hp["stream"]), seed=int(cfg.seed))
+                   horizon=int(cfg.env.max_episode_steps), total_frames=int(cfg.total_frames), seed=int(cfg.seed))
     return module, ckpt
 
 
@@ -50,7 +49,8 @@ def test_todays_module_keeps_the_hyperparameters(run):
     module, ckpt = built_module(run)
     old = ckpt["hyper_parameters"]
     skip = {"run_config", "sidecar_dir", "make_train_env", "make_eval_env", "keep_buffers", "eval_every",
-            "eval_episodes", "max_epochs", "on_nan"}  # set by the trainer, not by the algorithm's builder
+            "eval_episodes", "max_epochs", "on_nan",  # set by the trainer, not by the algorithm's builder
+            "stream"}  # the collection settings: the data module's (`data.RolloutData`)
     missing = {k for k in old if k not in module.hparams and k not in skip}
     assert not missing, f"hyper-parameters no longer saved: {sorted(missing)}"
     for key in set(old) - skip:

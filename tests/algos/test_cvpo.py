@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from hydra import compose, initialize_config_dir
 
 from ccpo_pl.algos.ccpo.build import build

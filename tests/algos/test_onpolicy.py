@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 
 from ccpo_pl.algos import onpolicy, registry
@@ -17,7 +15,7 @@ from ccpo_pl.algos.onpolicy import diag_normal_kl, diag_normal_log_prob
 from ccpo_pl.algos.safe_module import SafeRLModule
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import evaluate_thresholds, load_policy
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import EpsActor, ValueCritic, make_actor, make_policy
 
 
@@ -99,6 +97,8 @@ def test_episode_costs_add_the_shaping_to_the_true_cost(monkeypatch):
     assert onpolicy.episode_costs(m, batch, shaped, m.j_c)[0].item() == pytest.approx(2.0 + 0.5 * 10)
     # + mean shaping per step * horizon
 
+PG = ("algo.name=test_pg", "threads=1")  # on experiment=smoke: the test's policy-gradient module
+
 
 def test_log_prob_and_kl_match_torch_distributions():
     gen = torch.Generator().manual_seed(0)
@@ -112,21 +112,16 @@ def test_log_prob_and_kl_match_torch_distributions():
     assert torch.all(diag_normal_kl(loc, scale, loc, scale).abs() < 1e-6)
 
 
-def make_cfg(log_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", f"log_dir={log_dir}", "algo.name=test_pg",
-                                            "threads=1", *overrides])
-
-
-def test_on_policy_subclass_trains_resumes_and_evaluates(tmp_path, pg_registered):
-    metrics = fit(make_cfg(tmp_path, "total_frames=800", "run_name=pg"))
+def test_on_policy_subclass_trains_resumes_and_evaluates(tmp_path, pg_registered, smoke_config):
+    metrics = fit(smoke_config(tmp_path, *PG, "total_frames=800", "run_name=pg"))
     assert metrics["train/frames"] == 800 and math.isfinite(metrics["eval/avg_reward"])
     run = tmp_path / "pg"
     ckpt = safe_load(run / "checkpoints" / "last.ckpt")
     assert ckpt["hyper_parameters"]["obs_dim"] > 0 and ckpt["state_dict"]["j_c"].shape == (3,)
     assert ckpt["ccpo"]["stream"]["collects"] == 4  # one update per collection: 800 frames / 200
     before = {k: v.clone() for k, v in ckpt["state_dict"].items()}
-    fit(make_cfg(tmp_path, "total_frames=1200", "run_name=pg"))  # resumes: the parameters move on from the checkpoint
+    # resumes: the parameters move on from the checkpoint
+    fit(smoke_config(tmp_path, *PG, "total_frames=1200", "run_name=pg"))
     after = safe_load(run / "checkpoints" / "last.ckpt")
     assert after["ccpo"]["stream"]["frames"] == 1200
     assert not torch.equal(after["state_dict"]["actor.mu.weight"], before["actor.mu.weight"])

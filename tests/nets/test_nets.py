@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torchrl.envs import ExplorationType, set_exploration_type
-
-from omegaconf import OmegaConf
 
 from ccpo_pl.nets import (
     CriticEnsemble,

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from torchrl.envs import EnvBase
 
 from ccpo_pl.checkpointing import Sidecars, rng_state, set_rng_state

@@ -125,7 +125,8 @@ def make_env(
     eps_sampler = EpsSampler(eps_values, eps_mode)
     if eps_mode == "fixed" and len(eps_values) != num_envs:
         raise ValueError(
-            f"eps_mode='fixed' needs len(eps_values) == num_envs; got eps_values={list(eps_values)}, num_envs={num_envs}"
+            f"eps_mode='fixed' needs len(eps_values) == num_envs; got eps_values={list(eps_values)}, "
+            f"num_envs={num_envs}"
         )
     if suite == "bullet" and not parallel:
         base_env = BulletBatchEnv(env_id, num_envs, seed=seed, device=device)

@@ -48,7 +48,8 @@ class EpsSampler(Transform):
         if self.mode == "fixed":
             if batch_size.numel() != values.numel():
                 raise ValueError(
-                    f"eps_mode='fixed' needs one eps per env: got eps_values={values.tolist()} for batch {list(batch_size)}"
+                    f"eps_mode='fixed' needs one eps per env: got eps_values={values.tolist()} for batch "
+                    f"{list(batch_size)}"
                 )
             return values.reshape(*batch_size, 1).clone()
         index = torch.randint(values.numel(), batch_size, device=values.device)

@@ -210,8 +210,10 @@ def _normal(mu, sigma):
 def test_kl_mean_and_kl_cov_match_torch_distributions():
     mu_old, mu, sigma_old, sigma = _gaussians(8)
     kl = torch.distributions.kl_divergence
-    torch.testing.assert_close(eq.kl_mean(mu_old, mu, sigma_old), kl(_normal(mu_old, sigma_old), _normal(mu, sigma_old)).mean(-1))
-    torch.testing.assert_close(eq.kl_cov(sigma_old, sigma), kl(_normal(mu_old, sigma_old), _normal(mu_old, sigma)).mean(-1))
+    torch.testing.assert_close(eq.kl_mean(mu_old, mu, sigma_old),
+                               kl(_normal(mu_old, sigma_old), _normal(mu, sigma_old)).mean(-1))
+    torch.testing.assert_close(eq.kl_cov(sigma_old, sigma),
+                               kl(_normal(mu_old, sigma_old), _normal(mu_old, sigma)).mean(-1))
     assert torch.equal(eq.kl_cov(sigma_old, sigma_old), torch.zeros(2, dtype=F64))
 
 
@@ -244,7 +246,7 @@ def test_mstep_loss_minimiser_is_the_weighted_mle():
     actions = torch.randn(1, 2, 6, 2, generator=gen, dtype=F64) * 0.7 + 0.3
     weights = torch.softmax(2 * torch.randn(1, 2, 6, generator=gen, dtype=F64), -1)
     mu_old, sigma_old = torch.zeros(1, 2, 2, dtype=F64), torch.ones(1, 2, 2, dtype=F64)
-    mu, log_sigma = torch.zeros(1, 2, 2, dtype=F64, requires_grad=True), torch.zeros(1, 2, 2, dtype=F64, requires_grad=True)
+    mu, log_sigma = (torch.zeros(1, 2, 2, dtype=F64, requires_grad=True) for _ in range(2))
     opt = torch.optim.Adam([mu, log_sigma], lr=0.05)
     for _ in range(400):
         opt.zero_grad()

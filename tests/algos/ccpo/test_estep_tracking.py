@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ccpo_pl.algos.ccpo import equations as eq
-from ccpo_pl.fit import CONF_DIR
+from ccpo_pl.conf import CONF_DIR
 
 KAPPA, K, E = 0.02, 16, 3
 LAM_MAX = 100.0
@@ -96,7 +96,8 @@ def test_a_truly_infeasible_threshold_reaches_the_cap():
 def test_warm_started_three_iterations_track_a_drifting_problem():
     """The population's cost level drifts by 0.09 Q units over 300 updates (a policy and critic that learn), taking
     slack thresholds to binding ones: the 3-iteration warm-started solves stay at the converged solution of each
-    update's problem (a threshold turning infeasible needs more: `test_a_truly_infeasible_threshold_reaches_the_cap`)."""
+    update's problem (a threshold turning infeasible needs more:
+    `test_a_truly_infeasible_threshold_reaches_the_cap`)."""
     gen = torch.Generator().manual_seed(3)
     n = 256
     r_s, c_s = 20 * torch.randn(n, generator=gen), 8 + 3.5 * torch.randn(n, generator=gen)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 
 from ccpo_pl.algos.ccpo import equations as eq
 from ccpo_pl.algos.ccpo.module import CCPO
 from ccpo_pl.algos.common import polyak
 from ccpo_pl.algos.registry import build
-from ccpo_pl.fit import CONF_DIR
 from ccpo_pl.nets import critic_members
 
 OBS, ACT, B = 3, 2, 64
@@ -23,9 +22,15 @@ class _OneProcess:
     world_size = 1
 
 
-def make_module(*overrides: str, total_frames: int = 1000):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["algo.hidden=[32,32]", "algo.compile=false", *overrides])
+@pytest.fixture(scope="session")
+def make_module(compose_config):
+    """`make_module(*overrides, total_frames=1000)`: a small CCPO module, its optimizers and a one-process
+    trainer stand-in."""
+    return functools.partial(_make_module, compose_config)
+
+
+def _make_module(compose_config, *overrides: str, total_frames: int = 1000):
+    cfg = compose_config("algo.hidden=[32,32]", "algo.compile=false", *overrides)
     torch.manual_seed(0)
     module = build(cfg, OBS, ACT, eps_behavior=list(cfg.eps.behavior), eps_range=list(cfg.eps.range),
                    eps_bin=cfg.eps.bin, eps_eval=list(cfg.eps.eval), horizon=200, total_frames=total_frames)
@@ -47,7 +52,7 @@ def constant_cost_batch(terminated: bool) -> TensorDict:
 
 @pytest.mark.parametrize("ensemble", [1, 2])
 @pytest.mark.parametrize(("terminated", "expected"), [(False, 1 / (1 - 0.5)), (True, 1.0)])
-def test_critic_step_learns_the_known_cost_value_for_every_eps(terminated, expected, ensemble):
+def test_critic_step_learns_the_known_cost_value_for_every_eps(terminated, expected, ensemble, make_module):
     """Cost 1 per step: Q_c = 1/(1-gamma) when the time limit only truncates (bootstrap), 1 when it terminates;
     with an ensemble, every member learns it."""
     module = make_module("algo.gamma=0.5", "algo.tau=0.2", "algo.lr_critic=3e-3", f"algo.critic_ensemble={ensemble}")
@@ -72,7 +77,7 @@ def random_batch() -> TensorDict:
     }, [B])
 
 
-def test_compiled_update_matches_the_eager_one():
+def test_compiled_update_matches_the_eager_one(make_module):
     """`algo.compile=true` fuses the update's objectives (TD loss, E-step, M-step): same update as eager, to float
     rounding (the E-step's bfloat16 Q values are switched off so that both run in float32; the dual's Newton
     iterations amplify the reordered float32 sums of the fused kernels to ~1e-4 relative)."""
@@ -92,7 +97,7 @@ def test_compiled_update_matches_the_eager_one():
     assert not torch.equal(eager.actor.state_dict()["mu.weight"], make_module().actor.state_dict()["mu.weight"])
 
 
-def test_an_update_starts_from_cleared_gradients():
+def test_an_update_starts_from_cleared_gradients(make_module):
     """`cvi_update` clears the gradients of every trained parameter before its backward: gradients left behind
     (stale ones here) change nothing."""
     clean, stale = make_module("algo.estep_precision=fp32"), make_module("algo.estep_precision=fp32")
@@ -109,7 +114,7 @@ def test_an_update_starts_from_cleared_gradients():
         assert torch.equal(a, b), name
 
 
-def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_the_e_and_m_steps():
+def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_the_e_and_m_steps(make_module):
     """`cvi_update` against the sequential algorithm written out: critic step (own backward), then the E-step on the
     target critic and pi_old, the M-step objective and the actor step (own backward), then the KL multipliers."""
     fused, sequential = make_module("algo.estep_precision=fp32"), make_module("algo.estep_precision=fp32")
@@ -148,7 +153,7 @@ def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_th
     assert torch.allclose(fused.c_gap[bins], q_means[1] - eq.eps_to_q_units(eps, hp.gamma, hp.horizon))
 
 
-def test_a_state_dict_without_the_running_cost_gap_loads_with_no_batch_averaged():
+def test_a_state_dict_without_the_running_cost_gap_loads_with_no_batch_averaged(make_module):
     """Checkpoints written before the running cost gap existed load strictly, with the gap's initial state."""
     old, new = make_module(), make_module()
     new.c_gap.fill_(3.0), new.c_gap_n.fill_(7.0)
@@ -160,7 +165,7 @@ def test_a_state_dict_without_the_running_cost_gap_loads_with_no_batch_averaged(
     assert (new.c_gap == 0).all() and (new.c_gap_n == 0).all()
 
 
-def test_lam_at_cap_is_logged_per_bin_as_the_share_of_updates_since_the_last_log(monkeypatch):
+def test_lam_at_cap_is_logged_per_bin_as_the_share_of_updates_since_the_last_log(monkeypatch, make_module):
     module = make_module()
     solve = eq.track_estep_dual
     calls = {"n": 0}
@@ -186,7 +191,7 @@ def test_lam_at_cap_is_logged_per_bin_as_the_share_of_updates_since_the_last_log
     assert (module.per_eps_metrics()["estep/lam_at_cap/{eps}"] == 0).all()
 
 
-def test_bin_index_is_the_nearest_bin_and_the_lower_one_on_ties():
+def test_bin_index_is_the_nearest_bin_and_the_lower_one_on_ties(make_module):
     module = make_module("eps.behavior=[20,42,60]")  # 42: a bin off the 5-wide grid
     bins = torch.tensor(module.eps_bins)
     assert 42.0 in module.eps_bins
@@ -196,7 +201,7 @@ def test_bin_index_is_the_nearest_bin_and_the_lower_one_on_ties():
     assert torch.equal(module.bin_index(eps), nearest)
 
 
-def test_thresholds_are_behaviour_ones_before_the_versatile_stage_then_drawn_from_the_range(monkeypatch):
+def test_thresholds_are_behaviour_ones_before_the_versatile_stage_then_drawn_from_the_range(monkeypatch, make_module):
     frames = {"now": 0}
     monkeypatch.setattr(CCPO, "global_frames", property(lambda self: frames["now"]))
     module = make_module("algo.n_eps=4", "algo.versatile_start=0.5", "algo.versatile_frac=0.5", total_frames=1000)
@@ -218,7 +223,7 @@ def test_thresholds_are_behaviour_ones_before_the_versatile_stage_then_drawn_fro
     assert torch.equal(torch.stack(twin_draws), torch.cat([early, late]))
 
 
-def test_cvi_update_keeps_duals_in_bounds_and_moves_the_policy_within_the_trust_region():
+def test_cvi_update_keeps_duals_in_bounds_and_moves_the_policy_within_the_trust_region(make_module):
     module = make_module()
     module.on_new_collect()
     batch = random_batch()
@@ -244,11 +249,11 @@ class _ConstantCostCritic(torch.nn.Module):
 
 
 @pytest.mark.parametrize(("method", "expected"), [("gradient", [1.0, 3.0, 3.5]), ("pid", [3.0, 11.0, 4.5])])
-def test_wo_cvi_multipliers_follow_the_selected_lagrange_rule(method, expected):
+def test_wo_cvi_multipliers_follow_the_selected_lagrange_rule(method, expected, make_module):
     """Q_c above the Q-unit threshold by 2, 4, 1. Gradient (lr 0.5): 0+1, 1+2, 3+0.5. PID (kp 1, ki 0.5, kd 2):
     2+1+0, 4+3+2*2, 1+3.5+0 (the first step has no derivative term)."""
-    module = make_module("algo.cvi=false", f"algo.lagrangian.method={method}", "algo.lagrangian.lr=0.5",
-                         "algo.lagrangian.pid={kp: 1.0, ki: 0.5, kd: 2.0}")
+    module = make_module("algo.cvi=false", f"algo.lagrange.method={method}", "algo.lagrange.lr=0.5",
+                         "algo.lagrange.pid={kp: 1.0, ki: 0.5, kd: 2.0}")
     module.critic = _ConstantCostCritic()
     eps = torch.tensor([40.0])
     bins = module.bin_index(eps)

@@ -5,13 +5,10 @@ unseen threshold."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensordict import TensorDict
 
 from ccpo_pl.algos.combined import equations as eq
@@ -20,7 +17,7 @@ from ccpo_pl.algos.combined.module import CPPOLag, CTRPOLag
 from ccpo_pl.algos.onpolicy import diag_normal_log_prob
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import evaluate_run, evaluate_thresholds, load_policy
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import ValueCritic, make_policy
 
 EPS_B = [20.0, 40.0, 60.0]
@@ -115,27 +112,16 @@ def test_clip_per_policy_scales_each_policy_on_its_own():
     assert small[0].item() == pytest.approx(0.3)  # below the bound: unchanged
 
 
-def make_cfg(log_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", f"log_dir={log_dir}", "threads=1", *overrides])
-
-
-def _scalars(run_dir: Path) -> dict[str, list[float]]:
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
 @pytest.mark.parametrize("algo", ["c_ppo_lag", "c_trpo_lag"])
-def test_smoke_fit_then_evaluate_at_an_unseen_threshold(tmp_path, algo):
-    metrics = fit(make_cfg(tmp_path, f"algo={algo}", "total_frames=800", "run_name=run"))
+def test_smoke_fit_then_evaluate_at_an_unseen_threshold(tmp_path, algo, smoke_config, tb_values):
+    metrics = fit(smoke_config(tmp_path, "threads=1", f"algo={algo}", "total_frames=800", "run_name=run"))
     assert metrics["train/frames"] == 800 and math.isfinite(metrics["eval/avg_reward"])
     run = tmp_path / "run"
     ckpt = safe_load(run / "checkpoints" / "last.ckpt")
     assert ckpt["ccpo"]["stream"]["collects"] == 4  # one update per collection
     state = ckpt["state_dict"]
     assert state["lagrange.lam"].shape == (3,) and torch.all(state["lagrange.lam"] >= 0)
-    tags = _scalars(run)
+    tags = tb_values(run)
     for e in EPS_B:
         assert all(math.isfinite(v) for v in tags[f"eps_{e:g}/lam"] + tags[f"eps_{e:g}/j_c"])
     assert max(max(tags[f"eps_{e:g}/kl"]) for e in EPS_B) > 0  # the policies moved

@@ -8,13 +8,10 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensordict import TensorDict
 
 from ccpo_pl.algos.cpo import equations as eq
@@ -22,7 +19,7 @@ from ccpo_pl.algos.cpo.module import CPO
 from ccpo_pl.algos.onpolicy import diag_normal_kl, diag_normal_log_prob
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.errors import ConfigError
-from ccpo_pl.fit import CONF_DIR, fit
+from ccpo_pl.fit import fit
 from ccpo_pl.nets import EpsActor, ValueCritic
 
 OBS, ACT, T, D = 3, 2, 50, 25.0
@@ -158,17 +155,7 @@ def test_cost_shaping_adds_a_learned_probability_that_tracks_the_unsafe_region()
 
 
 # ---------------------------------------------------------------- through fit, on the real config
-def _cfg(log_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", f"log_dir={log_dir}", "threads=1", "total_frames=400",
-                                            "eps.eval=[25]", "algo.value_epochs=2", *overrides])
-
-
-def _scalars(run_dir: Path) -> dict[str, list[float]]:
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
+SMALL = ("threads=1", "total_frames=400", "eps.eval=[25]", "algo.value_epochs=2")  # on experiment=smoke
 
 @pytest.mark.parametrize(("algo", "extra", "tags"), [
     ("cpo", [], ["update/case", "update/lam", "update/nu", "update/step_fraction", "update/kl"]),
@@ -177,8 +164,8 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
     ("fpo", ["algo.penalty_nu=5"], ["update/nu", "update/kl"]),
     ("cpo", ["algo.cost_shaping=true"], ["update/case", "update/shaping_loss", "update/shaping_positive"]),
 ])
-def test_smoke_fit_writes_checkpoint_and_finite_update_logs(tmp_path, algo, extra, tags):
-    cfg = _cfg(tmp_path, f"algo={algo}", "run_name=run", *extra)
+def test_smoke_fit_writes_checkpoint_and_finite_update_logs(tmp_path, algo, extra, tags, smoke_config, tb_values):
+    cfg = smoke_config(tmp_path, *SMALL, f"algo={algo}", "run_name=run", *extra)
     metrics = fit(cfg)
     run_dir = tmp_path / "run"
     ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
@@ -187,21 +174,21 @@ def test_smoke_fit_writes_checkpoint_and_finite_update_logs(tmp_path, algo, extr
     state = ckpt["state_dict"]
     assert any(k.startswith("actor.") for k in state) and any(k.startswith("value.") for k in state)
     assert any(k.startswith("shaping.") for k in state) == ("algo.cost_shaping=true" in extra)
-    logged = _scalars(run_dir)
+    logged = tb_values(run_dir)
     for tag in tags:
         assert len(logged[tag]) == 2 and all(math.isfinite(v) for v in logged[tag]), tag
     if algo == "fpo":
         assert logged["update/nu"] == [5.0, 5.0]
 
 
-def test_fit_refuses_several_behaviour_thresholds(tmp_path):
+def test_fit_refuses_several_behaviour_thresholds(tmp_path, smoke_config):
     with pytest.raises(ConfigError, match=r"eps.behavior=\[20.0, 40.0\] must hold one value"):
-        fit(_cfg(tmp_path, "algo=cpo", "eps.behavior=[20,40]", "run_name=refused"))
+        fit(smoke_config(tmp_path, *SMALL, "algo=cpo", "eps.behavior=[20,40]", "run_name=refused"))
     assert not (tmp_path / "refused").exists()  # refused before the run directory is made
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_keep_cpo_parameters_identical(tmp_path):
+def test_ddp_two_cpu_processes_keep_cpo_parameters_identical(tmp_path, tb_values):
     """CPO writes parameters directly: g, b, the Fisher-vector products and the line-search statistics must be
     rank means, or the ranks drift apart (DDPSyncCheck compares every parameter and buffer after each update)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -214,5 +201,5 @@ def test_ddp_two_cpu_processes_keep_cpo_parameters_identical(tmp_path):
     fields = dict(kv.split("=") for kv in line.split())
     assert int(fields["ddp_sync_checks"]) == 2 and fields["ranks"] == "2"  # 800 frames / (2 ranks x 200) updates
     assert float(fields["max_param_diff"]) == 0.0
-    logged = _scalars(tmp_path / "logs" / "ddp")
+    logged = tb_values(tmp_path / "logs" / "ddp")
     assert len(logged["update/case"]) == 2 and any(f > 0 for f in logged["update/step_fraction"])

@@ -66,7 +66,6 @@ from ccpo_pl.algos.safe_module import SafeRLModule
 from ccpo_pl.faults import all_finite
 from ccpo_pl.nets import critic_members
 
-
 #: Updates' thresholds drawn at once by `sample_train_eps`.
 EPS_ROWS = 256
 #: The columns of the `stats` buffer: running means per threshold bin, for logging.
@@ -158,7 +157,7 @@ class CCPO(SafeRLModule):
         self.lagrangian = {"method": "gradient", "lr": 0.01, "lam_max": 100.0, "alpha": 0.0,
                            "pid": dict(PID_GAINS), **(lagrangian or {})}
         if self.lagrangian["method"] not in METHODS:
-            raise ValueError(f"algo.lagrangian.method={self.lagrangian['method']!r} is not allowed; use "
+            raise ValueError(f"algo.lagrange.method={self.lagrangian['method']!r} is not allowed; use "
                              f"{' or '.join(METHODS)}")
         n_bins = len(self.eps_bins)
         self.register_buffer("eta", torch.full((n_bins,), float(self.dual["eta_init"])))

@@ -178,7 +178,7 @@ class CPPOLag(CombinedLagrangian):
             for mb in onpolicy.minibatches(data.shape[0], self.minibatch_size, self.device):
                 out = self.ppo_loss(td[mb])
                 per_sample = out["loss_objective"].reshape(-1)
-                if "loss_entropy" in out.keys():
+                if "loss_entropy" in out.keys():  # noqa: SIM118 - a TensorDict has no `in`
                     per_sample = per_sample + out["loss_entropy"].reshape(-1)
                 loss = (eq.mean_per_threshold(per_sample, idx[mb], n) * active).sum()
                 if not self.check_finite({"policy loss": loss}):

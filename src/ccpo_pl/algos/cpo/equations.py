@@ -106,7 +106,7 @@ def cpo_dual_solution(q: float, r: float, s: float, c: float, delta: float, tiny
             return DualSolution(0.0, math.sqrt(2.0 * delta / s), 0, r, s, c)
         return DualSolution(lam_trpo, 0.0, 3, r, s, c)
     A = q - r * r / s  # >= 0 by Cauchy-Schwarz; below _PARALLEL q it is CG round-off: g parallel to b
-    if A <= _PARALLEL * q:
+    if _PARALLEL * q >= A:
         A = 0.0
     # L_a and L_b as intervals [lo, hi] of lam >= 0 (None: empty). The boundary lam = -r / c may belong to both:
     # there f_a = f_b (f_a - f_b = (lam c + r)^2 / (2 lam s) >= 0 vanishes).

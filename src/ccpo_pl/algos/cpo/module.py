@@ -35,9 +35,8 @@ Implementation details (paper -> code; "ours" marks our choices where the paper 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

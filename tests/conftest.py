@@ -1,0 +1,60 @@
+"""Fixtures shared by the test files: composing a run config from the package's config tree, and reading what a
+run logged to TensorBoard. Each fixture is a function (session-scoped, so module-scoped fixtures can use it too)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ccpo_pl.conf import CONF_DIR
+
+
+def _compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def _events(run_dir: Path, kinds: tuple[str, ...] = ("scalars", "images", "tensors")) -> EventAccumulator:
+    """The run's TensorBoard events of `kinds`, every one of them (no sampling)."""
+    acc = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance=dict.fromkeys(kinds, 0))
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="session")
+def compose_config() -> Callable[..., DictConfig]:
+    """`compose_config(*overrides, return_hydra_config=False)`: `config.yaml` composed as `ccpo_pl.fit` would."""
+    return _compose
+
+
+@pytest.fixture(scope="session")
+def smoke_config() -> Callable[..., DictConfig]:
+    """`smoke_config(log_dir, *overrides)`: the tiny run of `experiment=smoke`, its run directories under `log_dir`."""
+    return lambda log_dir, *overrides: _compose("experiment=smoke", f"log_dir={log_dir}", *overrides)
+
+
+@pytest.fixture(scope="session")
+def tb_events() -> Callable[[Path], EventAccumulator]:
+    """`tb_events(run_dir)`: every event of the run's TensorBoard folder (`<run dir>/tb`), loaded."""
+    return _events
+
+
+@pytest.fixture(scope="session")
+def tb_scalars() -> Callable[[Path], dict[str, list[tuple[int, float]]]]:
+    """`tb_scalars(run_dir)`: tag -> [(step, value), ...] of every scalar the run logged."""
+    def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+        acc = _events(run_dir, ("scalars",))
+        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+    return scalars
+
+
+@pytest.fixture(scope="session")
+def tb_values(tb_scalars) -> Callable[[Path], dict[str, list[float]]]:
+    """`tb_values(run_dir)`: tag -> [value, ...] of every scalar the run logged, in step order."""
+    return lambda run_dir: {tag: [v for _, v in events] for tag, events in tb_scalars(run_dir).items()}
