@@ -9,6 +9,9 @@ network), the run's lock is the first write, and `config.yaml` is written when t
 started leaves no trace. SIGTERM/SIGINT save a checkpoint at the next safe point and stop (`callbacks.Preemption`);
 numerical faults and failed saves stop with one line (`faults`). Exit status: 0 done or preempted, 2 refused
 before training, 3 stopped by a fault, 130 a second Ctrl-C (stopped at once, nothing saved).
+
+Over 300 lines: the checks before the first write (the run's config, its checkpoint, the disk, the lock) stay with
+the command whose promise they keep; building the module, data, evaluation and trainer is one function each.
 """
 
 from __future__ import annotations
@@ -305,7 +308,8 @@ def build_data(cfg: DictConfig, run_dir: Path) -> RolloutData:
                     collects_per_epoch=cfg.collect.collects_per_epoch, buffer_size=cfg.collect.buffer_size,
                     batch_size=cfg.collect.batch_size),
         eps_behavior=list(cfg.eps.behavior), seed=int(cfg.seed),
-        sidecar_dir=str(run_dir / "checkpoints" / "sidecars"), keep_buffers=cfg.checkpoint.keep_buffers)
+        sidecar_dir=str(run_dir / "checkpoints" / "sidecars"), keep_buffers=cfg.checkpoint.keep_buffers,
+        on_policy=ALGOS[cfg.algo.name].on_policy)
 
 
 def build_evaluation(cfg: DictConfig) -> PeriodicEvaluation:
@@ -343,6 +347,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
     # the checkpoint's own frame count were logged before it was written); a run started over (killed before its
     # first checkpoint) drops all earlier events
     purge_step = 0 if ckpt_frames is None else ckpt_frames + 1
+    after_earlier_event_files(run_dir / "tb")
     logger = TensorBoardLogger(save_dir=cfg.log_dir, name=cfg.run_name, version="tb", default_hp_metric=False,
                                purge_step=purge_step)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -354,6 +359,16 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
 
 
 # ---------------------------------------------------------------- command line
+def after_earlier_event_files(tb_dir: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and a name starts with the second the file was made
+    (`events.out.tfevents.<second>.<host>.<pid>`): a run resumed within the second its previous process made its
+    file could sort first, and its events would then be dropped as out of order. Waits for the next second then."""
+    seconds = [int(p.name.split(".")[3]) for p in tb_dir.glob("events.out.tfevents.*")
+               if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+    if seconds and max(seconds) >= int(time.time()):
+        time.sleep(max(seconds) + 1 - time.time())
+
+
 def _check_group_overrides(argv: list[str]) -> None:
     """Unknown `env=`/`algo=`/... names and unknown keys fail here with one line, before Hydra's multi-line
     message."""

@@ -13,6 +13,8 @@ report is one section of `--out` instead: written between markers named by its t
 is there and leaving the rest of the file as it is (one results file built from several generated tables); its CSV is
 `<out stem>-<title slug>.csv`. Without it, the main part (everything before the first section) is replaced and
 the sections are kept.
+
+Over 300 lines: the paper's Table 1 figures (the comparison columns) and the Markdown layout of the report.
 """
 
 from __future__ import annotations

@@ -12,12 +12,13 @@ from omegaconf import OmegaConf
 
 from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.checkpointing import safe_load
+from ccpo_pl.validation import current_run_config
 
 RUNS = sorted((Path(__file__).parents[1] / "data" / "checkpoints_main").glob("*-s0"))
 
 
 def built_module(run: Path):
-    cfg = OmegaConf.load(run / "config.yaml")
+    cfg = OmegaConf.create(current_run_config(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))))
     ckpt = safe_load(run / "checkpoints" / "last.ckpt")
     hp = ckpt["hyper_parameters"]
     module = build(cfg, hp["obs_dim"], hp["act_dim"], eps_behavior=list(cfg.eps.behavior),

@@ -57,11 +57,9 @@ def test_cvpo_trains_one_threshold_per_update():
 def test_cvpo_is_built_as_ccpo_at_its_threshold_with_the_pinned_policy_and_envs_drawing_only_it():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["algo=cvpo", "algo.compile=false"])
-    drawn = {}
     module = build(cfg, 3, 2, eps_behavior=[20, 40, 60], eps_range=[10, 70], eps_bin=5, eps_eval=[10, 40],
-                   horizon=200, total_frames=1000, make_train_env=lambda **kw: drawn.update(kw))
+                   horizon=200, total_frames=1000)
     assert isinstance(module.actor, PinnedEps) and module.actor.threshold == 40.0
     assert isinstance(module.actor_old, PinnedEps)
     assert module.hparams.threshold == 40.0 and module.sample_train_eps().tolist() == [40.0]
-    module.make_train_env(seed=1)
-    assert drawn == {"seed": 1, "eps_values": [40.0]}
+    assert module.collection_eps() == [40.0]  # the data module's training envs draw only it

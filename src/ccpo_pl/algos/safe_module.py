@@ -2,7 +2,7 @@
 
 - the training data through `rollouts` (the trainer's `data.RolloutData`): the frame and collection counters, the
   episode tallies, the health of the latest collection; the module gives it its collection policy
-  (`collection_policy`), the thresholds the training envs draw (`collection_eps`) and `on_policy`;
+  (`collection_policy`) and the thresholds the training envs draw (`collection_eps`);
 - numerical faults: NaN/inf in env data, replay batches, losses, duals, multipliers or parameters stops the run
   (`NumericalFault`, naming the quantity and the frame) or, with `on_nan="skip"`, skips the update and counts it;
   a checkpoint is never written from non-finite state;

@@ -2,12 +2,12 @@
 
 It owns, per rank: the training envs (seeded from the run's seed, the rank and the collections so far, so that
 ranks differ and a resumed run does not replay the envs' first episodes), the train iterable (`OffPolicyStream`:
-collector + replay buffer; `OnPolicyStream` for modules with `on_policy = True`), the finished-episode tallies, the
+collector + replay buffer; `OnPolicyStream` for on-policy algorithms), the finished-episode tallies, the
 frame and collection counters, and the sidecar beside each checkpoint (this rank's replay buffer and RNG states,
 `checkpointing.Sidecars`). Lightning seeds every rank alike (`seed_everything`); `setup` seeds each rank apart.
 
-The module supplies the collection policy (`collection_policy()`), the thresholds the training envs draw
-(`collection_eps()`) and whether it learns on-policy (`on_policy`); it reads the counters, the episode tallies and
+The module supplies the collection policy (`collection_policy()`) and the thresholds the training envs draw
+(`collection_eps()`); it reads the counters, the episode tallies and
 the collection's health through this object (`SafeRLModule.rollouts`). The frame and collection counters and the
 sidecar token are part of the checkpoint's training state (`checkpoint["ccpo"]`, `checkpoint_state` and
 `restore`), which the module writes after checking its weights are finite.
@@ -49,14 +49,17 @@ class RolloutData(L.LightningDataModule):
         seed: the run's seed.
         sidecar_dir: where each rank writes its sidecar beside the checkpoints (None: no sidecars).
         keep_buffers: sidecars kept per rank.
+        on_policy: yield each collection whole, once (`OnPolicyStream`), instead of replay batches
+            (`registry.AlgoSpec.on_policy` of the algorithm).
     """
 
     def __init__(self, make_train_env: Callable[..., EnvBase], *, stream: dict, eps_behavior: Sequence[float],
-                 seed: int = 0, sidecar_dir: str | None = None, keep_buffers: int = 2):
+                 seed: int = 0, sidecar_dir: str | None = None, keep_buffers: int = 2, on_policy: bool = False):
         super().__init__()
         self.make_train_env, self.stream_sizes = make_train_env, dict(stream)
         self.eps_behavior = [float(e) for e in eps_behavior]
         self.seed, self.sidecar_dir, self.keep_buffers = int(seed), sidecar_dir, int(keep_buffers)
+        self.on_policy = bool(on_policy)
         self.stream: OffPolicyStream | None = None
         self._resume: dict | None = None  # the stream counters of the checkpoint being resumed
         self._sidecar: dict | None = None
@@ -78,7 +81,7 @@ class RolloutData(L.LightningDataModule):
     def make_stream(self) -> OffPolicyStream:
         """The train iterable (built once, inside the rank), with the module's collection policy."""
         module = self.trainer.lightning_module
-        cls = OnPolicyStream if getattr(module, "on_policy", False) else OffPolicyStream
+        cls = OnPolicyStream if self.on_policy else OffPolicyStream
         return cls(self._seeded_train_env, module.collection_policy(), device=module.device,
                    eps_behavior=self.eps_behavior, **self.stream_sizes)
 

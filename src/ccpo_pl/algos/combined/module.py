@@ -90,8 +90,6 @@ class CombinedLagrangian(SafeRLModule):
             raise ValueError(f"algo.target_kl={target_kl} must be > 0")
 
     optimizer, mean_grads, log_update = onpolicy.optimizer, onpolicy.mean_grads, onpolicy.log_update
-    #: the rollouts yield each collection whole, once (`data.OnPolicyStream`)
-    on_policy = True
 
     def configure_optimizers(self):
         return [torch.optim.Adam(self.value.parameters(), lr=self.lr_value), *self.policy_optimizers()]

@@ -110,8 +110,6 @@ class CPO(SafeRLModule):
         self._shaping_stats: dict[str, Tensor] = {}
 
     optimizer, mean_grads = onpolicy.optimizer, onpolicy.mean_grads
-    #: the rollouts yield each collection whole, once (`data.OnPolicyStream`)
-    on_policy = True
 
     # ---------------------------------------------------------------- optimizers and the cost signal
 
