@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import stat
 
 import numpy as np
 import pytest
 import torch
 
+from ccpo_pl import checkpointing
 from ccpo_pl.checkpointing import Sidecars, atomic_torch_save, rng_state, safe_load, set_rng_state
 
 
@@ -66,3 +68,19 @@ def test_sidecars_pair_by_token_and_keep_the_newest(tmp_path):
     assert sidecars.load(f"{400:013d}") is None
     assert int(sidecars.load(f"{1200:013d}")["frames"]) == 1200
     assert sorted(p.name for p in (tmp_path / "rank1").iterdir()) == [f"{800:013d}.pt", f"{1200:013d}.pt"]
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask_like_open_does(tmp_path, mask, mode):
+    """A checkpoint, a sidecar or an evaluation file gets the mode `open` would give it (colleagues on a shared
+    cluster read a run when the umask lets them), not `mkstemp`'s 0600."""
+    old = os.umask(mask)
+    try:
+        assert checkpointing.umask() == mask
+        checkpointing.atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "a.ckpt")
+        checkpointing.atomic_write_text("text\n", tmp_path / "b.yaml")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.ckpt").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "b.yaml").stat().st_mode) == mode
+    assert (tmp_path / "b.yaml").read_text() == "text\n"

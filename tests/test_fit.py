@@ -209,3 +209,23 @@ def test_load_policy_rebuilds_the_trained_actor_without_training_state(smoke_run
     torch.save({"state_dict": {}}, other)
     with pytest.raises(ValueError, match="not a ccpo_pl.fit checkpoint"):
         load_policy(other)
+
+
+def test_a_changed_config_names_three_differences_and_counts_the_rest(tmp_path):
+    """The refusal of a changed config names the first differences and says how many more there are."""
+    from ccpo_pl.fit import check_resumable
+
+    stored = {"seed": 0, "total_frames": 10, "env": {"name": "a"}, "collect": {"num_envs": 1},
+              "trainer": {"devices": 1}, "eps": {"bin": 5, "range": [10, 70]}, "algo": {"kappa": 0.1, "tau": 0.05}}
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    OmegaConf.save(OmegaConf.create(stored), run_dir / "config.yaml")
+    changed = {**stored, "seed": 1, "eps": {"bin": 2, "range": [10, 60]}, "algo": {"kappa": 0.2, "tau": 0.1}}
+    with pytest.raises(ConfigError) as err:
+        check_resumable(run_dir, changed)
+    message = str(err.value)
+    assert message.count(" -> ") == 3 and message.endswith("; and 2 more); use another run_name or the run's own "
+                                                           "config")
+    with pytest.raises(ConfigError) as err:
+        check_resumable(run_dir, {**stored, "seed": 1})
+    assert "(seed: 0 -> 1); use another run_name" in str(err.value)  # one difference: named, nothing more

@@ -705,7 +705,7 @@ def test_config_yaml_is_written_atomically_when_training_starts(tmp_path, monkey
     monkeypatch.setattr(checkpointing, "atomic_write_text", recording)
     fit(smoke_config(tmp_path, *BASE, *SHORT))
     assert written == [("config.yaml", False)]  # once, through the fsync-and-rename path, before any checkpoint
-    assert (tmp_path / "r" / "config.yaml").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "r" / "config.yaml").stat().st_mode & 0o777 == 0o666 & ~checkpointing.umask()
 
 
 # ---------------------------------------------------------------- 10. a full disk, a second Ctrl-C

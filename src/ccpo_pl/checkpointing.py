@@ -33,13 +33,29 @@ CHECKPOINT_FORMAT = 1
 READABLE_FORMATS = (1,)
 
 
+def umask() -> int:
+    """The process's file-mode creation mask (read from /proc where it is there: setting it to read it is not
+    thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
     """`write(file)` into a temporary file beside `path`, fsync, then rename over `path`: a reader sees the old
-    file or the whole new one, never a part; a failed write leaves no temporary file."""
+    file or the whole new one, never a part; a failed write leaves no temporary file. The file's mode follows the
+    umask, as `open` would give it (`mkstemp` alone makes it 0600: colleagues could not read a run)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -60,10 +76,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write `data` to `path` as `atomic_torch_save` does: a power loss leaves the old file or the new one."""
+    atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write `text` to `path` as `atomic_torch_save` does (mode 0644): a power loss leaves the old file or the new
-    one."""
-    atomic_write(path, lambda f: (f.write(text.encode()), os.fchmod(f.fileno(), 0o644)))
+    """`atomic_write_bytes` of `text`, UTF-8."""
+    atomic_write_bytes(text.encode(), path)
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
-from ccpo_pl.checkpointing import READABLE_FORMATS, check_checkpoint
+from ccpo_pl.checkpointing import READABLE_FORMATS, atomic_write_bytes, check_checkpoint
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError, check_writable
 from ccpo_pl.metrics import (
@@ -307,12 +307,6 @@ def plot_curves(stats: Mapping[str, Sequence[float]] | Mapping[str, Mapping[str,
     return fig
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _json_safe(value):
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -374,13 +368,13 @@ def write_eval(out_dir: Path, stats: Mapping[str, Mapping[str, Sequence]], episo
             per_episode += [[policy, _cell("eps", e), str(j), _cell("reward", float(reward[i, j])),
                              _cell("cost", float(cost[i, j])), _cell("length", int(length[i, j]))]
                             for j in range(reward.shape[1])]
-    _atomic_write(out_dir / "per_eps.csv", _csv(per_eps))
-    _atomic_write(out_dir / "per_episode.csv", _csv(per_episode))
-    _atomic_write(out_dir / "table.md", markdown_table(stats, summary["by_policy"], title).encode())
+    atomic_write_bytes(_csv(per_eps), out_dir / "per_eps.csv")
+    atomic_write_bytes(_csv(per_episode), out_dir / "per_episode.csv")
+    atomic_write_bytes(markdown_table(stats, summary["by_policy"], title).encode(), out_dir / "table.md")
     png = io.BytesIO()
     plot_curves(stats, behavior, title).savefig(png, format="png")
-    _atomic_write(out_dir / "curves.png", png.getvalue())
-    _atomic_write(out_dir / "summary.json", (json.dumps(_json_safe(dict(summary)), indent=2) + "\n").encode())
+    atomic_write_bytes(png.getvalue(), out_dir / "curves.png")
+    atomic_write_bytes((json.dumps(_json_safe(dict(summary)), indent=2) + "\n").encode(), out_dir / "summary.json")
 
 
 def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:

@@ -100,7 +100,8 @@ def check_resumable(run_dir: Path, plain: dict) -> None:
     added = [d for d in diffs if d[1] is _ABSENT]  # settings newer than the run
     changed = [f"{key}: {a!r} -> {b!r}" for key, a, b in diffs if a is not _ABSENT]
     if changed:
-        raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(changed[:3])}); "
+        more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(changed[:3])}{more}); "
                           f"use another run_name or the run's own config")
     if added and rank_zero_only.rank == 0:
         news = ", ".join(f"{key}={b!r}" for key, _, b in added)
