@@ -96,6 +96,8 @@ def test_evaluate_cli_writes_csv_table_summary_and_a_real_png(run_dir, tmp_path)
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "avg_reward=" in proc.stdout.strip().splitlines()[-1]
+    assert f"ccpo_pl.evaluate: wrote per_eps.csv, per_episode.csv, table.md, curves.png and summary.json in {out}" \
+        in proc.stdout.splitlines()  # it says where it wrote
     all_rows = list(csv.DictReader((out / "per_eps.csv").open()))
     assert tuple(all_rows[0]) == CSV_COLUMNS
     assert [r["policy"] for r in all_rows] == ["deterministic"] * 3 + ["stochastic"] * 3  # policy=both by default

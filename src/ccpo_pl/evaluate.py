@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+from pathlib import Path
 
 import hydra
 import torch
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ccpo_pl.conf import CONF_DIR, CONF_PATH
 from ccpo_pl.errors import ConfigError, refuse_or_run
-from ccpo_pl.evaluation import evaluate_run
+from ccpo_pl.evaluation import evaluate_run, resolve_checkpoint
 from ccpo_pl.validation import rule_for
 
 
@@ -55,6 +56,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"ccpo_pl.evaluate: error: {err}", file=sys.stderr)
         sys.exit(2)
+    out = Path(cfg.out) if cfg.out else resolve_checkpoint(cfg.run)[1] / "eval"
+    print(f"ccpo_pl.evaluate: wrote per_eps.csv, per_episode.csv, table.md, curves.png and summary.json in {out}")
     keys = ("task", "label", "seed", "frames", "avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen",
             "episodes")
     print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
