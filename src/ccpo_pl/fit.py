@@ -29,7 +29,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -46,6 +45,7 @@ from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import PeriodicEvaluation, evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
+from ccpo_pl.threads import ThreadTuner, configure_threads
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
@@ -228,7 +228,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     check_resumable(run_dir, plain)
     n_ranks = world_size(cfg)
     local_procs = max(1, n_ranks // int(cfg.trainer.get("num_nodes", 1)))
-    torch.set_num_threads(int(cfg.threads or max(1, (os.cpu_count() or 1) // local_procs)))
+    thread_tuner = configure_threads(cfg.threads, local_procs)  # null: adapted to the machine's load while training
     compat.cuda_check_without_nvml()  # no failed NVML load in every optimizer step where NVML is missing
     L.seed_everything(cfg.seed, verbose=False)
 
@@ -252,7 +252,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
             remove_stale_tmp(run_dir)  # left by a process killed while writing
             if ckpt_frames is not None:
                 print(f"ccpo_pl.fit: resuming run {str(run_dir)!r} from {ckpt} ({ckpt_frames} frames)", flush=True)
-        trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames, record, evaluation)
+        trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames, record, evaluation, thread_tuner)
         try:
             trainer.fit(module, datamodule=build_data(cfg, run_dir), ckpt_path=ckpt)
         except Exception as err:  # noqa: BLE001 - re-raised, as the fault it reports where that is known
@@ -328,7 +328,8 @@ def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, ckpt_frames: int | None,
-                 record: RecordRun, evaluation: PeriodicEvaluation) -> L.Trainer:
+                 record: RecordRun, evaluation: PeriodicEvaluation,
+                 thread_tuner: ThreadTuner | None = None) -> L.Trainer:
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
         evaluation,  # before the epoch's checkpoints (Lightning runs checkpoint callbacks last)
@@ -344,6 +345,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
     ]
     if cfg.check_sync:
         callbacks.append(DDPSyncCheck())
+    if thread_tuner is not None:
+        callbacks.append(thread_tuner)
     # a resumed run appends to the same TensorBoard run, dropping events logged after its checkpoint (those at
     # the checkpoint's own frame count were logged before it was written); a run started over (killed before its
     # first checkpoint) drops all earlier events
