@@ -17,7 +17,6 @@ from torchrl.envs import EnvBase, GymEnv, GymWrapper
 from torchrl.envs.gym_like import BaseInfoDictReader
 
 from ccpo_pl import compat
-from ccpo_pl.envs.custom import CostInInfo, build_gym_env
 
 SUITES = ("bullet", "safety_gymnasium", "gymnasium")
 
@@ -78,6 +77,8 @@ def make_base_env(suite: str, env_id: str, seed: int | None = None, kwargs: dict
 
         env = SafetyGymnasiumEnv(env_id)
     elif suite == "gymnasium":
+        from ccpo_pl.envs.custom import CostInInfo, build_gym_env  # here: importing gymnasium prints warnings
+
         env = GymWrapper(CostInInfo(build_gym_env(env_id, kwargs), env_id))
         env.set_info_dict_reader(CostReader())
     else:

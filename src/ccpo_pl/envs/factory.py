@@ -26,7 +26,6 @@ from torchrl.envs import (
 
 from ccpo_pl.envs.base import SUITES, make_base_env
 from ccpo_pl.envs.batched import BulletBatchEnv
-from ccpo_pl.envs.custom import check_gym_env
 from ccpo_pl.envs.transforms import CostToReward, EndOnNonFinite, EpsSampler
 
 #: Short task name -> (suite, gym id, episode length). Lengths are the gym registries' ``max_episode_steps``.
@@ -56,6 +55,8 @@ def _check_task(env_cfg: Mapping) -> tuple[str, str, int]:
     if suite not in SUITES:
         raise ValueError(f"unknown env suite {suite!r}; allowed: {SUITES}")
     if suite == "gymnasium":
+        from ccpo_pl.envs.custom import check_gym_env  # here: importing gymnasium prints warnings
+
         check_gym_env(env_id, _kwargs(env_cfg))
         return suite, env_id, int(env_cfg["max_episode_steps"])
     ids = sorted(task_id for task_suite, task_id, _ in TASKS.values() if task_suite == suite)
