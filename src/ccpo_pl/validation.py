@@ -132,6 +132,8 @@ DEVICES = Rule(lambda v: v == "auto" or (_int(v) and (v >= 1 or v == -1))
                or (isinstance(v, list) and len(v) > 0 and all(_int(x) and x >= 0 for x in v)
                    and len(set(v)) == len(v)),
                "a positive integer, 'auto', or on GPUs -1 (all) or a list of distinct device ids")
+#: keys a config may leave out
+OPTIONAL = ("env.kwargs",)  # the constructor arguments of env=custom
 BY_FIT = "ccpo_pl.fit sets it (epochs from total_frames; its callbacks, logger, checkpoint IO and run directory)"
 
 
@@ -187,9 +189,10 @@ SCHEMA: dict[str, Rule] = {
     "checkpoint.keep_buffers": integer(1),
     "faults.on_nan": choice("stop", "skip"),
     # conf/env/*.yaml
-    "env.name": _names(_tasks),
-    "env.suite": choice("bullet", "safety_gymnasium"),
-    "env.id": text("a gym id"),
+    "env.name": text("a short name (run names, reports)"),  # a TASKS key except for env=custom (_check_env)
+    "env.suite": choice("bullet", "safety_gymnasium", "gymnasium"),
+    "env.id": text("a gym id, or for env.suite=gymnasium 'module:Class'"),
+    "env.kwargs": Rule(lambda v: isinstance(v, dict), "a mapping of keyword arguments, e.g. {step_size: 0.05}"),
     "env.max_episode_steps": integer(1),
     # conf/trainer/*.yaml: the Lightning Trainer arguments ccpo_pl passes on
     "trainer.accelerator": choice("cpu", "gpu", "cuda", "auto"),
@@ -279,7 +282,7 @@ SCHEMA: dict[str, Rule] = {
 }
 #: keys every run needs (the algorithm's own keys are required by its YAML file)
 REQUIRED = tuple(k for k in SCHEMA if k.split(".")[0] not in ("algo", "paper_budgets", "behavior_sets",
-                                                              "behavior_set", "trainer")
+                                                              "behavior_set", "trainer") and k not in OPTIONAL
                  ) + ("algo.name", "trainer.accelerator", "trainer.devices", "trainer.num_nodes")
 
 
@@ -389,6 +392,7 @@ def _check_relations(c: dict) -> None:
     """The checks that relate keys; the types and ranges are already checked."""
     from ccpo_pl.algos.registry import ALGOS
 
+    _check_env(c["env"])
     algo, eps = c["algo"], c["eps"]
     spec = ALGOS[algo["name"]]
     behavior, lo, hi = eps["behavior"], *eps["range"]
@@ -409,6 +413,19 @@ def _check_relations(c: dict) -> None:
         raise ConfigError(f"collect.updates_per_frame={c['collect']['updates_per_frame']} gives no update per "
                           f"collection of {c['collect']['frames_per_collect']} frames; raise it")
     _check_devices(c["trainer"])
+
+
+def _check_env(env: dict) -> None:
+    """A suite's task name is a key of `TASKS`; only the gymnasium suite (env=custom) names its own and takes
+    `env.kwargs`."""
+    if env["suite"] == "gymnasium":
+        return
+    if env["name"] not in _tasks():
+        raise ConfigError(f"unknown env {env['name']!r}; env.name must be one of {', '.join(sorted(_tasks()))} "
+                          f"(any name with env=custom)")
+    if env.get("kwargs"):
+        raise ConfigError(f"env.kwargs={env['kwargs']!r} is only for env.suite=gymnasium (env=custom); "
+                          f"env.suite={env['suite']} takes none")
 
 
 def _check_devices(trainer: dict) -> None:
@@ -435,8 +452,9 @@ def check_override_keys(overrides: list[str]) -> None:
         key, sep, _ = arg.lstrip("+~").partition("=")
         key = key.split("@")[0]  # group@package
         hydra_own = key.replace("/", ".").split(".")[0] == "hydra"  # hydra.job..., hydra/launcher=submitit_slurm
-        if arg.startswith("-") or not (sep or arg.startswith("~")) or key in GROUPS or hydra_own:
-            continue  # flags (-m), config groups (checked against conf/), Hydra's own settings
+        env_own = key.startswith("env.kwargs.")  # the keyword arguments of an env=custom env
+        if arg.startswith("-") or not (sep or arg.startswith("~")) or key in GROUPS or hydra_own or env_own:
+            continue  # flags (-m), config groups (checked against conf/), Hydra's own settings, an env's own
         if rule_for(key) is None and not any(k.startswith(f"{key}.") for k in SCHEMA):
             raise unknown_key(key)
         if key.startswith("algo.") and not arg.startswith("~"):

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 from torchrl.data import Composite, Unbounded
-from torchrl.envs import EnvBase, GymEnv
+from torchrl.envs import EnvBase, GymEnv, GymWrapper
 from torchrl.envs.gym_like import BaseInfoDictReader
 
 from ccpo_pl import compat
 
-SUITES = ("bullet", "safety_gymnasium")
+SUITES = ("bullet", "safety_gymnasium", "gymnasium")
 
 
 class CostReader(BaseInfoDictReader):
@@ -53,16 +53,18 @@ class BulletSafetyEnv(GymEnv):
         super()._set_seed(seed)
 
 
-def make_base_env(suite: str, env_id: str, seed: int | None = None) -> EnvBase:
+def make_base_env(suite: str, env_id: str, seed: int | None = None, kwargs: dict | None = None) -> EnvBase:
     """Builds one unbatched TorchRL env whose observations include a shape-``()`` ``cost``.
 
     Module-level so that ``ParallelEnv``'s spawn-started workers can unpickle it (and import ``ccpo_pl``, which
     installs the safety-gymnasium shim).
 
     Args:
-        suite: ``"bullet"`` or ``"safety_gymnasium"``.
-        env_id: the gym id, e.g. ``"SafetyBallCircle-v0"``.
+        suite: ``"bullet"``, ``"safety_gymnasium"`` or ``"gymnasium"`` (any env with a cost,
+            :mod:`ccpo_pl.envs.custom`).
+        env_id: the gym id, e.g. ``"SafetyBallCircle-v0"``; for ``"gymnasium"`` also ``"module:Class"``.
         seed: if given, the env is seeded with it (``env.set_seed``) right after construction.
+        kwargs: the env constructor's keyword arguments (``env.kwargs``; the ``"gymnasium"`` suite only).
     """
     if suite == "bullet":
         with compat.process_std_streams():
@@ -74,6 +76,11 @@ def make_base_env(suite: str, env_id: str, seed: int | None = None) -> EnvBase:
         from torchrl.envs.libs.safety_gymnasium import SafetyGymnasiumEnv
 
         env = SafetyGymnasiumEnv(env_id)
+    elif suite == "gymnasium":
+        from ccpo_pl.envs.custom import CostInInfo, build_gym_env  # here: importing gymnasium prints warnings
+
+        env = GymWrapper(CostInInfo(build_gym_env(env_id, kwargs), env_id))
+        env.set_info_dict_reader(CostReader())
     else:
         raise ValueError(f"unknown env suite {suite!r}; allowed: {SUITES}")
     if seed is not None:

@@ -1,4 +1,5 @@
-"""Builds batched TorchRL envs with ``cost``, ``eps`` and episode sums for the bullet and safety-gymnasium tasks.
+"""Builds batched TorchRL envs with ``cost``, ``eps`` and episode sums for the bullet and safety-gymnasium tasks and
+for any gymnasium env with a cost (the ``gymnasium`` suite, :mod:`ccpo_pl.envs.custom`).
 
 The single envs they batch are `ccpo_pl.envs.base.make_base_env`'s; `BulletBatchEnv` batches the bullet ones in one
 process.
@@ -10,6 +11,7 @@ import functools
 from collections.abc import Mapping, Sequence
 
 import torch
+from omegaconf import OmegaConf
 from torchrl.envs import (
     ClipTransform,
     Compose,
@@ -47,14 +49,26 @@ TASKS: dict[str, tuple[str, str, int]] = {
 
 
 def _check_task(env_cfg: Mapping) -> tuple[str, str, int]:
-    """Returns (suite, id, max_episode_steps) of ``env_cfg`` after checking suite and id against :data:`TASKS`."""
+    """Returns (suite, id, max_episode_steps) of ``env_cfg`` after checking suite and id against :data:`TASKS`, or
+    for the ``gymnasium`` suite the env itself (``check_gym_env``: its spaces and cost)."""
     suite, env_id = env_cfg["suite"], env_cfg["id"]
     if suite not in SUITES:
         raise ValueError(f"unknown env suite {suite!r}; allowed: {SUITES}")
+    if suite == "gymnasium":
+        from ccpo_pl.envs.custom import check_gym_env  # here: importing gymnasium prints warnings
+
+        check_gym_env(env_id, _kwargs(env_cfg))
+        return suite, env_id, int(env_cfg["max_episode_steps"])
     ids = sorted(task_id for task_suite, task_id, _ in TASKS.values() if task_suite == suite)
     if env_id not in ids:
         raise ValueError(f"unknown {suite} env id {env_id!r}; allowed: {ids}")
     return suite, env_id, int(env_cfg["max_episode_steps"])
+
+
+def _kwargs(env_cfg: Mapping) -> dict:
+    """The env constructor's keyword arguments, ``env.kwargs`` (the ``gymnasium`` suite; empty elsewhere)."""
+    kwargs = env_cfg.get("kwargs") or {}
+    return OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
 
 
 def _action_bounds(env: EnvBase) -> tuple[float, float]:
@@ -69,7 +83,7 @@ def _action_bounds(env: EnvBase) -> tuple[float, float]:
 def action_bounds(env_cfg: Mapping) -> tuple[float, float]:
     """The scalar (low, high) that :func:`make_env` clips every action of the task ``env_cfg`` to; builds one env."""
     suite, env_id, _ = _check_task(env_cfg)
-    env = make_base_env(suite, env_id)
+    env = make_base_env(suite, env_id, kwargs=_kwargs(env_cfg))
     try:
         return _action_bounds(env)
     finally:
@@ -104,8 +118,9 @@ def make_env(
       or inf observation, reward or cost (:class:`EndOnNonFinite`: the value never reaches the policy).
 
     Args:
-        env_cfg: mapping with ``name``, ``suite`` (``bullet`` | ``safety_gymnasium``), ``id`` (gym id, one of
-            :data:`TASKS`) and ``max_episode_steps``.
+        env_cfg: mapping with ``name``, ``suite`` (``bullet`` | ``safety_gymnasium`` | ``gymnasium``), ``id`` (gym
+            id, one of :data:`TASKS`; for ``gymnasium`` see :mod:`ccpo_pl.envs.custom`), ``max_episode_steps``
+            and, for ``gymnasium``, optionally ``kwargs``.
         num_envs: number of envs in the batch.
         seed: sub-env ``i`` is seeded with ``seed + i`` when built. Under DDP pass ``base_seed + rank * num_envs``
             so that no two envs of the run share a seed. Bullet envs draw from numpy's global RNG (see
@@ -119,7 +134,8 @@ def make_env(
         device: device of the batched env's tensordicts.
 
     Raises:
-        ValueError: unknown suite or id, unknown ``eps_mode``, or ``fixed`` mode with ``len(eps_values) != num_envs``.
+        ValueError: unknown suite or id, unknown ``eps_mode``, or ``fixed`` mode with ``len(eps_values) != num_envs``;
+            for the ``gymnasium`` suite a ``ConfigError`` (a ``ValueError``) from ``check_gym_env``.
     """
     suite, env_id, max_episode_steps = _check_task(env_cfg)
     eps_sampler = EpsSampler(eps_values, eps_mode)
@@ -134,7 +150,7 @@ def make_env(
         batched_cls = ParallelEnv if parallel else SerialEnv
         base_env = batched_cls(
             num_envs,
-            functools.partial(make_base_env, suite, env_id),
+            functools.partial(make_base_env, suite, env_id, kwargs=_kwargs(env_cfg)),
             create_env_kwargs=[{"seed": seed + i} for i in range(num_envs)],
             device=device,
         )
