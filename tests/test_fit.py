@@ -153,7 +153,7 @@ def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path, compile_updat
     assert int(fields["ddp_sync_checks"]) == 2 * 80  # 2 epochs x 2 collections x 40 updates
     assert float(fields["max_param_diff"]) == 0.0
     assert fields["ranks"] == "2"
-    ckpt_dir = tmp_path / "logs" / "ddp" / "checkpoints"
+    ckpt_dir = tmp_path / "logs" / "smoke" / "ddp" / "checkpoints"  # experiment=smoke: log_dir logs/smoke
     token = safe_load(ckpt_dir / "last.ckpt")["ccpo"]["sidecar"]
     obs = [safe_load(ckpt_dir / "sidecars" / f"rank{r}" / f"{token}.pt")["buffer"]["_storage"]["_storage"]
            ["observation"] for r in (0, 1)]

@@ -64,6 +64,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from ccpo_pl import quiet
+
+    quiet.install()  # third-party messages no user acts on (each named in ccpo_pl/quiet.py)
     refuse_or_run("ccpo_pl.evaluate", lambda: check_keys(sys.argv[1:]), _hydra_main)
 
 

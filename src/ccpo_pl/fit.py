@@ -49,7 +49,7 @@ from ccpo_pl.faults import RunStopped, StorageError
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
-RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
+RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir", "progress")
 #: top-level keys every run's config.yaml has (a file without them is damaged)
 RUN_KEYS = ("seed", "total_frames", "env", "algo", "eps", "collect", "trainer")
 
@@ -337,7 +337,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
                         enable_version_counter=False, save_on_train_epoch_end=True),
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:04d}", auto_insert_metric_name=False,
                         every_n_epochs=cfg.checkpoint.every_epochs, save_top_k=-1, save_on_train_epoch_end=True),
-        FramesProgressBar(refresh_rate=2),  # redraws per second (Rich's thread; 40/s took ~2 % of a run's time)
+        FramesProgressBar(int(cfg.total_frames), every_s=float(cfg.progress.every_s)),
         Preemption(ckpt_dir / "last.ckpt", total_frames=int(cfg.total_frames)),  # SIGTERM/SIGINT: save, stop
         FlushLogs(),
         record,  # config.yaml and commands.txt once training starts
@@ -421,6 +421,9 @@ def _quiet_disk_errors_in_threads(args) -> None:
 
 
 def main() -> None:
+    from ccpo_pl import quiet
+
+    quiet.install()  # third-party messages no user acts on (each named in ccpo_pl/quiet.py)
     threading.excepthook = _quiet_disk_errors_in_threads
     refuse_or_run("ccpo_pl.fit", lambda: _check_group_overrides(sys.argv[1:]), _hydra_main)
 
