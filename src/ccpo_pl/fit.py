@@ -420,12 +420,35 @@ def _quiet_disk_errors_in_threads(args) -> None:
         threading.__excepthook__(args)
 
 
+#: Hydra's own `--info <topic>` (any other `--info` is ccpo_pl's: the config with its comments)
+HYDRA_INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def print_info(overrides: list[str]) -> None:
+    """`--info [overrides]`: the composed run config with each key's comment from conf/ (`confdoc.describe`)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ccpo_pl.confdoc import describe
+
+    try:
+        print(describe(overrides), end="")
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"ccpo_pl.fit: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     from ccpo_pl import quiet
 
     quiet.install()  # third-party messages no user acts on (each named in ccpo_pl/quiet.py)
     threading.excepthook = _quiet_disk_errors_in_threads
-    refuse_or_run("ccpo_pl.fit", lambda: _check_group_overrides(sys.argv[1:]), _hydra_main)
+    argv = sys.argv[1:]
+    if "--info" in argv and argv[argv.index("--info") + 1:][:1] not in [[t] for t in HYDRA_INFO_TOPICS]:
+        overrides = [a for a in argv if a != "--info"]
+        refuse_or_run("ccpo_pl.fit", lambda: _check_group_overrides(overrides), lambda: print_info(overrides))
+        return
+    refuse_or_run("ccpo_pl.fit", lambda: _check_group_overrides(argv), _hydra_main)
 
 
 if __name__ == "__main__":
