@@ -1,5 +1,9 @@
 """Lightning callbacks: a progress bar of the whole run in env frames, with the last evaluation; a DDP sync check;
-preemption (checkpoint at a safe point on SIGTERM/SIGINT/SLURM requeue); log flushing after every collection."""
+preemption (checkpoint at a safe point on SIGTERM/SIGINT/SLURM requeue); log flushing after every collection.
+
+Over 300 lines: four independent callbacks, each short; they share the trainer's rollout stream (`_stream`) and
+fit.py builds them together, so one module holds them.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ def _stream(trainer):
 
 def _count(n: float) -> str:
     """A frame count in at most 6 characters: 99,999, 123.5k, 12.34M."""
-    return f"{n:,.0f}" if n < 100_000 else f"{n / 1e3:.1f}k" if n < 1e6 else f"{n / 1e6:.2f}M"
+    return f"{n:,.0f}" if n < 100_000 else f"{n / 1e3:.1f}k" if n < 999_950 else f"{n / 1e6:.2f}M"
 
 
 def _duration(seconds: float | None) -> str:
