@@ -19,11 +19,10 @@ WARNINGS = (
     (r"Checkpoint directory .* exists and is not empty", UserWarning, ""),
     # torch deprecates `LeafSpec`, which Lightning's own pytree helper still builds; nothing to do on our side
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
-    # DDP (C++ reducer, once per rank): the algorithms' updates use disjoint parameter sets per optimizer, so
-    # `find_unused_parameters=True` is needed on the steps where a set is unused, and DDP warns on the others
-    (r"find_unused_parameters=True was specified in DDP constructor, but did not find any unused parameters",
-     UserWarning, ""),
 )
+# Not here: DDP's "find_unused_parameters=True was specified ... but did not find any unused parameters" (once per
+# rank). The C++ reducer logs it to stderr from the autograd thread, past Python's warnings and logging, so no
+# filter of one message can reach it (TORCH_CPP_LOG_LEVEL would silence every C++ warning).
 
 #: logger name -> message prefixes to drop (a `logging.Filter` on that one logger; its other records still show)
 LOG_RECORDS = {
