@@ -15,7 +15,7 @@ import torch
 
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.errors import ConfigError
-from ccpo_pl.evaluation import CSV_COLUMNS, evaluate_run
+from ccpo_pl.evaluation import CSV_COLUMNS, evaluate_run, plot_curves
 from ccpo_pl.fit import fit
 from ccpo_pl.metrics import cost_violation, mean_std, outside_range, per_eps_stats, seen_mask, summarize
 from ccpo_pl.report import report
@@ -379,3 +379,29 @@ def test_report_skips_a_malformed_summary_with_one_warning_naming_it(tmp_path, c
         assert sum(f"{name}/eval/summary.json" in w for w in warnings) == 1
     assert "avg_reward is 'abc', not a number" in "\n".join(warnings)
     assert "| ball_circle | Avg. R ↑ | 700.00 |" in text and "| ball_circle | seeds | 1 |" in text
+
+
+def test_evaluate_cli_without_out_writes_beside_the_final_evaluation_which_report_reads(run_dir, tmp_path):
+    final = (run_dir / "eval" / "summary.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "ccpo_pl.evaluate", f"run={run_dir}", "eps=[40,90]", "episodes=1",
+                           "policy=deterministic", "threads=1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (ad_hoc,) = [p for p in run_dir.glob("eval-*") if p.is_dir()]
+    assert f"ccpo_pl.evaluate: wrote per_eps.csv, per_episode.csv, table.md, curves.png and summary.json in {ad_hoc}" \
+        in proc.stdout.splitlines()
+    assert json.loads((ad_hoc / "summary.json").read_text())["eps"] == [40.0, 90.0]
+    assert (run_dir / "eval" / "summary.json").read_bytes() == final  # the final evaluation is untouched
+    text = report([run_dir], out=tmp_path / "report.md")
+    avg_reward = json.loads(final)["avg_reward"]
+    assert f"| ball_circle | Avg. R ↑ | {avg_reward:.2f} |" in text.splitlines()
+    assert "1 × 3 thresholds" in text  # the final evaluation's grid (10, 40, 70), not the ad-hoc one
+
+
+def test_j_eps_plot_shades_the_thresholds_outside_the_trained_range():
+    stats = {"eps": [5.0, 40.0, 90.0], "reward_mean": [1.0, 2.0, 3.0], "cost_mean": [4.0, 30.0, 80.0]}
+    fig = plot_curves(stats, [40.0], eps_range=[10.0, 70.0])
+    for ax in fig.axes:
+        spans = [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches]
+        assert spans == [(5.0, 10.0), (70.0, 90.0)]
+    inside = plot_curves(stats | {"eps": [10.0, 40.0, 70.0]}, [40.0], eps_range=[10.0, 70.0])
+    assert all(not ax.patches for ax in inside.axes)  # nothing extrapolated: nothing shaded

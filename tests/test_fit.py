@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import load_policy
-from ccpo_pl.fit import ConfigError, fit, validate
+from ccpo_pl.fit import ConfigError, check_resumable, fit, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path, compile_updat
     assert int(fields["ddp_sync_checks"]) == 2 * 80  # 2 epochs x 2 collections x 40 updates
     assert float(fields["max_param_diff"]) == 0.0
     assert fields["ranks"] == "2"
-    ckpt_dir = tmp_path / "logs" / "ddp" / "checkpoints"
+    ckpt_dir = tmp_path / "logs" / "smoke" / "ddp" / "checkpoints"  # experiment=smoke: log_dir logs/smoke
     token = safe_load(ckpt_dir / "last.ckpt")["ccpo"]["sidecar"]
     obs = [safe_load(ckpt_dir / "sidecars" / f"rank{r}" / f"{token}.pt")["buffer"]["_storage"]["_storage"]
            ["observation"] for r in (0, 1)]
@@ -229,3 +229,17 @@ def test_a_changed_config_names_three_differences_and_counts_the_rest(tmp_path):
     with pytest.raises(ConfigError) as err:
         check_resumable(run_dir, {**stored, "seed": 1})
     assert "(seed: 0 -> 1); use another run_name" in str(err.value)  # one difference: named, nothing more
+
+
+def test_the_readme_order_default_run_then_smoke_run_trains_both(tmp_path, monkeypatch, compose_config):
+    """The README starts the default run, then the smoke tour: the smoke run has a directory of its own."""
+    monkeypatch.chdir(tmp_path)
+    default, smoke = compose_config(), compose_config("experiment=smoke")
+    default_dir = Path(default.log_dir) / default.run_name
+    default_dir.mkdir(parents=True)
+    (default_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.to_container(default, resolve=True)))
+    smoke_plain = OmegaConf.to_container(smoke, resolve=True)
+    assert Path(smoke.log_dir) / smoke.run_name == Path("logs/smoke/ball_circle-ccpo-s0")
+    check_resumable(Path(smoke.log_dir) / smoke.run_name, smoke_plain)  # a new run: nothing to refuse
+    with pytest.raises(ConfigError, match="exists with a different config"):  # what sharing a directory did
+        check_resumable(default_dir, smoke_plain)

@@ -49,3 +49,31 @@ def test_unevaluated_runs_and_stale_evaluations_are_named_in_one_warning_each(tm
     assert "never'" in warnings[0] and "not evaluated (no eval/summary.json)" in warnings[0]
     assert "stale'" in warnings[1] and "older than checkpoints/last.ckpt" in warnings[1]
     assert "| ball_circle | seeds | 2 |" in text  # the stale evaluation still counts: it is what there is
+
+
+def test_thresholds_outside_the_trained_range_are_left_out_of_the_averages_unless_asked(tmp_path):
+    run = fake_run(tmp_path / "logs", "wide", evaluated_at=2_000_000.0, eps=[20, 40, 90], eps_range=[10, 70],
+                   behavior=[20, 60], policy="deterministic", avg_reward=700.0, avg_cv=10.0)
+    rows = [("deterministic", 20, 500.0, 0.0), ("deterministic", 40, 700.0, 1.0), ("deterministic", 90, 900.0, 29.0),
+            ("stochastic", 20, 450.0, 2.0), ("stochastic", 40, 650.0, 4.0), ("stochastic", 90, 550.0, 40.0)]
+    lines = ["policy,eps,reward_mean,reward_std,cost_mean,cost_std,cv,cv_per_episode,seen,extrapolation"]
+    lines += [f"{p},{e},{r},0,{e + cv},0,{cv},{cv},{int(e == 20)},{int(e == 90)}" for p, e, r, cv in rows]
+    (run / "eval" / "per_eps.csv").write_text("\n".join(lines) + "\n")
+    text = report_module.report([tmp_path / "logs"])
+    assert "| ball_circle | Avg. R ↑ | 600.00 |" in text  # (500 + 700) / 2: eps = 90 left out
+    assert "| ball_circle | Avg. CV ↓ | **0.50** |" in text
+    assert "| ball_circle | Avg. R-G ↑ | 700.00 |" in text  # the unseen thresholds inside the range: 40
+    assert "| ball_circle | Avg. CV ↓ (stochastic) | **3.00** |" in text
+    assert "left out, outside the trained range: eps = 90" in text and "are left out of its averages" in text
+    asked = report_module.report([tmp_path / "logs"], extrapolated=True)
+    assert "| ball_circle | Avg. R ↑ | 700.00 |" in asked and "| ball_circle | Avg. CV ↓ | **10.00** |" in asked
+    assert "left out" not in asked
+
+
+def test_an_extrapolated_evaluation_without_its_per_threshold_file_is_skipped_with_a_warning(tmp_path, capsys):
+    fake_run(tmp_path / "logs", "wide", evaluated_at=2_000_000.0, eps=[40, 90], eps_range=[10, 70])
+    fake_run(tmp_path / "logs", "narrow", evaluated_at=2_000_000.0, eps=[40, 70], eps_range=[10, 70], seed=1)
+    text = report_module.report([tmp_path / "logs"])
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert "wide" in warning and "per_eps.csv' is needed to leave out the extrapolated thresholds" in warning
+    assert "| ball_circle | seeds | 1 |" in text

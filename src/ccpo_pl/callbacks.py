@@ -1,17 +1,25 @@
-"""Lightning callbacks: a progress bar with env frames and evaluation cost per threshold; a DDP sync check;
-preemption (checkpoint at a safe point on SIGTERM/SIGINT/SLURM requeue); log flushing after every collection."""
+"""Lightning callbacks: a progress bar of the whole run in env frames, with the last evaluation; a DDP sync check;
+preemption (checkpoint at a safe point on SIGTERM/SIGINT/SLURM requeue); log flushing after every collection.
+
+Over 300 lines: four independent callbacks, each short; they share the trainer's rollout stream (`_stream`) and
+fit.py builds them together, so one module holds them.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks.progress import ProgressBar
 
 from ccpo_pl.faults import Preempted, StorageError
 
@@ -24,18 +32,132 @@ def _stream(trainer):
     return getattr(trainer.datamodule, "stream", None)
 
 
-class FramesProgressBar(RichProgressBar):
-    """Rich progress bar showing env frames, and J_c(eps) of the last evaluation for each evaluation threshold (the
-    `latest_eval` of `evaluation.PeriodicEvaluation`)."""
+def _count(n: float) -> str:
+    """A frame count in at most 6 characters: 99,999, 123.5k, 12.34M."""
+    return f"{n:,.0f}" if n < 100_000 else f"{n / 1e3:.1f}k" if n < 999_950 else f"{n / 1e6:.2f}M"
 
-    def get_metrics(self, trainer, pl_module) -> dict:
-        items = super().get_metrics(trainer, pl_module)
-        items.pop("v_num", None)
-        items["frames"] = f"{getattr(pl_module, 'global_frames', 0):,}"
-        latest = next((cb.latest_eval for cb in trainer.callbacks if hasattr(cb, "latest_eval")), {})
-        if latest:
-            items["eval cost"] = " ".join(f"{e:g}:{c:.1f}" for e, c in latest.items())
-        return items
+
+def _duration(seconds: float | None) -> str:
+    """h:mm:ss, or --:-- when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def progress_fields(frames: int, total: int, steps_per_s: float | None,
+                    eval_metrics: dict[str, float] | None) -> dict[str, str]:
+    """The progress bar's text fields: `frames` (collected / budget, all ranks), `speed` (environment steps per
+    second since training started in this process, evaluations included), `eta` (the rest of the budget at that
+    speed) and `eval` (the last evaluation's Avg. R and Avg. CV over `eps.eval`; empty before the first)."""
+    eta = (max(total - frames, 0) / steps_per_s) if steps_per_s else None
+    evaluation = ""
+    if eval_metrics and "eval/avg_reward" in eval_metrics:
+        evaluation = f"eval R {eval_metrics['eval/avg_reward']:.1f} CV {eval_metrics.get('eval/avg_cv', math.nan):.2f}"
+    return {"frames": f"frames {_count(frames)}/{_count(total)}",
+            "speed": f"{steps_per_s:,.0f} steps/s" if steps_per_s else "- steps/s",
+            "eta": f"ETA {_duration(eta)}", "eval": evaluation}
+
+
+class FramesProgressBar(ProgressBar):
+    """Progress of the whole run in environment frames: frames / `total_frames`, environment steps per second, the
+    time left for the whole budget, and the last evaluation's Avg. R and Avg. CV (`evaluation.PeriodicEvaluation`).
+
+    In a terminal, one Rich bar line that fits 80 columns. When stdout is not a terminal (a SLURM log, `> log`),
+    the same fields as a plain line every `every_s` seconds (and at the end), each starting with the elapsed time.
+    Rank 0 only (Lightning disables the others).
+    """
+
+    def __init__(self, total_frames: int, every_s: float = 60.0, refresh_per_second: float = 2.0,
+                 terminal: bool | None = None):
+        super().__init__()
+        self.total_frames, self.every_s = int(total_frames), float(every_s)
+        self.refresh_per_second = refresh_per_second  # Rich's redraws (its thread; 40/s took ~2 % of a run's time)
+        self.terminal = terminal  # None: whether stdout is a terminal, decided when training starts
+        self._enabled = True
+        self._progress = self._task = None
+        self._start: tuple[float, int] | None = None  # (time, frames) when training started in this process
+        self._last_line: float | None = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    # ---------------------------------------------------------------- what is shown
+    def fields(self, frames: int, now: float) -> dict[str, str]:
+        start_t, start_frames = self._start or (now, frames)
+        speed = (frames - start_frames) / (now - start_t) if now > start_t and frames > start_frames else None
+        evaluation = next((cb.final_metrics for cb in self.trainer.callbacks if hasattr(cb, "final_metrics")), None)
+        return progress_fields(frames, self.total_frames, speed, evaluation)
+
+    def line(self, frames: int, now: float) -> str:
+        """The plain progress line (not a terminal)."""
+        f = self.fields(frames, now)
+        elapsed = now - self._start[0] if self._start else 0.0
+        epoch = min(self.trainer.current_epoch + 1, self.trainer.max_epochs)  # past the last after it ends
+        epoch = f"epoch {epoch}/{self.trainer.max_epochs}"
+        return "  ".join(x for x in (_duration(elapsed), f["frames"], epoch, f["speed"], f["eta"], f["eval"]) if x)
+
+    def tick(self, frames: int, now: float, force: bool = False) -> None:
+        """Update the bar, or print a line when `every_s` seconds have passed since the last one (or `force`)."""
+        if self._progress is not None:
+            f = self.fields(frames, now)
+            self._progress.update(self._task, completed=min(frames, self.total_frames), description=f["frames"],
+                                  info=" ".join(x for x in (f["speed"], f["eta"], f["eval"]) if x))
+        elif force or self._last_line is None or now - self._last_line >= self.every_s:
+            self._last_line = now
+            print(self.line(frames, now), flush=True)
+
+    @staticmethod
+    def make_progress(console=None, refresh_per_second: float = 2.0):
+        """The Rich display: the frames field, a bar that takes the room left, then speed, ETA and evaluation."""
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        return Progress(TextColumn("{task.description}"), BarColumn(bar_width=None),
+                        TextColumn("{task.fields[info]}"), console=console, expand=True,
+                        refresh_per_second=refresh_per_second)
+
+    # ---------------------------------------------------------------- hooks
+    def on_train_start(self, trainer, pl_module) -> None:
+        frames = int(getattr(pl_module, "global_frames", 0))
+        self._start, self._last_line = (time.monotonic(), frames), None
+        if not self._enabled:
+            return
+        if self.terminal if self.terminal is not None else sys.stdout.isatty():
+            self._progress = self.make_progress(refresh_per_second=self.refresh_per_second)
+            self._task = self._progress.add_task("", total=self.total_frames, info="")
+            self._progress.start()
+        self.tick(frames, time.monotonic())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._enabled:
+            self.tick(int(getattr(pl_module, "global_frames", 0)), time.monotonic())
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._enabled and self._progress is not None:  # the evaluation just ran: show its numbers
+            self.tick(int(getattr(pl_module, "global_frames", 0)), time.monotonic())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._enabled:
+            self.tick(int(getattr(pl_module, "global_frames", 0)), time.monotonic(), force=True)
+        self._stop()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def print(self, *args, **kwargs) -> None:
+        (self._progress.console.print if self._progress is not None else print)(*args, **kwargs)
 
 
 class DDPSyncCheck(Callback):

@@ -2,13 +2,17 @@
 
 Loads the policy pi(a|s, eps) of a checkpoint with `weights_only=True` (no training state), runs `episodes`
 episodes per threshold in batched envs and writes `per_eps.csv`, `table.md`, `curves.png` and `summary.json` into
-`<run dir>/eval` (see `ccpo_pl.evaluation.evaluate_run`). Prints the summary as one `key=value` line.
+`out`, by default a new `<run dir>/eval-<UTC date-time>/` (see `ccpo_pl.evaluation.evaluate_run`): `<run dir>/eval/`
+holds the run's final evaluation, written by `ccpo_pl.fit` and averaged by `ccpo_pl.report`, and an evaluation
+replaces it only when asked to (`out=<run dir>/eval`). Prints where it wrote, then the summary as one `key=value`
+line.
 """
 
 from __future__ import annotations
 
 import difflib
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -31,9 +35,22 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     eps = OmegaConf.to_container(cfg.eps) if OmegaConf.is_list(cfg.eps) else cfg.eps
-    return evaluate_run(cfg.run, eps=eps, episodes=cfg.episodes, seed=cfg.seed, out=cfg.out, policy=cfg.policy,
-                        batch_envs=cfg.batch_envs, expect={"env.name": cfg.expect_env, "algo.name": cfg.expect_algo},
-                        extrapolation=cfg.extrapolation)
+    out = Path(cfg.out) if cfg.out else ad_hoc_dir(resolve_checkpoint(cfg.run)[1])
+    summary = evaluate_run(cfg.run, eps=eps, episodes=cfg.episodes, seed=cfg.seed, out=out, policy=cfg.policy,
+                           batch_envs=cfg.batch_envs, expect={"env.name": cfg.expect_env, "algo.name": cfg.expect_algo},
+                           extrapolation=cfg.extrapolation)
+    return summary | {"out": str(out)}
+
+
+def ad_hoc_dir(run_dir: Path) -> Path:
+    """`<run dir>/eval-<UTC date-time>` (with `-2`, `-3`... after a second one in the same second): a new folder
+    beside the run's final evaluation `<run dir>/eval/`, which is never replaced without `out=`."""
+    stamp = time.strftime("eval-%Y%m%d-%H%M%S", time.gmtime())
+    out, n = run_dir / stamp, 1
+    while out.exists():
+        n += 1
+        out = run_dir / f"{stamp}-{n}"
+    return out
 
 
 def check_keys(argv: list[str]) -> None:
@@ -56,14 +73,17 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"ccpo_pl.evaluate: error: {err}", file=sys.stderr)
         sys.exit(2)
-    out = Path(cfg.out) if cfg.out else resolve_checkpoint(cfg.run)[1] / "eval"
-    print(f"ccpo_pl.evaluate: wrote per_eps.csv, per_episode.csv, table.md, curves.png and summary.json in {out}")
+    print(f"ccpo_pl.evaluate: wrote per_eps.csv, per_episode.csv, table.md, curves.png and summary.json in "
+          f"{summary['out']}")
     keys = ("task", "label", "seed", "frames", "avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen",
             "episodes")
     print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
 
 
 def main() -> None:
+    from ccpo_pl import quiet
+
+    quiet.install()  # third-party messages no user acts on (each named in ccpo_pl/quiet.py)
     refuse_or_run("ccpo_pl.evaluate", lambda: check_keys(sys.argv[1:]), _hydra_main)
 
 

@@ -276,10 +276,11 @@ class PeriodicEvaluation(Callback):
 
 
 def plot_curves(stats: Mapping[str, Sequence[float]] | Mapping[str, Mapping[str, Sequence[float]]],
-                behavior: Sequence[float], title: str = "") -> Figure:
+                behavior: Sequence[float], title: str = "", eps_range: Sequence[float] | None = None) -> Figure:
     """J_r(eps) and J_c(eps) against eps (mean +- std over episodes), with the line y = eps on the cost panel
     and the behaviour thresholds marked. `stats`: one policy's per-threshold stats, or policy name -> stats (one
-    line each: the deterministic policy solid, the stochastic one dashed)."""
+    line each: the deterministic policy solid, the stochastic one dashed). With `eps_range`, the trained range,
+    the thresholds outside it are shaded (extrapolation)."""
     by_policy = stats if "eps" not in stats else {"": stats}
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     ax_r, ax_c = fig.subplots(1, 2)
@@ -294,6 +295,9 @@ def plot_curves(stats: Mapping[str, Sequence[float]] | Mapping[str, Mapping[str,
     lo, hi = min(eps), max(eps)
     ax_c.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = eps")
     for ax, name in ((ax_r, "J_r(eps): episode reward"), (ax_c, "J_c(eps): episode cost")):
+        outside = [] if eps_range is None else [(lo, float(eps_range[0])), (float(eps_range[1]), hi)]
+        for i, (a, b) in enumerate((a, b) for a, b in outside if a < b):
+            ax.axvspan(a, b, color="grey", alpha=0.15, label="outside the trained eps range" if i == 0 else None)
         for i, b in enumerate(behavior):
             ax.axvline(float(b), color="grey", linestyle=":", linewidth=1, label="behaviour eps" if i == 0 else None)
         ax.set_xlabel("cost threshold eps")
@@ -372,7 +376,7 @@ def write_eval(out_dir: Path, stats: Mapping[str, Mapping[str, Sequence]], episo
     atomic_write_bytes(_csv(per_episode), out_dir / "per_episode.csv")
     atomic_write_bytes(markdown_table(stats, summary["by_policy"], title).encode(), out_dir / "table.md")
     png = io.BytesIO()
-    plot_curves(stats, behavior, title).savefig(png, format="png")
+    plot_curves(stats, behavior, title, summary.get("eps_range")).savefig(png, format="png")
     atomic_write_bytes(png.getvalue(), out_dir / "curves.png")
     atomic_write_bytes((json.dumps(_json_safe(dict(summary)), indent=2) + "\n").encode(), out_dir / "summary.json")
 

@@ -49,7 +49,7 @@ from ccpo_pl.threads import ThreadTuner, configure_threads
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
-RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
+RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir", "progress")
 #: top-level keys every run's config.yaml has (a file without them is damaged)
 RUN_KEYS = ("seed", "total_frames", "env", "algo", "eps", "collect", "trainer")
 
@@ -338,7 +338,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
                         enable_version_counter=False, save_on_train_epoch_end=True),
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:04d}", auto_insert_metric_name=False,
                         every_n_epochs=cfg.checkpoint.every_epochs, save_top_k=-1, save_on_train_epoch_end=True),
-        FramesProgressBar(refresh_rate=2),  # redraws per second (Rich's thread; 40/s took ~2 % of a run's time)
+        FramesProgressBar(int(cfg.total_frames), every_s=float(cfg.progress.every_s)),
         Preemption(ckpt_dir / "last.ckpt", total_frames=int(cfg.total_frames)),  # SIGTERM/SIGINT: save, stop
         FlushLogs(),
         record,  # config.yaml and commands.txt once training starts
@@ -423,9 +423,35 @@ def _quiet_disk_errors_in_threads(args) -> None:
         threading.__excepthook__(args)
 
 
+#: Hydra's own `--info <topic>` (any other `--info` is ccpo_pl's: the config with its comments)
+HYDRA_INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def print_info(overrides: list[str]) -> None:
+    """`--info [overrides]`: the composed run config with each key's comment from conf/ (`confdoc.describe`)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ccpo_pl.confdoc import describe
+
+    try:
+        print(describe(overrides), end="")
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"ccpo_pl.fit: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
+    from ccpo_pl import quiet
+
+    quiet.install()  # third-party messages no user acts on (each named in ccpo_pl/quiet.py)
     threading.excepthook = _quiet_disk_errors_in_threads
-    refuse_or_run("ccpo_pl.fit", lambda: _check_group_overrides(sys.argv[1:]), _hydra_main)
+    argv = sys.argv[1:]
+    if "--info" in argv and argv[argv.index("--info") + 1:][:1] not in [[t] for t in HYDRA_INFO_TOPICS]:
+        overrides = [a for a in argv if a != "--info"]
+        refuse_or_run("ccpo_pl.fit", lambda: _check_group_overrides(overrides), lambda: print_info(overrides))
+        return
+    refuse_or_run("ccpo_pl.fit", lambda: _check_group_overrides(argv), _hydra_main)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ def plot(dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, by: s
         written += plot_thresholds({n: threshold_stats(t) for n, t in tables.items() if t}, eps_cfg, out)
     else:
         print("ccpo_pl.plot: no threshold curves: no run has a final evaluation (eval/per_eps.csv); "
-              "python -m ccpo_pl.evaluate run=<run dir> makes one", file=sys.stderr)
+              "python -m ccpo_pl.evaluate run=<run dir> out=<run dir>/eval makes one", file=sys.stderr)
     return written
 
 

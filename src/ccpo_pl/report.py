@@ -1,10 +1,13 @@
 """`python -m ccpo_pl.report <sweep dir> ... [--out FILE.md] [--notes FILE] [--section]`: the CCPO paper's Table 1.
 
-Collects every evaluated run under the given directories (each `<run>/eval/summary.json`, written by
-`python -m ccpo_pl.evaluate` or at the end of `ccpo_pl.fit`) and aggregates them per task and per run label
+Collects every evaluated run under the given directories (each `<run>/eval/summary.json`: the final evaluation
+written at the end of `ccpo_pl.fit`, or by `python -m ccpo_pl.evaluate out=<run>/eval`; the evaluate command's own
+`<run>/eval-<date-time>/` folders are not read) and aggregates them per task and per run label
 (`label`, by default the algorithm's name): Avg. R, Avg. CV, Avg. R-G and Avg. CV-G as mean ± std over seeds, one
 column per label, the lowest CV of each row in bold. CV both of the mean episode cost and per episode (`ccpo_pl.
 metrics`), for the deterministic policy (the paper's protocol) and, where it was evaluated, the stochastic one.
+Thresholds outside a run's trained range (`eps.range`: extrapolation) are left out of its averages, recomputed
+from its `per_eps.csv`, unless `--extrapolated` is given.
 With `--paper`, the paper's CCPO column and its safest baseline per task (lowest Avg. CV) stand beside them.
 One seed shows its value alone (no "± 0.00"). Writes a Markdown report (the table, then one line per run with its
 frames, wall time and command) and a CSV beside it, never into a run directory; prints the table and where it
@@ -30,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ccpo_pl.errors import ConfigError, OneLineParser, check_writable
-from ccpo_pl.metrics import mean_std
+from ccpo_pl.metrics import mean_std, outside_range, summarize
 
 #: the CCPO paper's task order (Table 1); other tasks follow alphabetically
 PAPER_TASKS = ("ball_circle", "car_circle", "drone_circle", "drone_run", "ant_run")
@@ -118,8 +121,35 @@ def _warn(message: str) -> None:
     print(f"ccpo_pl.report: warning: {message}", file=sys.stderr)
 
 
-def find_runs(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
-    """(run directory, summary) of every `eval/summary.json` under `dirs`, sorted by path."""
+def without_extrapolation(summary: dict, per_eps: Path) -> dict | str:
+    """`summary` with its averages over the thresholds inside its trained range (`eps_range`) only, recomputed from
+    `per_eps` (the `per_eps.csv` beside it), and the thresholds left out under `extrapolated_eps`; the summary
+    itself when no threshold is outside; a string saying why it cannot be done."""
+    eps_range = summary.get("eps_range")
+    if not eps_range or not any(outside_range(summary["eps"], eps_range)):
+        return summary
+    try:
+        rows = list(csv.DictReader(per_eps.open()))
+        rows = [r for r in rows if not outside_range([float(r["eps"])], eps_range)[0]]
+        by_policy = {}
+        for policy in dict.fromkeys(r["policy"] for r in rows):
+            mine = [r for r in rows if r["policy"] == policy]
+            by_policy[policy] = summarize([float(r["reward_mean"]) for r in mine], [float(r["cv"]) for r in mine],
+                                          [r["seen"] == "1" for r in mine], [float(r["cv_per_episode"]) for r in mine])
+    except (OSError, KeyError, ValueError) as err:
+        return f"{str(per_eps)!r} is needed to leave out the extrapolated thresholds ({type(err).__name__}: {err})"
+    headline = summary.get("policy", "deterministic")
+    if headline not in by_policy:
+        return f"{str(per_eps)!r} has no {headline} thresholds inside eps_range {eps_range}"
+    inside = [e for e, out in zip(summary["eps"], outside_range(summary["eps"], eps_range)) if not out]
+    return summary | by_policy[headline] | {
+        "by_policy": by_policy, "eps": inside,
+        "extrapolated_eps": [e for e in summary["eps"] if e not in inside]}
+
+
+def find_runs(dirs: Sequence[str | Path], extrapolated: bool = False) -> list[tuple[Path, dict]]:
+    """(run directory, summary) of every `eval/summary.json` under `dirs`, sorted by path; without `extrapolated`,
+    each summary's averages over the thresholds inside its trained range (`without_extrapolation`)."""
     runs = {}
     for d in dirs:
         root = Path(d)
@@ -129,10 +159,10 @@ def find_runs(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
             summary = run / "eval" / "summary.json"
             if not summary.is_file():
                 _warn(f"skipping {str(run)!r}: not evaluated (no eval/summary.json); python -m ccpo_pl.evaluate "
-                      f"run={run} evaluates it")
+                      f"run={run} out={run / 'eval'} evaluates it")
             elif summary.stat().st_mtime < (run / "checkpoints" / "last.ckpt").stat().st_mtime:
                 _warn(f"{str(run)!r}: its evaluation is older than checkpoints/last.ckpt (the run trained on "
-                      f"after it); python -m ccpo_pl.evaluate run={run} re-evaluates it")
+                      f"after it); python -m ccpo_pl.evaluate run={run} out={run / 'eval'} re-evaluates it")
         for path in sorted(root.rglob("eval/summary.json")):
             try:
                 summary = json.loads(path.read_text())
@@ -140,6 +170,9 @@ def find_runs(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
                 summary, problem = None, f"unreadable ({type(err).__name__})"
             else:
                 problem = summary_problem(summary)
+            if problem is None and not extrapolated:
+                summary = without_extrapolation(summary, path.with_name("per_eps.csv"))
+                problem = summary if isinstance(summary, str) else None
             if problem is not None:
                 _warn(f"skipping {str(path)!r}: {problem}")
                 continue
@@ -202,6 +235,8 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
              "CV(eps) = max(0, J_c(eps) − eps) of the mean episode cost, CV per episode = the mean over episodes of "
              "max(0, cost − eps); R-G and CV-G average the thresholds outside the behaviour set; the deterministic "
              "(mean-action) policy unless marked stochastic. Lowest CV of each row in bold."
+             + (" Thresholds outside a run's trained eps range (extrapolation) are left out of its averages (see "
+                "Runs)." if any(s.get("extrapolated_eps") for _, s in runs) else "")
              + (" The paper's columns: its Table 1 (5 seeds, deterministic evaluation; the paper does not say which "
                 "CV definition it uses, so its CV stands on both rows); its safest baseline is the one with the "
                 "lowest Avg. CV on that task." if paper else ""), "",
@@ -243,6 +278,8 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
         cmd = commands.read_text().strip().splitlines()[-1].split(" ", 1)[-1] if commands.is_file() else "n/a"
         policies = " and ".join(s.get("by_policy") or [s.get("policy", "deterministic")])
         evaluation = f"{s['episodes']} × {len(s['eps'])} thresholds, {policies}"
+        if s.get("extrapolated_eps"):
+            evaluation += f" (left out, outside the trained range: eps = {', '.join(map(str, s['extrapolated_eps']))})"
         lines.append(f"| {name} | {s['task']} | {s.get('label') or s['algo']} | {s['seed']} | {s.get('frames', 0)} "
                      f"| {wall} | {evaluation} | `{cmd}` |")
     return "\n".join(lines) + "\n"
@@ -271,10 +308,11 @@ def default_out(first: Path) -> Path:
 
 def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str | Path | None = None,
            title: str = "CCPO paper Table 1 metrics", command: str | None = None, section: bool = False,
-           paper: bool = False) -> str:
+           paper: bool = False, extrapolated: bool = False) -> str:
     """Aggregate the runs under `dirs`; write `out` (default `<first dir>/report.md`) and its `.csv`, or with
-    `section` replace or add this report's section of `out` (see the module docstring); return the Markdown."""
-    runs = find_runs(dirs)
+    `section` replace or add this report's section of `out` (see the module docstring); return the Markdown.
+    `extrapolated`: average the thresholds outside each run's trained range too."""
+    runs = find_runs(dirs, extrapolated)
     table = aggregate([s for _, s in runs])
     root = Path(dirs[0]) if len(dirs) == 1 else None
     out = Path(out) if out is not None else default_out(Path(dirs[0]))
@@ -315,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--title", default="CCPO paper Table 1 metrics")
     parser.add_argument("--paper", action="store_true",
                         help="add the paper's CCPO column and its safest baseline per task (Table 1)")
+    parser.add_argument("--extrapolated", action="store_true",
+                        help="also average the thresholds outside a run's trained eps range (left out by default)")
     parser.add_argument("--section", action="store_true",
                         help="write the report as a section of --out (replacing the section of the same title)")
     args = parser.parse_args(argv)
@@ -323,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     command = "python -m ccpo_pl.report " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
-        text = report(args.dirs, args.out, args.notes, args.title, command, args.section, args.paper)
+        text = report(args.dirs, args.out, args.notes, args.title, command, args.section, args.paper,
+                      args.extrapolated)
         print(text.split("\n## Runs", 1)[0].rstrip("\n"))  # the table; the list of runs is in the file
         out = Path(args.out) if args.out is not None else default_out(Path(args.dirs[0]))
         print(f"ccpo_pl.report: wrote {out}")

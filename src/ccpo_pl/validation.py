@@ -185,6 +185,7 @@ SCHEMA: dict[str, Rule] = {
     "eval.every_epochs": integer(1),
     "eval.episodes": integer(1),
     "eval.final_episodes": Rule(integer(0).ok, "an integer >= 0 (0: no final evaluation)"),
+    "progress.every_s": POSITIVE,
     "checkpoint.every_epochs": integer(1),
     "checkpoint.keep_buffers": integer(1),
     "faults.on_nan": choice("stop", "skip"),

@@ -78,5 +78,5 @@ def test_v_sac_lag_ddp_two_cpu_processes_keep_parameters_and_multipliers_identic
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("ddp_sync_checks="))
     fields = dict(kv.split("=") for kv in line.split())
     assert int(fields["ddp_sync_checks"]) == 80 and float(fields["max_param_diff"]) == 0.0
-    state = safe_load(tmp_path / "logs" / "ddp" / "checkpoints" / "last.ckpt")["state_dict"]
+    state = safe_load(tmp_path / "logs" / "smoke" / "ddp" / "checkpoints" / "last.ckpt")["state_dict"]
     assert state["multipliers.started"].any()

@@ -201,5 +201,5 @@ def test_ddp_two_cpu_processes_keep_cpo_parameters_identical(tmp_path, tb_values
     fields = dict(kv.split("=") for kv in line.split())
     assert int(fields["ddp_sync_checks"]) == 2 and fields["ranks"] == "2"  # 800 frames / (2 ranks x 200) updates
     assert float(fields["max_param_diff"]) == 0.0
-    logged = tb_values(tmp_path / "logs" / "ddp")
+    logged = tb_values(tmp_path / "logs" / "smoke" / "ddp")  # experiment=smoke: log_dir logs/smoke
     assert len(logged["update/case"]) == 2 and any(f > 0 for f in logged["update/step_fraction"])
