@@ -169,7 +169,7 @@ def test_smoke_fit_writes_checkpoint_and_finite_update_logs(tmp_path, algo, extr
     metrics = fit(cfg)
     run_dir = tmp_path / "run"
     ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
-    assert ckpt["ccpo"]["stream"]["frames"] == 400 and metrics["train/frames"] == 400
+    assert ckpt["training_state"]["stream"]["frames"] == 400 and metrics["train/frames"] == 400
     assert math.isfinite(metrics["eval/eps_25/reward"]) and metrics["eval/eps_25/cost"] >= 0
     state = ckpt["state_dict"]
     assert any(k.startswith("actor.") for k in state) and any(k.startswith("value.") for k in state)
