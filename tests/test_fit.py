@@ -103,7 +103,8 @@ def test_resume_from_another_runs_checkpoint_loads_its_buffer(smoke_run, tmp_pat
     run_dir, _, _ = smoke_run
     fit(smoke_config(tmp_path, "total_frames=1200", "run_name=child", f"ckpt_path={run_dir}/checkpoints/last.ckpt"))
     after = safe_load(tmp_path / "child" / "checkpoints" / "last.ckpt")
-    sidecar = safe_load(tmp_path / "child" / "checkpoints" / "sidecars" / "rank0" / f"{after['training_state']['sidecar']}.pt")
+    sidecar = safe_load(tmp_path / "child" / "checkpoints" / "sidecars" / "rank0"
+                        / f"{after['training_state']['sidecar']}.pt")
     assert after["training_state"]["stream"]["frames"] == 1200
     assert int(sidecar["buffer"]["_storage"]["_len"]) == 1200  # the parent's 800 transitions came along
 

@@ -346,7 +346,8 @@ def test_nan_from_the_env_with_on_nan_skip_is_dropped_and_counted(tmp_path, monk
     assert fit(smoke_config(tmp_path, *BASE, *SHORT, "faults.on_nan=skip"))["train/frames"] == 400
     ckpt = last_ckpt(tmp_path / "r")
     assert ckpt["training_state"]["faults"] == {"skipped_updates": 0, "dropped_transitions": 1}
-    sidecar = safe_load(tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['training_state']['sidecar']}.pt")
+    sidecar = safe_load(tmp_path / "r" / "checkpoints" / "sidecars" / "rank0"
+                        / f"{ckpt['training_state']['sidecar']}.pt")
     assert int(sidecar["buffer"]["_storage"]["_len"]) == 399
     assert tb_scalars(tmp_path / "r")["faults/dropped_transitions"] == [(400, 1.0)]
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
@@ -456,7 +457,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_by_the_command_
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda c: c["training_state"].__setitem__("format_version", 99), "has checkpoint format 99; this ccpo_pl reads format 1"),
+    (lambda c: c["training_state"].__setitem__("format_version", 99),
+     "has checkpoint format 99; this ccpo_pl reads format 1"),
     (lambda c: c["hyper_parameters"]["run_config"]["env"].__setitem__("id", "SafetyCarRun-v0"),
      "is a env.id='SafetyCarRun-v0' checkpoint, this run has env.id='SafetyBallCircle-v0'"),
     (lambda c: c["hyper_parameters"]["run_config"]["algo"].__setitem__("name", "cvpo"),

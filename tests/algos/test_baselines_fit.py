@@ -62,6 +62,11 @@ def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo, smoke_confi
         assert all(f"multipliers/lam/eps_{e:g}" in tags for e in cfg.eps.behavior)
         q_c = [v for e in cfg.eps.behavior for v in tags.get(f"critic/q_c/eps_{e:g}", [])]
         assert q_c and all(math.isfinite(v) for v in q_c)
+    spread = tb_values(run_dir).get("train/policy_std")
+    if algo == "v_ddpg_lag":  # a deterministic actor (fixed exploration noise): no spread to log
+        assert spread is None
+    else:  # after each collection, on the first batch's states
+        assert spread and all(v > 0 for v in spread)
     if algo == "v_sac_lag":
         assert "log_alpha" in state and state["log_alpha"] != 0  # the temperature was tuned
 

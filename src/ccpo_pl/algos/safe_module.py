@@ -1,18 +1,15 @@
 """`SafeRLModule`: what every safe-RL algorithm module shares, below `LightningModule`.
 
-- the training data through `rollouts` (the trainer's `data.RolloutData`); the module gives it its collection
-  policy (`collection_policy`) and the thresholds the training envs draw (`collection_eps`);
-- numerical faults: `check_finite` stops the run on NaN/inf in a watched quantity (`NumericalFault`, naming it and
-  the frame) or, with `on_nan="skip"`, skips the update and counts it; env data is checked after each collection
-  (`faults.check_env_data`); a checkpoint is never written from non-finite state;
-- rank reduction (`reduce_mean`) and the threshold bins of the per-threshold metrics (`bin_index`);
-- logging after each collection (`on_new_data`) through `training_log` (`training_log.TrainingLog`: per-threshold
-  `per_eps_metrics`, training episodes, losses, the policy's spread from `policy_distribution`), against frames;
-- the checkpoint's training state (`checkpointing.save_training_state` / `restore_training_state`) and the run's
-  wall-clock (`clock`, a `timing.WallClock`; `time_metrics` after training, for benchmarks).
-Evaluation is a callback beside the module (`evaluation.PeriodicEvaluation`).
-Subclasses implement `configure_optimizers`, `training_step` (calling `on_new_data(batch)` first and
-`training_log.record_update` after each update), `on_new_collect` and `per_eps_metrics`.
+- the data interface: `rollouts` (the trainer's `data.RolloutData`), the collection policy and thresholds;
+- finite checks (`check_finite`: stop the run with a `NumericalFault` naming the quantity and the frame, or, with
+  `on_nan="skip"`, skip the update and count it) and rank reduction (`reduce_mean`);
+- the per-threshold logging entry point: `on_new_data(batch)`, first in every `training_step`, checks the env data
+  (`faults`) and logs through `training_log` (a `training_log.TrainingLog`: `per_eps_metrics`, training episodes,
+  losses, the spread of `policy_distribution`); `clock` (a `timing.WallClock`) times the run;
+- checkpoint hooks: the training state is `checkpointing.save_training_state` / `restore_training_state`.
+Evaluation is a callback beside the module (`evaluation.PeriodicEvaluation`). Subclasses implement
+`configure_optimizers`, `training_step` (`training_log.record_update` after each update), `on_new_collect` and
+`per_eps_metrics`.
 """
 
 from __future__ import annotations
@@ -22,26 +19,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import lightning as L
-import numpy as np
 import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
 from ccpo_pl import checkpointing, faults
 from ccpo_pl.faults import ON_NAN, NumericalFault, finite_now, first_nonfinite
+from ccpo_pl.metrics import threshold_bins
 from ccpo_pl.nets import EpsPolicy
 from ccpo_pl.timing import WallClock
 from ccpo_pl.training_log import TrainingLog
 
 if TYPE_CHECKING:
     from ccpo_pl.data import RolloutData
-
-
-def threshold_bins(eps_behavior: Sequence[float], eps_range: Sequence[float], step: float) -> list[float]:
-    """The training-threshold grid: `eps_range` every `step`, plus the behaviour thresholds."""
-    lo, hi = float(eps_range[0]), float(eps_range[1])
-    grid = np.arange(lo, hi + 1e-9, float(step)).tolist()
-    return sorted({round(x, 6) for x in grid} | {float(e) for e in eps_behavior})
 
 
 class SafeRLModule(L.LightningModule):
@@ -96,8 +86,7 @@ class SafeRLModule(L.LightningModule):
         return 0 if self.rollouts is None else self.rollouts.frames
 
     def on_new_data(self, batch: TensorDictBase | None = None) -> None:
-        """Call first in `training_step`: reacts once to each new collection; `batch` gives the states the
-        policy's spread is logged on."""
+        """First in `training_step`: once per collection; the policy's spread is logged on `batch`'s states."""
         if self.rollouts.stream.collects != self.seen_collects:
             self.seen_collects = self.rollouts.stream.collects
             faults.check_env_data(self)
@@ -112,10 +101,9 @@ class SafeRLModule(L.LightningModule):
     def check_finite(self, tensors: dict[str, Tensor], can_skip: bool = True,
                      suspects: dict[str, Tensor] | None = None, finite: Tensor | None = None) -> bool:
         """True if every tensor is finite, the same answer on every rank. Else stop the run (`NumericalFault`
-        naming the first bad quantity among `suspects` (inputs the tensors were computed from, only looked at
-        after a failure) and the tensors, and the frame), or, with `on_nan="skip"` and `can_skip`, count a skipped
-        update and return False. `finite`: that answer for this rank, already computed (`faults.all_finite` of the
-        tensors, e.g. inside a compiled graph); the tensors are then only looked at after a failure."""
+        naming the first bad quantity among `suspects`, inputs looked at only after a failure, and the tensors),
+        or, with `on_nan="skip"` and `can_skip`, count a skipped update and return False. `finite`: this rank's
+        answer, already computed (`faults.all_finite`, e.g. in a compiled graph)."""
         ok = finite_now(tensors) if finite is None else bool(finite)
         if self.trainer.world_size > 1:
             ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
@@ -178,8 +166,7 @@ class SafeRLModule(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints and timing
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Runs on every rank: each rank's rollouts write their sidecar; the checkpoint (rank 0's) records the
-        training state and the shared sidecar token."""
+        """On every rank (each rank's rollouts write their sidecar); the checkpoint is rank 0's."""
         self.check_finite(self.state_tensors(), can_skip=False)  # never overwrite a good checkpoint with NaNs
         checkpointing.save_training_state(self, checkpoint)
 

@@ -158,7 +158,8 @@ def test_cost_shaping_adds_a_learned_probability_that_tracks_the_unsafe_region()
 SMALL = ("threads=1", "total_frames=400", "eps.eval=[25]", "algo.value_epochs=2")  # on experiment=smoke
 
 @pytest.mark.parametrize(("algo", "extra", "tags"), [
-    ("cpo", [], ["update/case", "update/lam", "update/nu", "update/step_fraction", "update/kl"]),
+    ("cpo", [], ["update/case", "update/lam", "update/nu", "update/step_fraction", "update/kl", "train/policy_std",
+                 "train/policy_entropy"]),
     ("pdo", [], ["update/multiplier", "update/nu", "update/kl"]),
     ("trpo", [], ["update/kl", "update/surr_reward_change"]),
     ("fpo", ["algo.penalty_nu=5"], ["update/nu", "update/kl"]),
