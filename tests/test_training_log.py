@@ -33,6 +33,10 @@ def test_policy_spread_is_the_mean_sigma_and_the_gaussian_entropy():
     assert std == pytest.approx(1.125)
     per_state = [sum(0.5 * math.log(2 * math.pi * math.e * s * s) for s in row) for row in scale.tolist()]
     assert entropy == pytest.approx(sum(per_state) / 2)
+    loc = torch.tensor([[0.0, 0.0], [0.0, 0.0], [float("nan"), 0.0]])  # a corrupt state is left out
+    bad = torch.cat([scale, torch.tensor([[float("nan"), 1.0]])])
+    spread = policy_spread(torch.distributions.Normal(loc, bad, validate_args=False)).tolist()
+    assert spread == pytest.approx([(1.125 * 4 + 1.0) / 5, sum(per_state) / 2])
 
 
 def test_update_metrics_accumulate_count_in_the_clock_and_round_trip_a_checkpoint():

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from ccpo_pl import checkpointing, compat, validation
 from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.callbacks import INTERRUPTED_EXIT, DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
-from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp, training_state
+from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp
 from ccpo_pl.conf import CONF_DIR, CONF_PATH
 from ccpo_pl.data import RolloutData
 from ccpo_pl.envs import make_env
@@ -124,7 +124,7 @@ def resume_point(cfg: DictConfig, run_dir: Path, module: L.LightningModule) -> t
         ckpt = str(run_dir / "checkpoints" / "last.ckpt")
     if ckpt is None:
         return None, None
-    state = training_state(check_checkpoint(ckpt, cfg, module))
+    state = checkpointing.training_state(check_checkpoint(ckpt, cfg, module))
     return ckpt, state["stream"]["frames"] * state["world_size"]
 
 

@@ -34,8 +34,10 @@ def per_eps_tag(name: str, eps: float) -> str:
 
 def policy_spread(dist: torch.distributions.Normal) -> Tensor:
     """`[2]`: the mean standard deviation (over states and action dimensions) and the mean entropy (summed over
-    action dimensions, averaged over states) of a diagonal Gaussian policy on a batch of states."""
-    return torch.stack([dist.stddev.mean(), dist.entropy().sum(-1).mean()]).detach().double().cpu()
+    action dimensions, averaged over states) of a diagonal Gaussian policy on a batch of states; states with a
+    NaN (a corrupt batch, stopped or skipped by the update's own check) are left out."""
+    std, entropy = dist.stddev.detach(), dist.entropy().detach().sum(-1)
+    return torch.stack([std.nanmean(), entropy.nanmean()]).double().cpu()
 
 
 class TrainingLog:

@@ -155,9 +155,9 @@ class SafeRLModule(L.LightningModule):
 
     def policy_distribution(self, observation: Tensor, eps: Tensor) -> torch.distributions.Normal | None:
         """The Gaussian of the policy at these states (before any squash), for `train/policy_{std,entropy}`; None
-        for a deterministic actor. Default: the actor's `(loc, scale)`."""
+        for a deterministic actor. Default: the actor's `(loc, scale)`, unchecked (a NaN state is left out later)."""
         with torch.no_grad():
-            return torch.distributions.Normal(*self.actor(observation, eps))
+            return torch.distributions.Normal(*self.actor(observation, eps), validate_args=False)
 
     @property
     def time_metrics(self) -> dict[str, float]:

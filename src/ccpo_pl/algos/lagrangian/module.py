@@ -278,7 +278,7 @@ class VSACLag(OffPolicyLagrangian):
     def policy_distribution(self, observation: Tensor, eps: Tensor) -> torch.distributions.Normal:
         """The Gaussian before the squash."""
         with torch.no_grad():
-            return torch.distributions.Normal(*self.actor.pre_tanh(observation, eps))
+            return torch.distributions.Normal(*self.actor.pre_tanh(observation, eps), validate_args=False)
 
     def actor_step(self, obs: Tensor, eps: Tensor, index: Tensor) -> Tensor | None:
         loss = super().actor_step(obs, eps, index)
