@@ -4,17 +4,22 @@ update metrics a checkpoint carries."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 from ccpo_pl.timing import WallClock
-from ccpo_pl.training_log import TrainingLog, episode_metrics, per_eps_tag, policy_spread
+from ccpo_pl.training_log import PER_EPS_PATTERN, TrainingLog, episode_metrics, per_eps_tag, policy_spread
 
 
 def test_per_eps_tags_put_the_threshold_last_under_the_metrics_group():
     assert per_eps_tag("multipliers/lam", 20.0) == "multipliers/lam/eps_20"
     assert per_eps_tag("critic/q_c", 12.5) == "critic/q_c/eps_12.5"
+    pattern = re.escape("multipliers/lam") + PER_EPS_PATTERN  # the custom-scalars chart of one metric
+    assert all(re.search(pattern, per_eps_tag("multipliers/lam", e)) for e in (10.0, 12.5, 60.0))
+    assert not re.search(pattern, per_eps_tag("multipliers/lam_max", 10.0))
+    assert not re.search(pattern, per_eps_tag("multipliers/eta", 10.0))
 
 
 def test_episode_metrics_average_the_thresholds_that_ended_episodes():
