@@ -50,9 +50,10 @@ def attach(module: SafeRLModule, actor: nn.Module, value: nn.Module, eps_behavio
     module.register_buffer("j_c", torch.tensor([float(e) for e in eps_behavior]))
 
 
-def new_collection(module: SafeRLModule, batch: TensorDictBase) -> bool:
-    """Call first in `training_step`: `module.on_new_data(batch)`, then whether the collection `batch` may be
-    learned from (False, counted as a skipped update, where `faults.on_nan=skip` dropped corrupt env data)."""
+def new_collection(module: SafeRLModule, batch: TensorDictBase | None = None) -> bool:
+    """Call first in `training_step`: `module.on_new_data(batch)` (the collection `batch`: the states the policy's
+    spread is logged on; without it none is logged), then whether the collection may be learned from (False,
+    counted as a skipped update, where `faults.on_nan=skip` dropped corrupt env data)."""
     module.on_new_data(batch)
     if not module.rollouts.stream.clean:  # on_nan=skip (stop raised in on_new_data): no update from corrupt data
         module.faults["skipped_updates"] += 1
