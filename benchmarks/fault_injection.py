@@ -45,7 +45,7 @@ from _common import commit, log
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ccpo_pl.checkpointing import safe_load
+from ccpo_pl.checkpointing import safe_load, training_state
 
 RUN_NAME = "fault"
 DEFAULTS = ("experiment=smoke", "threads=1", "total_frames=1600")
@@ -98,9 +98,12 @@ def check_checkpoints(log_dir: Path) -> tuple[list[str], int]:
     problems, frames = [], 0
     for path in sorted(ckpt_dir(log_dir).glob("*.ckpt")):
         try:
-            state = safe_load(path)["ccpo"]
+            state = training_state(safe_load(path))
         except Exception as err:  # noqa: BLE001 - any failure to load is what this benchmark counts
             problems.append(f"{path.name}: {type(err).__name__}")
+            continue
+        if state is None:
+            problems.append(f"{path.name}: no training state")
             continue
         if path.name == "last.ckpt":
             frames = int(state["stream"]["frames"]) * int(state["world_size"])
@@ -241,7 +244,7 @@ def disk_full_trial(launch, work: Path, overrides: list[str], total: int, timeou
 def damaged_sidecar_trial(launch, work: Path, overrides: list[str], total: int, timeout: float) -> bool:
     log_dir = work / "logs"
     _first_checkpoint_then_kill(launch, log_dir, overrides, work / "killed.out", timeout)
-    state = safe_load(ckpt_dir(log_dir) / "last.ckpt")["ccpo"]
+    state = training_state(safe_load(ckpt_dir(log_dir) / "last.ckpt"))
     sidecar = ckpt_dir(log_dir) / "sidecars" / "rank0" / f"{state['sidecar']}.pt"
     torch.save({"rng": safe_load(sidecar)["rng"]}, sidecar)  # loads, but holds no buffer
     finished = _finishes(launch, log_dir, overrides, work / "rerun.out", total, timeout)

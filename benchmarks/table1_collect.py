@@ -32,7 +32,7 @@ import torch
 from _common import REPO, log
 from matplotlib.figure import Figure
 
-from ccpo_pl.checkpointing import safe_load
+from ccpo_pl.checkpointing import safe_load, training_state
 from ccpo_pl.evaluation import evaluate_run
 
 TABLE1 = REPO / "benchmarks" / "table1"
@@ -84,7 +84,8 @@ def collect(run_dir: Path) -> tuple[str, int, int]:
     """Copy one run; returns (its folder name, frames, budget)."""
     ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
     cfg = ckpt["hyper_parameters"]["run_config"]
-    frames = int(ckpt["ccpo"]["stream"]["frames"]) * int(ckpt["ccpo"]["world_size"])
+    state = training_state(ckpt)
+    frames = int(state["stream"]["frames"]) * int(state["world_size"])
     budget = int(cfg["total_frames"])
     name = f"{cfg['env']['name']}-s{cfg['seed']}"
     dest = TABLE1 / name
@@ -113,9 +114,10 @@ def write_status() -> None:
              "ckpt_path=benchmarks/table1/<task>-s<seed>/last.ckpt`.", "",
              "| run | frames | budget | status |", "|---|---:|---:|---|"]
     for dest in sorted(p for p in TABLE1.iterdir() if (p / "last.ckpt").is_file()):
-        state = safe_load(dest / "last.ckpt")
-        frames = int(state["ccpo"]["stream"]["frames"]) * int(state["ccpo"]["world_size"])
-        budget = int(state["hyper_parameters"]["run_config"]["total_frames"])
+        ckpt = safe_load(dest / "last.ckpt")
+        state = training_state(ckpt)
+        frames = int(state["stream"]["frames"]) * int(state["world_size"])
+        budget = int(ckpt["hyper_parameters"]["run_config"]["total_frames"])
         status = "finished, evaluated" if (dest / "eval" / "summary.json").is_file() else "unfinished"
         lines.append(f"| {dest.name} | {frames:,} | {budget:,} | {status} |")
     (TABLE1 / "STATUS.md").write_text("\n".join(lines) + "\n")

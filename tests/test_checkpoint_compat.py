@@ -48,14 +48,15 @@ def test_an_earlier_versions_run_resumes_with_its_sidecar_and_evaluates(algo, tm
         fit(make_cfg(tmp_path, f"algo={algo}", f"run_name={RUNS[algo]}", "total_frames=2000", f"ckpt_path={ckpt}"))
     sidecar_warnings = [str(w.message) for w in caught if EMPTY_BUFFER in str(w.message)]
     after = safe_load(ckpt)
-    assert after["ccpo"]["stream"]["frames"] == 2000 and after["epoch"] == before["epoch"] + 1
+    assert after["training_state"]["stream"]["frames"] == 2000 and after["epoch"] == before["epoch"] + 1
+    assert "ccpo" not in after  # rewritten under the current key
     assert after["hyper_parameters"]["run_config"]["algo"]["name"] == algo
     if algo == "ccpo":  # its sidecar came along: the buffer holds the earlier run's 1600 transitions, then 400 new
         assert not sidecar_warnings
         old_buffer = observations(safe_load(DATA / RUNS[algo] / "checkpoints" / "sidecars" / "rank0"
                                             / f"{before['ccpo']['sidecar']}.pt"))
         new_buffer = observations(safe_load(run_dir / "checkpoints" / "sidecars" / "rank0"
-                                            / f"{after['ccpo']['sidecar']}.pt"))
+                                            / f"{after['training_state']['sidecar']}.pt"))
         assert new_buffer.shape[0] == 2000 and torch.equal(new_buffer[:1600], old_buffer)
     else:  # written without a sidecar: resumed with an empty buffer, said once
         assert len(sidecar_warnings) == 1 and "no replay-buffer sidecar" in sidecar_warnings[0]

@@ -84,3 +84,12 @@ def test_written_files_follow_the_umask_like_open_does(tmp_path, mask, mode):
     assert stat.S_IMODE((tmp_path / "a.ckpt").stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "b.yaml").stat().st_mode) == mode
     assert (tmp_path / "b.yaml").read_text() == "text\n"
+
+
+def test_training_state_is_read_under_the_current_key_and_the_earlier_one():
+    state, legacy = {"stream": {"frames": 800}}, {"stream": {"frames": 400}}
+    assert checkpointing.training_state({"training_state": state}) is state
+    assert checkpointing.training_state({"ccpo": legacy}) is legacy  # checkpoints written before the rename
+    assert checkpointing.training_state({"training_state": state, "ccpo": legacy}) is state
+    assert checkpointing.training_state({"state_dict": {}}) is None
+    assert checkpointing.training_state({"training_state": "not a dict"}) is None

@@ -142,7 +142,7 @@ def test_evaluate_refuses_a_run_without_checkpoint_or_a_foreign_file(run_dir, tm
     with pytest.raises(ConfigError, match="does not exist"):
         evaluate_run(tmp_path / "missing")
     future = safe_load(run_dir / "checkpoints" / "last.ckpt")
-    future["ccpo"]["format_version"] = 99
+    future["training_state"]["format_version"] = 99
     torch.save(future, tmp_path / "future.ckpt")
     with pytest.raises(ConfigError, match="checkpoint format 99"):
         evaluate_run(tmp_path / "future.ckpt")

@@ -31,9 +31,9 @@ def smoke_run(tmp_path_factory, smoke_config):
 def test_smoke_fit_writes_checkpoint_sidecar_and_metrics(smoke_run):
     run_dir, metrics, cfg = smoke_run
     ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
-    assert ckpt["ccpo"]["stream"]["frames"] == 800
+    assert ckpt["training_state"]["stream"]["frames"] == 800
     assert (run_dir / "checkpoints" / "epoch0001.ckpt").exists()  # every 2nd epoch (0-based names) in smoke
-    sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['ccpo']['sidecar']}.pt")
+    sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['training_state']['sidecar']}.pt")
     assert int(sidecar["buffer"]["_storage"]["_len"]) == 800
     assert metrics["train/frames"] == 800
     for eps in cfg.eps.eval:
@@ -46,14 +46,32 @@ def test_smoke_fit_logs_per_eps_tags_against_frames(smoke_run, tb_scalars):
     run_dir, _, cfg = smoke_run
     tags = tb_scalars(run_dir)
     for eps in cfg.eps.behavior:
-        for name in ("lam", "eta", "q_c", "kl_mean", "kl_cov"):
-            assert f"eps_{eps:g}/{name}" in tags
+        for name in ("multipliers/lam", "multipliers/eta", "critic/q_c", "trust_region/kl_mean",
+                     "trust_region/kl_cov"):
+            assert f"{name}/eps_{eps:g}" in tags
         assert f"train/eps_{eps:g}/episode_cost" in tags
+    assert not [t for t in tags if t.startswith("eps_")]  # per-threshold tags sit under a few sections
     for eps in cfg.eps.eval:
         assert f"eval/eps_{eps:g}/cost" in tags and f"eval/eps_{eps:g}/reward" in tags
     steps = [s for s, _ in tags["eval/avg_cv"]]
     assert steps == [400, 800]  # one evaluation per 400-frame epoch, x-axis = env frames
     assert all(math.isfinite(v) for _, v in tags["loss/critic"])
+
+
+def test_smoke_fit_logs_the_policy_spread_and_the_mean_training_return(smoke_run, tb_scalars):
+    run_dir, _, cfg = smoke_run
+    tags = tb_scalars(run_dir)
+    std, entropy = dict(tags["train/policy_std"]), dict(tags["train/policy_entropy"])
+    assert std and std.keys() == entropy.keys()
+    assert all(0 < v < math.exp(2.0) for v in std.values())  # sigma is clamped to exp(log_std_max = 2)
+    assert all(math.isfinite(v) for v in entropy.values())
+    for name in ("episode_reward", "episode_cost"):
+        mean = dict(tags[f"train/{name}"])
+        per_eps = [dict(tags.get(f"train/eps_{e:g}/{name}", [])) for e in cfg.eps.behavior]
+        assert mean
+        for step, value in mean.items():  # the mean over the behaviour thresholds that ended episodes
+            ended = [p[step] for p in per_eps if step in p]
+            assert value == pytest.approx(sum(ended) / len(ended), rel=1e-5)
 
 
 def test_resume_continues_counters_buffer_and_tensorboard(tmp_path, smoke_config, tb_scalars):
@@ -63,10 +81,10 @@ def test_resume_continues_counters_buffer_and_tensorboard(tmp_path, smoke_config
     assert first["train/frames"] == 800
     fit(smoke_config(tmp_path, "total_frames=1600", "run_name=r"))  # same run name: resumes and extends the budget
     after = safe_load(run_dir / "checkpoints" / "last.ckpt")
-    assert after["ccpo"]["stream"]["frames"] == 1600
+    assert after["training_state"]["stream"]["frames"] == 1600
     assert after["global_step"] == 2 * before["global_step"]
     assert after["epoch"] == 2 * before["epoch"] + 1
-    sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{after['ccpo']['sidecar']}.pt")
+    sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{after['training_state']['sidecar']}.pt")
     assert int(sidecar["buffer"]["_storage"]["_len"]) == 1600  # the first 800 transitions were restored
     assert [p.name for p in run_dir.iterdir() if p.is_dir() and p.name != "checkpoints"] == ["tb"]
     steps = [s for s, _ in tb_scalars(run_dir)["eval/avg_reward"]]
@@ -85,8 +103,9 @@ def test_resume_from_another_runs_checkpoint_loads_its_buffer(smoke_run, tmp_pat
     run_dir, _, _ = smoke_run
     fit(smoke_config(tmp_path, "total_frames=1200", "run_name=child", f"ckpt_path={run_dir}/checkpoints/last.ckpt"))
     after = safe_load(tmp_path / "child" / "checkpoints" / "last.ckpt")
-    sidecar = safe_load(tmp_path / "child" / "checkpoints" / "sidecars" / "rank0" / f"{after['ccpo']['sidecar']}.pt")
-    assert after["ccpo"]["stream"]["frames"] == 1200
+    sidecar = safe_load(tmp_path / "child" / "checkpoints" / "sidecars" / "rank0"
+                        / f"{after['training_state']['sidecar']}.pt")
+    assert after["training_state"]["stream"]["frames"] == 1200
     assert int(sidecar["buffer"]["_storage"]["_len"]) == 1200  # the parent's 800 transitions came along
 
 
@@ -154,7 +173,7 @@ def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path, compile_updat
     assert float(fields["max_param_diff"]) == 0.0
     assert fields["ranks"] == "2"
     ckpt_dir = tmp_path / "logs" / "smoke" / "ddp" / "checkpoints"  # experiment=smoke: log_dir logs/smoke
-    token = safe_load(ckpt_dir / "last.ckpt")["ccpo"]["sidecar"]
+    token = safe_load(ckpt_dir / "last.ckpt")["training_state"]["sidecar"]
     obs = [safe_load(ckpt_dir / "sidecars" / f"rank{r}" / f"{token}.pt")["buffer"]["_storage"]["_storage"]
            ["observation"] for r in (0, 1)]
     assert obs[0].shape == obs[1].shape and not torch.equal(obs[0], obs[1])  # each rank collected its own data

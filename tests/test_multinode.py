@@ -46,8 +46,8 @@ def test_two_nodes_of_one_process_each_train_one_run_with_identical_parameters(t
     assert int(fields["ddp_sync_checks"]) == 80  # 800 frames over 2 ranks: 1 epoch x 2 collections x 40 updates
     ckpt_dir = tmp_path / "logs" / "nodes" / "checkpoints"
     ckpt = safe_load(ckpt_dir / "last.ckpt")
-    assert ckpt["ccpo"]["world_size"] == 2 and ckpt["ccpo"]["stream"]["frames"] * 2 == 800
-    token = ckpt["ccpo"]["sidecar"]
+    assert ckpt["training_state"]["world_size"] == 2 and ckpt["training_state"]["stream"]["frames"] * 2 == 800
+    token = ckpt["training_state"]["sidecar"]
     assert sorted(p.name for p in (ckpt_dir / "sidecars").iterdir()) == ["rank0", "rank1"]
     assert all((ckpt_dir / "sidecars" / f"rank{r}" / f"{token}.pt").is_file() for r in (0, 1))
     assert not any("ddp_sync_checks=" in ln for ln in outputs[1].splitlines())  # rank 0 reports, once

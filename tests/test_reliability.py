@@ -141,7 +141,7 @@ def test_signal_saves_at_a_collection_boundary_and_the_same_command_resumes(refe
     assert len(lines) == 1 and signal.Signals(signum).name in lines[0]
     assert "re-run the same command to resume" in lines[0] and "Traceback" not in run.text()
     stopped = last_ckpt(run_dir)
-    frames = stopped["ccpo"]["stream"]["frames"]
+    frames = stopped["training_state"]["stream"]["frames"]
     assert frames in (200, 400, 600) and f"at frame {frames};" in lines[0]  # a collection boundary, not the end
     assert stopped["global_step"] == 2 * 40 * frames // 200  # every collection's 40 updates (2 optimizer steps)
     shutil.copytree(tmp_path / "logs", tmp_path / "again")
@@ -154,7 +154,7 @@ def test_signal_saves_at_a_collection_boundary_and_the_same_command_resumes(refe
     done, ref = last_ckpt(run_dir), last_ckpt(ref_dir)
     for key in ("global_step", "epoch"):
         assert done[key] == ref[key]
-    assert done["ccpo"]["stream"] == ref["ccpo"]["stream"] == {"frames": 800, "collects": 4}
+    assert done["training_state"]["stream"] == ref["training_state"]["stream"] == {"frames": 800, "collects": 4}
     # bit-identical after the resume: the thresholds drawn for every update, and the update metrics of the
     # collection before the stop (logged after the next one)
     updates_before = 40 * frames // 200
@@ -237,7 +237,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_pair_and_the_rerun_r
     run = forked_cli(tmp_path / "logs", "checkpoint.keep_buffers=1", before=_die_while_writing_the_second_last_ckpt)
     assert run.wait() == -signal.SIGKILL
     ckpt_dir = tmp_path / "logs" / "r" / "checkpoints"
-    state = safe_load(ckpt_dir / "last.ckpt")["ccpo"]
+    state = safe_load(ckpt_dir / "last.ckpt")["training_state"]
     assert state["stream"]["frames"] == 400
     sidecars = sorted(p.name for p in (ckpt_dir / "sidecars" / "rank0").iterdir())
     assert sidecars == [f"{400:013d}.pt", f"{800:013d}.pt"]  # the pair, and a newer unreferenced sidecar
@@ -245,7 +245,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_pair_and_the_rerun_r
     assert fit(smoke_config(tmp_path / "logs", *BASE, "checkpoint.keep_buffers=1"))["train/frames"] == 800
     assert "resuming run" in capsys.readouterr().out
     assert not list(ckpt_dir.rglob("*.tmp"))
-    assert safe_load(ckpt_dir / "last.ckpt")["ccpo"]["stream"]["frames"] == 800
+    assert safe_load(ckpt_dir / "last.ckpt")["training_state"]["stream"]["frames"] == 800
 
 
 class _RunsCode:
@@ -260,7 +260,7 @@ class _RunsCode:
 def test_a_missing_or_unreadable_sidecar_warns_and_the_run_continues(reference, tmp_path, sidecar, smoke_config):
     run_dir, _ = reference
     shutil.copytree(run_dir, tmp_path / "r")
-    token = last_ckpt(tmp_path / "r")["ccpo"]["sidecar"]
+    token = last_ckpt(tmp_path / "r")["training_state"]["sidecar"]
     path = tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{token}.pt"
     marker = tmp_path / "pwned"
     if sidecar == "missing":
@@ -279,7 +279,7 @@ def test_a_missing_or_unreadable_sidecar_warns_and_the_run_continues(reference, 
     with pytest.warns(UserWarning, match=match):
         assert fit(smoke_config(tmp_path, *BASE, "total_frames=1200"))["train/frames"] == 1200
     assert not marker.exists()
-    token = last_ckpt(tmp_path / "r")["ccpo"]["sidecar"]
+    token = last_ckpt(tmp_path / "r")["training_state"]["sidecar"]
     final = tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{token}.pt"
     assert int(safe_load(final)["buffer"]["_storage"]["_len"]) == 400  # an empty buffer, then 400 new frames
 
@@ -337,7 +337,7 @@ def test_nan_from_the_env_stops_the_run_naming_it_and_keeps_the_last_checkpoint(
     message = str(err.value)
     assert message.startswith(f"non-finite env {key} (1 transitions) at frame 300, in the collection ending at frame "
                               f"400;") and "\n" not in message
-    assert last_ckpt(tmp_path / "r")["ccpo"]["stream"]["frames"] == 200  # the last good one, not overwritten
+    assert last_ckpt(tmp_path / "r")["training_state"]["stream"]["frames"] == 200  # the last good one, not overwritten
     assert not (tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{400:013d}.pt").exists()
 
 
@@ -345,8 +345,9 @@ def test_nan_from_the_env_with_on_nan_skip_is_dropped_and_counted(tmp_path, monk
     faulty_train_env(monkeypatch, "reward", at=150)
     assert fit(smoke_config(tmp_path, *BASE, *SHORT, "faults.on_nan=skip"))["train/frames"] == 400
     ckpt = last_ckpt(tmp_path / "r")
-    assert ckpt["ccpo"]["faults"] == {"skipped_updates": 0, "dropped_transitions": 1}
-    sidecar = safe_load(tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['ccpo']['sidecar']}.pt")
+    assert ckpt["training_state"]["faults"] == {"skipped_updates": 0, "dropped_transitions": 1}
+    sidecar = safe_load(tmp_path / "r" / "checkpoints" / "sidecars" / "rank0"
+                        / f"{ckpt['training_state']['sidecar']}.pt")
     assert int(sidecar["buffer"]["_storage"]["_len"]) == 399
     assert tb_scalars(tmp_path / "r")["faults/dropped_transitions"] == [(400, 1.0)]
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
@@ -377,7 +378,7 @@ def test_a_poisoned_batch_with_on_nan_skip_is_skipped_and_counted(tmp_path, monk
     poison_batches(monkeypatch, 5)
     assert fit(smoke_config(tmp_path, *BASE, *SHORT, "faults.on_nan=skip"))["train/frames"] == 400
     ckpt = last_ckpt(tmp_path / "r")
-    assert ckpt["ccpo"]["faults"] == {"skipped_updates": 2, "dropped_transitions": 0}  # one per epoch
+    assert ckpt["training_state"]["faults"] == {"skipped_updates": 2, "dropped_transitions": 0}  # one per epoch
     assert tb_scalars(tmp_path / "r")["faults/skipped_updates"] == [(400, 1.0)]
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
@@ -456,7 +457,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_by_the_command_
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda c: c["ccpo"].__setitem__("format_version", 99), "has checkpoint format 99; this ccpo_pl reads format 1"),
+    (lambda c: c["training_state"].__setitem__("format_version", 99),
+     "has checkpoint format 99; this ccpo_pl reads format 1"),
     (lambda c: c["hyper_parameters"]["run_config"]["env"].__setitem__("id", "SafetyCarRun-v0"),
      "is a env.id='SafetyCarRun-v0' checkpoint, this run has env.id='SafetyBallCircle-v0'"),
     (lambda c: c["hyper_parameters"]["run_config"]["algo"].__setitem__("name", "cvpo"),
@@ -465,7 +467,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_by_the_command_
 def test_checkpoints_of_another_format_env_or_algorithm_are_refused_in_one_line(reference, tmp_path, change,
                                                                                  message, smoke_config):
     ckpt = last_ckpt(reference[0])
-    assert ckpt["ccpo"]["format_version"] == 1
+    assert ckpt["training_state"]["format_version"] == 1
     change(ckpt)
     torch.save(ckpt, tmp_path / "other.ckpt")
     with pytest.raises(ConfigError) as err:
@@ -505,7 +507,7 @@ def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint_and_sidec
         fit(smoke_config(tmp_path, *BASE, *SHORT, "checkpoint.keep_buffers=1"))
     assert "cannot write checkpoint" in str(err.value) and "No space left on device" in str(err.value)
     assert "the previous one is kept" in str(err.value) and "\n" not in str(err.value)
-    state = last_ckpt(tmp_path / "r")["ccpo"]
+    state = last_ckpt(tmp_path / "r")["training_state"]
     assert state["stream"]["frames"] == 200
     assert (tmp_path / "r" / "checkpoints" / "sidecars" / "rank0" / f"{state['sidecar']}.pt").exists()
 
@@ -515,7 +517,7 @@ def test_a_run_resumed_from_another_runs_checkpoint_leaves_that_run_untouched(re
     before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in parent.rglob("*") if p.is_file()}
     fit(smoke_config(tmp_path, *BASE, "total_frames=1200", "run_name=child",
                      f"ckpt_path={parent}/checkpoints/last.ckpt"))
-    assert last_ckpt(tmp_path / "child")["ccpo"]["stream"]["frames"] == 1200
+    assert last_ckpt(tmp_path / "child")["training_state"]["stream"]["frames"] == 1200
     assert before == {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in parent.rglob("*") if p.is_file()}
 
 
@@ -644,7 +646,7 @@ def test_a_mistyped_key_is_refused_by_the_command_line_naming_the_nearest(tmp_pa
 @pytest.mark.parametrize(("change", "overrides", "message"), [
     (None, ["algo.hidden=[32,32]"], "has actor.log_std.weight of shape [2, 64], this run's network needs [2, 32]"),
     (None, ["algo.critic_trunk=separate"], "another network variant"),
-    (lambda c: c["ccpo"].__setitem__("world_size", 2), [], "was written by 2 ranks, this run has 1"),
+    (lambda c: c["training_state"].__setitem__("world_size", 2), [], "was written by 2 ranks, this run has 1"),
     (lambda c: c["state_dict"]["actor.mu.weight"].__setitem__((0, 0), float("nan")), [],
      "holds NaN or inf in actor.mu.weight"),
     (lambda c: c["optimizer_states"][0]["state"][0]["exp_avg"].fill_(float("inf")), [],
@@ -764,7 +766,7 @@ def test_a_disk_that_fills_during_training_stops_it_in_one_line_keeping_the_last
     assert run.wait() == 3
     assert run.text().splitlines()[-1].startswith("ccpo_pl.fit: error: cannot write replay-buffer sidecar")
     assert "Traceback" not in run.text() and "Exception" not in run.text()
-    state = last_ckpt(full / "r")["ccpo"]
+    state = last_ckpt(full / "r")["training_state"]
     assert state["stream"]["frames"] == 400
     safe_load(full / "r" / "checkpoints" / "sidecars" / "rank0" / f"{state['sidecar']}.pt")
     assert not list((full / "r").rglob("*.tmp"))
@@ -787,4 +789,4 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130_keeping_the_last_checkpoi
     lines = [ln for ln in run.text().splitlines() if ln.startswith("ccpo_pl.fit:")]
     assert len(lines) == 1 and lines[0].startswith("ccpo_pl.fit: stopped at once by a second SIGINT at frame ")
     assert "nothing saved; the last complete checkpoint" in lines[0] and "Traceback" not in run.text()
-    assert last_ckpt(run_dir)["ccpo"]["stream"]["frames"] % 400 == 0  # an epoch's checkpoint, not the stop's
+    assert last_ckpt(run_dir)["training_state"]["stream"]["frames"] % 400 == 0  # an epoch's checkpoint, not the stop's

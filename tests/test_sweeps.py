@@ -26,7 +26,7 @@ def test_a_two_job_sweep_through_the_submitit_launcher_trains_both_runs(tmp_path
     for seed in (0, 1):
         ckpt = safe_load(logs / f"ball_circle-ccpo-s{seed}" / "checkpoints" / "last.ckpt")
         assert ckpt["hyper_parameters"]["run_config"]["seed"] == seed
-        assert ckpt["ccpo"]["stream"]["frames"] == 400
+        assert ckpt["training_state"]["stream"]["frames"] == 400
         params.append(ckpt["state_dict"]["actor.trunk.0.weight"])
     assert not params[0].equal(params[1])  # two jobs, two seeds
     jobs = sorted(p.name for p in (logs / "multirun").iterdir() if p.is_dir())

@@ -1,4 +1,7 @@
-"""Checkpoint plumbing: atomic writes, safe loads, per-rank sidecars and RNG states as plain data.
+"""Checkpoint plumbing: atomic writes, safe loads, per-rank sidecars, RNG states as plain data, the training state.
+
+Over 300 lines: everything a checkpoint is made of and checked by, in one place (writes, loads, sidecars, the
+training state a module saves and restores, the checks before a checkpoint is used).
 
 Lightning writes the checkpoint (rank 0); every rank writes its own sidecar (replay buffer + RNG states) next to
 it, named by a token the checkpoint records, so a checkpoint and its sidecars always belong together. Files are
@@ -28,7 +31,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.faults import StorageError, first_nonfinite
 
-#: format of the `ccpo` training state in a checkpoint; checkpoints without the key are format 1
+#: the checkpoint key of ccpo_pl's training state (`save_training_state`); checkpoints written before it was named
+#: so keep it under `LEGACY_TRAINING_STATE` and are read the same (`training_state`)
+TRAINING_STATE = "training_state"
+LEGACY_TRAINING_STATE = "ccpo"
+#: format of the training state in a checkpoint; a state without `format_version` is format 1
 CHECKPOINT_FORMAT = 1
 READABLE_FORMATS = (1,)
 
@@ -209,6 +216,54 @@ class Sidecars:
         return safe_load(p) if p.exists() else None
 
 
+# ---------------------------------------------------------------- the training state
+def training_state(ckpt: Mapping) -> dict | None:
+    """The training state of a `ccpo_pl.fit` checkpoint (`TRAINING_STATE`, or `LEGACY_TRAINING_STATE` in older
+    checkpoints), or None where it has none."""
+    state = ckpt.get(TRAINING_STATE, ckpt.get(LEGACY_TRAINING_STATE)) if isinstance(ckpt, Mapping) else None
+    return state if isinstance(state, dict) else None
+
+
+def save_training_state(module, checkpoint: dict) -> dict:
+    """Record a `SafeRLModule`'s training state in `checkpoint` (rank 0's is the one written): fault counts, update
+    metrics not logged yet, the data's counters and sidecar token (`RolloutData.checkpoint_state`; each rank's
+    rollouts write their sidecar in it), the threshold generator, the rank count and the run's wall-clock."""
+    data = module.rollouts.checkpoint_state() if module.rollouts is not None else {
+        "stream": {"frames": 0, "collects": 0}, "sidecar": f"{0:013d}"}
+    checkpoint[TRAINING_STATE] = state = {
+        "format_version": CHECKPOINT_FORMAT,
+        "faults": dict(module.faults),
+        # update metrics not logged yet (they are logged after the next collection): a resumed run logs them
+        "pending_log": module.training_log.state_dict(),
+        "stream": data["stream"],
+        "eps_generator": module.eps_generator.get_state(),
+        "sidecar": data["sidecar"],
+        "world_size": module.trainer.world_size,
+        "elapsed_s": module.clock.elapsed_s(),
+    }
+    return state
+
+
+def restore_training_state(module, checkpoint: dict) -> dict:
+    """Inverse of `save_training_state` (also for checkpoints without the pending log, faults or wall-clock);
+    returns the state. The sidecars live next to the checkpoint being loaded (which may belong to another run)."""
+    state = training_state(checkpoint)
+    if state is None:
+        raise ValueError(f"checkpoint has no {TRAINING_STATE!r} training state; it was not written by ccpo_pl.fit")
+    if state["world_size"] != module.trainer.world_size:
+        raise ValueError(f"checkpoint was written with {state['world_size']} ranks, this run has "
+                         f"{module.trainer.world_size}; resume with the same trainer.devices x trainer.num_nodes")
+    module.seen_collects = int(state["stream"]["collects"])
+    module.faults.update(state.get("faults", {}))
+    if "pending_log" in state:
+        module.training_log.load_state_dict(state["pending_log"])
+    module.clock.elapsed_before = float(state.get("elapsed_s", 0.0))
+    module.eps_generator.set_state(state["eps_generator"])
+    if module.rollouts is not None:
+        module.rollouts.restore(state, getattr(module.trainer, "ckpt_path", None))
+    return state
+
+
 # ---------------------------------------------------------------- checking a checkpoint before use
 def check_checkpoint(path: str | os.PathLike, *, name: str = "ckpt_path", expect: Mapping[str, Any] | None = None,
                      world_size: int | None = None, module: torch.nn.Module | None = None, prefix: str = "") -> dict:
@@ -235,9 +290,10 @@ def check_checkpoint(path: str | os.PathLike, *, name: str = "ckpt_path", expect
         raise ConfigError(f"{label} is not a readable checkpoint ({type(err).__name__}); give a checkpoint written "
                           f"by ccpo_pl.fit (e.g. <run dir>/checkpoints/last.ckpt)") from None
     saved = (ckpt.get("hyper_parameters") or {}).get("run_config") if isinstance(ckpt, dict) else None
-    if not saved or not isinstance(ckpt.get("ccpo"), dict) or not isinstance(ckpt.get("state_dict"), dict):
+    state = training_state(ckpt)
+    if not saved or state is None or not isinstance(ckpt.get("state_dict"), dict):
         raise ConfigError(f"{label} was not written by ccpo_pl.fit")
-    version = ckpt["ccpo"].get("format_version", 1)
+    version = state.get("format_version", 1)
     if version not in READABLE_FORMATS:
         raise ConfigError(f"{label} has checkpoint format {version!r}; this ccpo_pl reads format "
                           f"{CHECKPOINT_FORMAT}; use the ccpo_pl version that wrote it")
@@ -246,7 +302,7 @@ def check_checkpoint(path: str | os.PathLike, *, name: str = "ckpt_path", expect
         was = (saved.get(group) or {}).get(field)
         if now is not None and was != now:
             raise ConfigError(f"{label} is a {key}={was!r} checkpoint, this run has {key}={now!r}")
-    ranks = ckpt["ccpo"].get("world_size")
+    ranks = state.get("world_size")
     if world_size is not None and ranks != world_size:
         raise ConfigError(f"{label} was written by {ranks} ranks, this run has {world_size}; resume it with "
                           f"trainer.devices x trainer.num_nodes = {ranks}")

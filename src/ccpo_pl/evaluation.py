@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
-from ccpo_pl.checkpointing import READABLE_FORMATS, atomic_write_bytes, check_checkpoint
+from ccpo_pl.checkpointing import READABLE_FORMATS, atomic_write_bytes, check_checkpoint, training_state
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError, check_writable
 from ccpo_pl.metrics import (
@@ -51,6 +51,7 @@ from ccpo_pl.metrics import (
     summarize,
 )
 from ccpo_pl.nets import EpsActor, make_policy
+from ccpo_pl.training_log import PER_EPS_PATTERN
 from ccpo_pl.validation import current_run_config
 
 #: the algorithms whose policy is the linear combination of per-threshold policies (`extrapolation=` applies)
@@ -90,7 +91,7 @@ def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path, device: str | torc
     cfg = current_run_config((ckpt.get("hyper_parameters") or {}).get("run_config"))
     if not cfg or "state_dict" not in ckpt:
         raise ValueError(f"{str(ckpt_path)!r} is not a ccpo_pl.fit checkpoint")
-    version = (ckpt.get("ccpo") or {}).get("format_version", 1)
+    version = (training_state(ckpt) or {}).get("format_version", 1)
     if version not in READABLE_FORMATS:
         raise ValueError(f"{str(ckpt_path)!r} has checkpoint format {version!r}; this ccpo_pl reads "
                          f"{', '.join(map(str, READABLE_FORMATS))}")
@@ -245,8 +246,8 @@ class PeriodicEvaluation(Callback):
                 fig = plot_curves({"eps": self.eps_eval, "reward_mean": reward, "cost_mean": cost},
                                   self.eps_behavior, f"{frames} frames")
                 writer.add_figure("eval/curves", fig, global_step=frames, close=False)
-        if hasattr(pl_module, "timing"):
-            pl_module.timing["eval_s"] += time.perf_counter() - start
+        if hasattr(pl_module, "clock"):
+            pl_module.clock.add_eval(time.perf_counter() - start)
         return metrics
 
     @staticmethod
@@ -269,8 +270,7 @@ class PeriodicEvaluation(Callback):
                 "episode cost": multi(r"train/eps_[^/]+/episode_cost"),
                 "episode reward": multi(r"train/eps_[^/]+/episode_reward"),
             },
-            "per threshold bin": {name.replace("/{eps}", ""): multi(re.escape(pl_module.per_eps_tag(name, 0.0)).replace(
-                "eps_0", r"eps_[^/]+") + "$") for name in per_eps},
+            "per threshold bin": {name: multi(re.escape(name) + PER_EPS_PATTERN) for name in per_eps},
         }
         writer.add_custom_scalars(layout)
 
@@ -453,7 +453,7 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
         st["extrapolation"] = outside_range(eps, cfg["eps"]["range"])
         stats[name] = st
         averages[name] = summarize(st["reward_mean"], st["cv"], st["seen"], st["cv_per_episode"])
-    state = data.get("ccpo", {})
+    state = training_state(data) or {}
     headline = POLICIES[policy][0]
     summary = averages[headline] | {
         "by_policy": averages, "episodes": episodes, "eps": eps,

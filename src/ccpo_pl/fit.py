@@ -124,7 +124,7 @@ def resume_point(cfg: DictConfig, run_dir: Path, module: L.LightningModule) -> t
         ckpt = str(run_dir / "checkpoints" / "last.ckpt")
     if ckpt is None:
         return None, None
-    state = check_checkpoint(ckpt, cfg, module)["ccpo"]
+    state = checkpointing.training_state(check_checkpoint(ckpt, cfg, module))
     return ckpt, state["stream"]["frames"] * state["world_size"]
 
 

@@ -28,6 +28,14 @@ def eps_tag(eps: float) -> str:
     return f"eps_{float(eps):g}"
 
 
+def threshold_bins(eps_behavior: Sequence[float], eps_range: Sequence[float], step: float) -> list[float]:
+    """The training-threshold grid of the per-threshold training metrics: `eps_range` every `step`, plus the
+    behaviour thresholds."""
+    lo, hi = float(eps_range[0]), float(eps_range[1])
+    grid = np.arange(lo, hi + 1e-9, float(step)).tolist()
+    return sorted({round(x, 6) for x in grid} | {float(e) for e in eps_behavior})
+
+
 def cost_violation(cost: Tensor, eps: Tensor) -> Tensor:
     """CCPO paper Table 1: CV(eps) = max(0, J_c(eps) - eps), the episodic cost above the threshold."""
     return (cost - eps).clamp_min(0.0)

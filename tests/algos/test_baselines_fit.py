@@ -40,7 +40,7 @@ def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo, smoke_confi
 
     ckpt = safe_load(ckpt_path)
     state = ckpt["state_dict"]
-    sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['ccpo']['sidecar']}.pt")
+    sidecar = safe_load(run_dir / "checkpoints" / "sidecars" / "rank0" / f"{ckpt['training_state']['sidecar']}.pt")
     storage = sidecar["buffer"]["_storage"]
     collected = set(storage["_storage"]["eps"][: int(storage["_len"])].view(-1).tolist())
     # the episodes were collected under the behaviour thresholds; CVPO's only under its own threshold (the middle one)
@@ -59,9 +59,14 @@ def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo, smoke_confi
         assert any(k.startswith("critic.q.") for k in state) and not any(k.startswith("critic.psi") for k in state)
     if algo.startswith("v_"):  # per behaviour threshold: lam at every collection, Q means once updates ran
         tags = tb_values(run_dir)
-        assert all(f"eps_{e:g}/lam" in tags for e in cfg.eps.behavior)
-        q_c = [v for e in cfg.eps.behavior for v in tags.get(f"eps_{e:g}/q_c", [])]
+        assert all(f"multipliers/lam/eps_{e:g}" in tags for e in cfg.eps.behavior)
+        q_c = [v for e in cfg.eps.behavior for v in tags.get(f"critic/q_c/eps_{e:g}", [])]
         assert q_c and all(math.isfinite(v) for v in q_c)
+    spread = tb_values(run_dir).get("train/policy_std")
+    if algo == "v_ddpg_lag":  # a deterministic actor (fixed exploration noise): no spread to log
+        assert spread is None
+    else:  # after each collection, on the first batch's states
+        assert spread and all(v > 0 for v in spread)
     if algo == "v_sac_lag":
         assert "log_alpha" in state and state["log_alpha"] != 0  # the temperature was tuned
 

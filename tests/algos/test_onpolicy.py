@@ -118,12 +118,12 @@ def test_on_policy_subclass_trains_resumes_and_evaluates(tmp_path, pg_registered
     run = tmp_path / "pg"
     ckpt = safe_load(run / "checkpoints" / "last.ckpt")
     assert ckpt["hyper_parameters"]["obs_dim"] > 0 and ckpt["state_dict"]["j_c"].shape == (3,)
-    assert ckpt["ccpo"]["stream"]["collects"] == 4  # one update per collection: 800 frames / 200
+    assert ckpt["training_state"]["stream"]["collects"] == 4  # one update per collection: 800 frames / 200
     before = {k: v.clone() for k, v in ckpt["state_dict"].items()}
     # resumes: the parameters move on from the checkpoint
     fit(smoke_config(tmp_path, *PG, "total_frames=1200", "run_name=pg"))
     after = safe_load(run / "checkpoints" / "last.ckpt")
-    assert after["ccpo"]["stream"]["frames"] == 1200
+    assert after["training_state"]["stream"]["frames"] == 1200
     assert not torch.equal(after["state_dict"]["actor.mu.weight"], before["actor.mu.weight"])
     actor, cfg = load_policy(run / "checkpoints" / "last.ckpt")
     reward, cost, _ = evaluate_thresholds(make_policy(actor), cfg["env"], [25.0], 1, seed=0,

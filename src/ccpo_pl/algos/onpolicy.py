@@ -29,9 +29,10 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
-from ccpo_pl.algos.safe_module import SafeRLModule, eps_tag
+from ccpo_pl.algos.safe_module import SafeRLModule
 from ccpo_pl.algos.trust_region import diag_normal_kl, diag_normal_log_prob
 from ccpo_pl.nets import nearest_threshold
+from ccpo_pl.training_log import per_eps_tag
 
 __all__ = ["advantages", "apply_grads", "attach", "diag_normal_kl", "diag_normal_log_prob", "end_update",
            "episode_costs", "fit_value", "log_update", "mean_grads", "minibatches", "new_collection",
@@ -49,10 +50,11 @@ def attach(module: SafeRLModule, actor: nn.Module, value: nn.Module, eps_behavio
     module.register_buffer("j_c", torch.tensor([float(e) for e in eps_behavior]))
 
 
-def new_collection(module: SafeRLModule) -> bool:
-    """Call first in `training_step`: `module.on_new_data()`, then whether the collection may be learned from
-    (False, counted as a skipped update, where `faults.on_nan=skip` dropped corrupt env data)."""
-    module.on_new_data()
+def new_collection(module: SafeRLModule, batch: TensorDictBase | None = None) -> bool:
+    """Call first in `training_step`: `module.on_new_data(batch)` (the collection `batch`: the states the policy's
+    spread is logged on; without it none is logged), then whether the collection may be learned from (False,
+    counted as a skipped update, where `faults.on_nan=skip` dropped corrupt env data)."""
+    module.on_new_data(batch)
     if not module.rollouts.stream.clean:  # on_nan=skip (stop raised in on_new_data): no update from corrupt data
         module.faults["skipped_updates"] += 1
         return False
@@ -64,7 +66,7 @@ def end_update(module: SafeRLModule, start: float, loss_value: Tensor | None, lo
     seconds since `start` are recorded unless a step was skipped."""
     module.check_finite(module.parameter_tensors, can_skip=False)
     if loss_value is not None and loss_policy is not None:
-        module.record_update(loss_value, loss_policy, time.perf_counter() - start)
+        module.training_log.record_update(loss_value, loss_policy, time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -172,11 +174,11 @@ def apply_grads(opt, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
 def log_update(module: SafeRLModule, diagnostics: dict[str, float | Tensor],
                per_behavior: dict[str, Tensor] | None = None) -> None:
     """Log update diagnostics (averaged over ranks, one collective) at the current frame count: scalars as
-    `update/<name>`, and `[n_behavior]` tensors as `<eps tag>/<name>` per behaviour threshold."""
+    `update/<name>`, and `[n_behavior]` tensors as `update/<name>/eps_<eps>` per behaviour threshold."""
     names = [f"update/{k}" for k in diagnostics]
     values = [torch.as_tensor(v, dtype=torch.float64).reshape(1).cpu() for v in diagnostics.values()]
     for name, col in (per_behavior or {}).items():
-        names += [f"{eps_tag(e)}/{name}" for e in module.hparams.eps_behavior]
+        names += [per_eps_tag(f"update/{name}", e) for e in module.hparams.eps_behavior]
         values.append(col.detach().double().reshape(-1).cpu())
     if not names:
         return

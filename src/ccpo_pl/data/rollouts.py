@@ -9,8 +9,8 @@ frame and collection counters, and the sidecar beside each checkpoint (this rank
 The module supplies the collection policy (`collection_policy()`) and the thresholds the training envs draw
 (`collection_eps()`); it reads the counters, the episode tallies and
 the collection's health through this object (`SafeRLModule.rollouts`). The frame and collection counters and the
-sidecar token are part of the checkpoint's training state (`checkpoint["ccpo"]`, `checkpoint_state` and
-`restore`), which the module writes after checking its weights are finite.
+sidecar token are part of the checkpoint's training state (`checkpoint["training_state"]`, `checkpoint_state`
+and `restore`), which the module writes after checking its weights are finite.
 """
 
 from __future__ import annotations

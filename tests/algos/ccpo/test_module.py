@@ -14,6 +14,7 @@ from ccpo_pl.algos.ccpo.module import CCPO
 from ccpo_pl.algos.common import polyak
 from ccpo_pl.algos.registry import build
 from ccpo_pl.nets import critic_members
+from ccpo_pl.training_log import per_eps_tag
 
 OBS, ACT, B = 3, 2, 64
 
@@ -181,14 +182,14 @@ def test_lam_at_cap_is_logged_per_bin_as_the_share_of_updates_since_the_last_log
     for _ in range(4):
         module.cvi_update(random_batch(), eps, module.bin_index(eps))
     metrics = module.per_eps_metrics()
-    share = dict(zip([module.per_eps_tag(name, e) for name in metrics for e in module.eps_bins],
+    share = dict(zip([per_eps_tag(name, e) for name in metrics for e in module.eps_bins],
                      torch.cat([col for col in metrics.values()]).tolist()))
     assert share["estep/lam_at_cap/eps_20"] == 0.5
     assert share["estep/lam_at_cap/eps_40"] == share["estep/lam_at_cap/eps_35"] == 0.0  # 33 is in bin 35
     assert share["estep/lam_at_cap/eps_10"] == 0.0  # no update
-    assert share["eps_20/lam"] == 0.0 and "estep/cost_gap/eps_20" in share
+    assert share["multipliers/lam/eps_20"] == 0.0 and "estep/cost_gap/eps_20" in share
     module.on_metrics_logged()
-    assert (module.per_eps_metrics()["estep/lam_at_cap/{eps}"] == 0).all()
+    assert (module.per_eps_metrics()["estep/lam_at_cap"] == 0).all()
 
 
 def test_bin_index_is_the_nearest_bin_and_the_lower_one_on_ties(make_module):

@@ -118,13 +118,14 @@ def test_smoke_fit_then_evaluate_at_an_unseen_threshold(tmp_path, algo, smoke_co
     assert metrics["train/frames"] == 800 and math.isfinite(metrics["eval/avg_reward"])
     run = tmp_path / "run"
     ckpt = safe_load(run / "checkpoints" / "last.ckpt")
-    assert ckpt["ccpo"]["stream"]["collects"] == 4  # one update per collection
+    assert ckpt["training_state"]["stream"]["collects"] == 4  # one update per collection
     state = ckpt["state_dict"]
     assert state["lagrange.lam"].shape == (3,) and torch.all(state["lagrange.lam"] >= 0)
     tags = tb_values(run)
     for e in EPS_B:
-        assert all(math.isfinite(v) for v in tags[f"eps_{e:g}/lam"] + tags[f"eps_{e:g}/j_c"])
-    assert max(max(tags[f"eps_{e:g}/kl"]) for e in EPS_B) > 0  # the policies moved
+        assert all(math.isfinite(v) for v in tags[f"update/lam/eps_{e:g}"] + tags[f"update/j_c/eps_{e:g}"])
+    assert max(max(tags[f"update/kl/eps_{e:g}"]) for e in EPS_B) > 0  # the policies moved
+    assert tags["train/policy_std"] and all(v > 0 for v in tags["train/policy_std"])  # the combined Gaussian's
     actor, cfg = load_policy(run / "checkpoints" / "last.ckpt")
     assert isinstance(actor, CombinedActor) and len(actor.policies) == 3
     obs = torch.randn(4, actor.policies[0].trunk[0].in_features)

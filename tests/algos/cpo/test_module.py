@@ -158,7 +158,8 @@ def test_cost_shaping_adds_a_learned_probability_that_tracks_the_unsafe_region()
 SMALL = ("threads=1", "total_frames=400", "eps.eval=[25]", "algo.value_epochs=2")  # on experiment=smoke
 
 @pytest.mark.parametrize(("algo", "extra", "tags"), [
-    ("cpo", [], ["update/case", "update/lam", "update/nu", "update/step_fraction", "update/kl"]),
+    ("cpo", [], ["update/case", "update/lam", "update/nu", "update/step_fraction", "update/kl", "train/policy_std",
+                 "train/policy_entropy"]),
     ("pdo", [], ["update/multiplier", "update/nu", "update/kl"]),
     ("trpo", [], ["update/kl", "update/surr_reward_change"]),
     ("fpo", ["algo.penalty_nu=5"], ["update/nu", "update/kl"]),
@@ -169,7 +170,7 @@ def test_smoke_fit_writes_checkpoint_and_finite_update_logs(tmp_path, algo, extr
     metrics = fit(cfg)
     run_dir = tmp_path / "run"
     ckpt = safe_load(run_dir / "checkpoints" / "last.ckpt")
-    assert ckpt["ccpo"]["stream"]["frames"] == 400 and metrics["train/frames"] == 400
+    assert ckpt["training_state"]["stream"]["frames"] == 400 and metrics["train/frames"] == 400
     assert math.isfinite(metrics["eval/eps_25/reward"]) and metrics["eval/eps_25/cost"] >= 0
     state = ckpt["state_dict"]
     assert any(k.startswith("actor.") for k in state) and any(k.startswith("value.") for k in state)

@@ -63,7 +63,8 @@ from ccpo_pl.algos.ccpo.compiled import compiled_or_eager
 from ccpo_pl.algos.common import frozen_copy, polyak
 from ccpo_pl.algos.lagrange import METHODS, PID_GAINS, multiplier_step
 from ccpo_pl.algos.safe_module import SafeRLModule
-from ccpo_pl.faults import all_finite
+from ccpo_pl.checkpointing import TRAINING_STATE, training_state
+from ccpo_pl.faults import all_finite, batch_suspects
 from ccpo_pl.nets import critic_members
 
 #: Updates' thresholds drawn at once by `sample_train_eps`.
@@ -192,7 +193,7 @@ class CCPO(SafeRLModule):
     # ---------------------------------------------------------------- the algorithm box
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         start = time.perf_counter()
-        self.on_new_data()
+        self.on_new_data(batch)
         eps = self.sample_train_eps()
         bins = self.bin_index(eps)
         if self.hparams.cvi:
@@ -205,16 +206,16 @@ class CCPO(SafeRLModule):
         if not self.hparams.cvi:  # the CVI update checks them as they enter its next pass
             self.check_finite(self.parameter_tensors, can_skip=False)
         if losses[1] is not None:
-            self.record_update(*losses, time.perf_counter() - start)
+            self.training_log.record_update(*losses, time.perf_counter() - start)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         rows = self._eps_rows
-        checkpoint["ccpo"]["eps_rows"] = None if rows is None else (rows.cpu(), self._eps_rows_versatile)
+        checkpoint[TRAINING_STATE]["eps_rows"] = None if rows is None else (rows.cpu(), self._eps_rows_versatile)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        rows = checkpoint["ccpo"].get("eps_rows")  # absent from checkpoints before the table: drawn anew
+        rows = training_state(checkpoint).get("eps_rows")  # absent from checkpoints before the table: drawn anew
         if rows is not None:
             self._eps_rows, self._eps_rows_versatile = rows[0], int(rows[1])
         self.fill_state_defaults(checkpoint.get("state_dict", {}))
@@ -237,7 +238,7 @@ class CCPO(SafeRLModule):
         noise = torch.randn(len(eps), *act.shape, device=act.device)  # next actions from pi(.|s', eps_i)
         loss = self.td_loss_fn(batch["observation"], act, nxt["observation"], nxt["reward"].view(-1),
                                nxt["cost"].view(-1), nxt["terminated"].view(-1), eps.view(-1, 1, 1), noise)
-        if not self.check_finite({"critic loss": loss}, suspects=self.batch_suspects(batch)):
+        if not self.check_finite({"critic loss": loss}, suspects=batch_suspects(batch)):
             return None
         self.optimizer_step(self.optimizers()[0], loss)
         return loss.detach()
@@ -278,7 +279,7 @@ class CCPO(SafeRLModule):
                                   "E-step dual lam": out.lam, "actor loss": out.loss_actor,
                                   "KL multiplier alpha_mu": out.alpha_mu, "KL multiplier alpha_sigma": out.alpha_sigma,
                                   "E-step statistics": torch.stack(out.stats), "E-step cost gap": out.c_gap},
-                                 suspects=self.batch_suspects(batch), finite=out.finite):
+                                 suspects=batch_suspects(batch), finite=out.finite):
             return None
         critic_opt, actor_opt = self.optimizers()
         for p in self.trained_parameters:  # both optimizers' zero_grad(set_to_none=True), without their per-call
@@ -475,15 +476,16 @@ class CCPO(SafeRLModule):
         self.stats[bins] = 0.9 * self.stats[bins] + 0.1 * new
 
     def per_eps_metrics(self) -> dict[str, Tensor]:
-        cols = {"lam": self.lam, "eta": self.eta, "alpha_mu": self.alpha_mu, "alpha_sigma": self.alpha_sigma}
-        cols.update({n: self.stats[:, i] for i, n in enumerate(STATS_COLUMNS)})
-        if not self.hparams.cvi:
-            for n in ("eta", "alpha_mu", "alpha_sigma", "kl_mean", "kl_cov"):
-                cols.pop(n)
-        else:  # share of the updates since the last log with lam at its cap (0 where a bin had none)
-            counts = self.lam_cap_count
-            cols["estep/lam_at_cap/{eps}"] = counts[:, 1] / counts[:, 0].clamp(min=1.0)
-            cols["estep/cost_gap/{eps}"] = self.c_gap  # running mean_s E_pi_old[Q_c] - eps_q: > 0 is infeasible
+        """`multipliers/{lam,eta,alpha_mu,alpha_sigma}`, `critic/{q_r,q_c}`, `trust_region/{kl_mean,kl_cov}` and
+        `estep/{lam_at_cap,cost_gap}` per threshold bin (w/o CVI: lam and the Q means)."""
+        cols = {"multipliers/lam": self.lam, "critic/q_r": self.stats[:, 0], "critic/q_c": self.stats[:, 1]}
+        if self.hparams.cvi:
+            counts = self.lam_cap_count  # share of the updates since the last log with lam at its cap (0: none)
+            cols |= {"multipliers/eta": self.eta, "multipliers/alpha_mu": self.alpha_mu,
+                     "multipliers/alpha_sigma": self.alpha_sigma, "trust_region/kl_mean": self.stats[:, 2],
+                     "trust_region/kl_cov": self.stats[:, 3],
+                     "estep/lam_at_cap": counts[:, 1] / counts[:, 0].clamp(min=1.0),
+                     "estep/cost_gap": self.c_gap}  # running mean_s E_pi_old[Q_c] - eps_q: > 0 is infeasible
         return cols
 
     def on_metrics_logged(self) -> None:

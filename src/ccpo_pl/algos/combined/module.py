@@ -102,7 +102,7 @@ class CombinedLagrangian(SafeRLModule):
         """Per collection: J_c(eps_i) and the advantages of every behaviour threshold, the critic fit, then per
         threshold lam_i and a PPO-Lag / TRPO-Lag step of policy i."""
         start = time.perf_counter()
-        if not onpolicy.new_collection(self):
+        if not onpolicy.new_collection(self, batch):
             return
         cost = batch["next", "cost"]
         j_c = onpolicy.episode_costs(self, batch, cost, self.j_c)

@@ -155,7 +155,7 @@ class CPO(SafeRLModule):
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         """Algorithm 1 per collection: J_C(pi_k), the advantages A_r, A_c and V fit, then the trust-region step."""
         start = time.perf_counter()
-        if not onpolicy.new_collection(self):
+        if not onpolicy.new_collection(self, batch):
             return
         cost = self.cost_signal(batch)  # C, or C+ = C + p(s') with cost shaping
         j_c = onpolicy.episode_costs(self, batch, cost, self.j_c)

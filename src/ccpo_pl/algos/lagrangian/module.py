@@ -54,8 +54,10 @@ from ccpo_pl.algos.common import frozen_copy, polyak
 from ccpo_pl.algos.lagrange import LagrangeMultipliers
 from ccpo_pl.algos.lagrangian import equations as eq
 from ccpo_pl.algos.lagrangian.nets import make_squashed_policy
-from ccpo_pl.algos.safe_module import SafeRLModule, eps_tag
+from ccpo_pl.algos.safe_module import SafeRLModule
+from ccpo_pl.faults import batch_suspects
 from ccpo_pl.nets import nearest_threshold
+from ccpo_pl.training_log import per_eps_tag
 
 TRAIN_EPS = ("collected", "behavior")
 
@@ -120,7 +122,7 @@ class OffPolicyLagrangian(SafeRLModule):
     # ---------------------------------------------------------------- the algorithm box
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         start = time.perf_counter()
-        self.on_new_data()  # after each collection: the multipliers step on its episode costs
+        self.on_new_data(batch)  # after each collection: the multipliers step on its episode costs
         eps = self.train_eps(batch)  # [B, 1]
         index = self.threshold_index(eps)  # [B] behaviour-threshold (= multiplier) of each transition
         loss_critic = self.critic_step(batch, eps)
@@ -130,7 +132,7 @@ class OffPolicyLagrangian(SafeRLModule):
         self.update_targets()
         self.check_finite(self.parameter_tensors, can_skip=False)
         if loss_actor is not None:
-            self.record_update(loss_critic, loss_actor, time.perf_counter() - start)
+            self.training_log.record_update(loss_critic, loss_actor, time.perf_counter() - start)
 
     def train_eps(self, batch: TensorDictBase) -> Tensor:
         """The threshold each transition is trained with (implementation detail 1)."""
@@ -163,7 +165,7 @@ class OffPolicyLagrangian(SafeRLModule):
         for critic in self.critics:
             q_r, q_c = critic(batch["observation"], batch["action"], eps)
             loss = loss + F.mse_loss(q_r, y_r) + F.mse_loss(q_c, y_c)
-        if not self.check_finite({"critic loss": loss}, suspects=self.batch_suspects(batch)):
+        if not self.check_finite({"critic loss": loss}, suspects=batch_suspects(batch)):
             return None
         self.optimizer_step(self.optimizers()[0], loss)
         return loss.detach()
@@ -207,7 +209,8 @@ class OffPolicyLagrangian(SafeRLModule):
         self.log_multipliers()
 
     def log_multipliers(self) -> None:
-        """`eps_<e>/{lam,q_r,q_c}` per behaviour threshold (Q means over the last cycle's updates)."""
+        """`multipliers/lam/eps_<e>` and `critic/{q_r,q_c}/eps_<e>` per behaviour threshold (Q means over the last
+        cycle's updates)."""
         sums = self.q_sums.to(self.device, copy=True)
         if self.trainer.world_size > 1:
             sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
@@ -215,10 +218,10 @@ class OffPolicyLagrangian(SafeRLModule):
         self.q_sums.zero_()
         metrics = {}
         for i, e in enumerate(self.hparams.eps_behavior):
-            metrics[f"{eps_tag(e)}/lam"] = float(self.multipliers.lam[i])
+            metrics[per_eps_tag("multipliers/lam", e)] = float(self.multipliers.lam[i])
             if sums[i, 0] > 0:
-                metrics[f"{eps_tag(e)}/q_r"] = float(sums[i, 1] / sums[i, 0])
-                metrics[f"{eps_tag(e)}/q_c"] = float(sums[i, 2] / sums[i, 0])
+                metrics[per_eps_tag("critic/q_r", e)] = float(sums[i, 1] / sums[i, 0])
+                metrics[per_eps_tag("critic/q_c", e)] = float(sums[i, 2] / sums[i, 0])
         metrics |= self.extra_metrics()
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_frames)
@@ -272,6 +275,11 @@ class VSACLag(OffPolicyLagrangian):
         self._log_prob = log_prob.detach()  # for the temperature step
         return loss, q_r, q_c
 
+    def policy_distribution(self, observation: Tensor, eps: Tensor) -> torch.distributions.Normal:
+        """The Gaussian before the squash."""
+        with torch.no_grad():
+            return torch.distributions.Normal(*self.actor.pre_tanh(observation, eps), validate_args=False)
+
     def actor_step(self, obs: Tensor, eps: Tensor, index: Tensor) -> Tensor | None:
         loss = super().actor_step(obs, eps, index)
         if loss is not None and self.log_alpha.requires_grad:
@@ -293,6 +301,10 @@ class VDDPGLag(OffPolicyLagrangian):
     def __init__(self, actor: nn.Module, critics: nn.ModuleList, **kwargs):
         super().__init__(actor, critics, **kwargs)
         self.actor_target = frozen_copy(actor)
+
+    def policy_distribution(self, observation: Tensor, eps: Tensor) -> None:
+        """A deterministic actor (its exploration noise is fixed): no spread to log."""
+        return None
 
     def next_values(self, next_obs: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         action, _ = self.actor_target(next_obs, eps)
