@@ -17,12 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ccpo_pl.conf import CONF_DIR, CONF_PATH
 from ccpo_pl.errors import ConfigError, refuse_or_run
-from ccpo_pl.evaluation import evaluate_run, resolve_checkpoint
 from ccpo_pl.validation import rule_for
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Run `evaluate_run` with the command line's settings."""
+    from ccpo_pl.evaluation import evaluate_run  # here, not at the top: TorchRL, Lightning and the simulators
+
     if not cfg.run:
         raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")
     threads = rule_for("threads")  # the same setting as fit's
@@ -56,6 +57,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"ccpo_pl.evaluate: error: {err}", file=sys.stderr)
         sys.exit(2)
+    from ccpo_pl.evaluation import resolve_checkpoint  # here, not at the top: as in `evaluate`
+
     out = Path(cfg.out) if cfg.out else resolve_checkpoint(cfg.run)[1] / "eval"
     print(f"ccpo_pl.evaluate: wrote per_eps.csv, per_episode.csv, table.md, curves.png and summary.json in {out}")
     keys = ("task", "label", "seed", "frames", "avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen",

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 ON_NAN = ("stop", "skip")
+#: exit status after a second Ctrl-C (128 + SIGINT, as shells report a process ended by it)
+INTERRUPTED_EXIT = 130
 
 
 class RunStopped(RuntimeError):
