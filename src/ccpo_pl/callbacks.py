@@ -1,7 +1,8 @@
 """Lightning callbacks: a progress bar of the whole run in env frames, with the last evaluation; a DDP sync check;
-preemption (checkpoint at a safe point on SIGTERM/SIGINT/SLURM requeue); log flushing after every collection.
+preemption (checkpoint at a safe point on SIGTERM/SIGINT/SLURM requeue); log flushing after every collection; the
+run's record (`config.yaml`, `commands.txt`) when training starts.
 
-Over 300 lines: four independent callbacks, each short; they share the trainer's rollout stream (`_stream`) and
+Over 300 lines: five independent callbacks, each short; they share the trainer's rollout stream (`_stream`) and
 fit.py builds them together, so one module holds them.
 """
 
@@ -20,11 +21,10 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress import ProgressBar
+from omegaconf import OmegaConf
 
-from ccpo_pl.faults import Preempted, StorageError
-
-#: exit status after a second Ctrl-C (128 + SIGINT, as shells report a process ended by it)
-INTERRUPTED_EXIT = 130
+from ccpo_pl import checkpointing
+from ccpo_pl.faults import INTERRUPTED_EXIT, Preempted, StorageError
 
 
 def _stream(trainer):
@@ -323,3 +323,25 @@ class FlushLogs(Callback):
                     raise StorageError(f"cannot write the TensorBoard logs ({err.strerror or err}); the last "
                                        f"complete checkpoint is kept; free space, then re-run the same command "
                                        f"to resume") from None
+
+
+class RecordRun(Callback):
+    """When training really starts (rank 0): write `config.yaml` atomically (fsync, rename) and append the command
+    line to `commands.txt`. A run that failed before this point has not claimed its name. Every checkpoint carries
+    the resolved config as plain data (`hyper_parameters.run_config`), which `load_policy` and resumes read."""
+
+    def __init__(self, run_dir: Path, plain: dict, command: str | None):
+        self.run_dir, self.plain, self.command = run_dir, plain, command
+        self.started = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started = True
+        if trainer.global_rank != 0:
+            return
+        checkpointing.atomic_write_text(OmegaConf.to_yaml(self.plain), self.run_dir / "config.yaml")
+        if self.command:
+            with open(self.run_dir / "commands.txt", "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.command}\n")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint.setdefault("hyper_parameters", {})["run_config"] = self.plain

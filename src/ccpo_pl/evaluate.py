@@ -21,12 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ccpo_pl.conf import CONF_DIR, CONF_PATH
 from ccpo_pl.errors import ConfigError, refuse_or_run
-from ccpo_pl.evaluation import evaluate_run, resolve_checkpoint
 from ccpo_pl.validation import rule_for
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Run `evaluate_run` with the command line's settings."""
+    from ccpo_pl.evaluation import evaluate_run, resolve_checkpoint  # here, not at the top: TorchRL, Lightning, the simulators
+
     if not cfg.run:
         raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")
     threads = rule_for("threads")  # the same setting as fit's

@@ -17,16 +17,17 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from ccpo_pl.checkpointing import atomic_write
 from ccpo_pl.conf import CONF_PATH
-from ccpo_pl.deploy import Policy, load
 from ccpo_pl.errors import ConfigError
-from ccpo_pl.evaluation import resolve_checkpoint
+
+if TYPE_CHECKING:
+    from ccpo_pl.deploy import Policy
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUTS = ("observation", "eps")
@@ -70,6 +71,11 @@ def export_policy(run: str | Path, fmt: str, out: str | Path | None = None, *, s
         raise ConfigError(f"format={fmt!r}; allowed: {', '.join(FORMATS)}")
     if not isinstance(std, bool) or not isinstance(overwrite, bool):
         raise ConfigError(f"std={std!r} and overwrite={overwrite!r} must be true or false")
+    # here, not at the top: these import Lightning and TorchRL, which a refused format or flag does without
+    from ccpo_pl.checkpointing import atomic_write
+    from ccpo_pl.deploy import load
+    from ccpo_pl.evaluation import resolve_checkpoint
+
     path = Path(out) if out is not None else resolve_checkpoint(run)[1] / f"policy{FORMATS[fmt]}"
     if path.is_dir():
         raise ConfigError(f"out={str(path)!r} is a directory; pass a file name, e.g. out=policy{FORMATS[fmt]}")

@@ -18,6 +18,8 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 ON_NAN = ("stop", "skip")
+#: exit status after a second Ctrl-C (128 + SIGINT, as shells report a process ended by it)
+INTERRUPTED_EXIT = 130
 
 
 class RunStopped(RuntimeError):

@@ -10,6 +10,9 @@ started leaves no trace. SIGTERM/SIGINT save a checkpoint at the next safe point
 numerical faults and failed saves stop with one line (`faults`). Exit status: 0 done or preempted, 2 refused
 before training, 3 stopped by a fault, 130 a second Ctrl-C (stopped at once, nothing saved).
 
+Lightning, TorchRL, the simulators and the algorithms are imported by the functions that build the run, after
+the config is checked: `--help` and a refused config take about as long as importing torch.
+
 Over 300 lines: the checks before the first write (the run's config, its checkpoint, the disk, the lock) stay with
 the command whose promise they keep; building the module, data, evaluation and trainer is one function each.
 """
@@ -26,27 +29,26 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from ccpo_pl import checkpointing, compat, validation
+from ccpo_pl import compat, validation
 from ccpo_pl.algos.registry import ALGOS, build
-from ccpo_pl.callbacks import INTERRUPTED_EXIT, DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
-from ccpo_pl.checkpointing import AtomicCheckpointIO, remove_stale_tmp
 from ccpo_pl.conf import CONF_DIR, CONF_PATH
-from ccpo_pl.data import RolloutData
-from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError, refuse_or_run
-from ccpo_pl.evaluation import PeriodicEvaluation, evaluate_run
-from ccpo_pl.faults import RunStopped, StorageError
-from ccpo_pl.threads import ThreadTuner, configure_threads
+from ccpo_pl.faults import INTERRUPTED_EXIT, RunStopped, StorageError
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from ccpo_pl.callbacks import RecordRun
+    from ccpo_pl.data import RolloutData
+    from ccpo_pl.evaluation import PeriodicEvaluation
+    from ccpo_pl.threads import ThreadTuner
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
 RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir", "progress")
@@ -103,7 +105,7 @@ def check_resumable(run_dir: Path, plain: dict) -> None:
         more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(changed[:3])}{more}); "
                           f"use another run_name or the run's own config")
-    if added and rank_zero_only.rank == 0:
+    if added and _rank() == 0:
         news = ", ".join(f"{key}={b!r}" for key, _, b in added)
         print(f"ccpo_pl.fit: run {str(run_dir)!r} predates the settings {news}; continuing with these values",
               flush=True)
@@ -111,6 +113,8 @@ def check_resumable(run_dir: Path, plain: dict) -> None:
 
 def check_checkpoint(path: str, cfg: DictConfig, module: L.LightningModule | None = None) -> dict:
     """`checkpointing.check_checkpoint` with this run's algorithm, env, rank count and (given) network."""
+    from ccpo_pl import checkpointing  # here, not at the top: it imports Lightning
+
     return checkpointing.check_checkpoint(
         path, expect={"algo.name": cfg.algo.name, "env.id": cfg.env.id}, world_size=world_size(cfg),
         module=module)
@@ -124,6 +128,8 @@ def resume_point(cfg: DictConfig, run_dir: Path, module: L.LightningModule) -> t
         ckpt = str(run_dir / "checkpoints" / "last.ckpt")
     if ckpt is None:
         return None, None
+    from ccpo_pl import checkpointing  # here, not at the top: it imports Lightning
+
     state = checkpointing.training_state(check_checkpoint(ckpt, cfg, module))
     return ckpt, state["stream"]["frames"] * state["world_size"]
 
@@ -141,6 +147,8 @@ def storage_need(module: L.LightningModule, cfg: DictConfig, obs_dim: int, act_d
 def check_writable(directory: Path, cfg: DictConfig, nbytes: int) -> None:
     """Reserve room for a checkpoint and a sidecar in `directory` (`reserve_space`); a one-line `ConfigError` if
     that fails (read-only or full disk), so that a run never trains for an epoch only to fail at its first save."""
+    from ccpo_pl import checkpointing  # here, not at the top: it imports Lightning
+
     try:
         checkpointing.reserve_space(directory, nbytes)
     except OSError as err:
@@ -182,29 +190,21 @@ def unlock_run(run_dir: Path) -> None:
         os.close(fd)
 
 
-class RecordRun(Callback):
-    """When training really starts (rank 0): write `config.yaml` atomically (fsync, rename) and append the command
-    line to `commands.txt`. A run that failed before this point has not claimed its name. Every checkpoint carries
-    the resolved config as plain data (`hyper_parameters.run_config`), which `load_policy` and resumes read."""
-
-    def __init__(self, run_dir: Path, plain: dict, command: str | None):
-        self.run_dir, self.plain, self.command = run_dir, plain, command
-        self.started = False
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.started = True
-        if trainer.global_rank != 0:
-            return
-        checkpointing.atomic_write_text(OmegaConf.to_yaml(self.plain), self.run_dir / "config.yaml")
-        if self.command:
-            with open(self.run_dir / "commands.txt", "a") as f:
-                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.command}\n")
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint.setdefault("hyper_parameters", {})["run_config"] = self.plain
-
-
 # ---------------------------------------------------------------- the run
+def _rank() -> int:
+    """This process's global rank, as Lightning reads it from the launcher's environment."""
+    from lightning.pytorch.utilities import rank_zero_only  # here, not at the top: it imports Lightning
+
+    return rank_zero_only.rank
+
+
+def make_env(env_cfg, **kwargs):
+    """`ccpo_pl.envs.make_env`: the task's batched env."""
+    from ccpo_pl.envs import make_env  # here, not at the top: TorchRL and the simulators
+
+    return make_env(env_cfg, **kwargs)
+
+
 def env_sizes(cfg: DictConfig) -> tuple[int, int]:
     """Observation and action sizes, read from the env's specs (never from YAML)."""
     env = make_env(cfg.env, num_envs=1, seed=cfg.seed, eps_values=list(cfg.eps.behavior))
@@ -228,6 +228,12 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     check_resumable(run_dir, plain)
     n_ranks = world_size(cfg)
     local_procs = max(1, n_ranks // int(cfg.trainer.get("num_nodes", 1)))
+    import lightning as L  # the config is checked: what trains is imported now, not before
+
+    from ccpo_pl.callbacks import RecordRun
+    from ccpo_pl.checkpointing import remove_stale_tmp
+    from ccpo_pl.threads import configure_threads
+
     thread_tuner = configure_threads(cfg.threads, local_procs)  # null: adapted to the machine's load while training
     compat.cuda_check_without_nvml()  # no failed NVML load in every optimizer step where NVML is missing
     L.seed_everything(cfg.seed, verbose=False)
@@ -246,7 +252,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     evaluation = build_evaluation(cfg)
     created = not run_dir.exists()
     try:
-        if rank_zero_only.rank == 0:
+        if _rank() == 0:
             lock_run(run_dir)  # the first write of this process
             check_writable(run_dir, cfg, storage_need(module, cfg, obs_dim, act_dim) * local_procs)
             remove_stale_tmp(run_dir)  # left by a process killed while writing
@@ -258,7 +264,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         except Exception as err:  # noqa: BLE001 - re-raised, as the fault it reports where that is known
             raise _as_fault(err, run_dir) from None
     except BaseException:
-        if created and not record.started and rank_zero_only.rank == 0:  # nothing of a run was written: no trace
+        if created and not record.started and _rank() == 0:  # nothing of a run was written: no trace
             unlock_run(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -277,6 +283,8 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 def _as_fault(err: Exception, run_dir: Path) -> Exception:
     """The `RunStopped` behind an exception out of `trainer.fit` (Lightning's clean-up after a fault can raise
     again, e.g. TensorBoard's flush on a full disk), a full disk as a `StorageError`, anything else as it is."""
+    from ccpo_pl import checkpointing  # here, not at the top: it imports Lightning
+
     seen, e = set(), err
     while e is not None and id(e) not in seen:
         if isinstance(e, RunStopped):
@@ -302,6 +310,8 @@ def build_module(cfg: DictConfig, obs_dim: int, act_dim: int) -> L.LightningModu
 
 def build_data(cfg: DictConfig, run_dir: Path) -> RolloutData:
     """The run's training data: envs, collector and replay buffer per rank, sidecars beside the checkpoints."""
+    from ccpo_pl.data import RolloutData  # here, not at the top: TorchRL and Lightning
+
     return RolloutData(
         functools.partial(make_env, cfg.env, num_envs=cfg.collect.num_envs, eps_mode="sample",
                           parallel=cfg.collect.parallel),
@@ -315,6 +325,8 @@ def build_data(cfg: DictConfig, run_dir: Path) -> RolloutData:
 
 def build_evaluation(cfg: DictConfig) -> PeriodicEvaluation:
     """The periodic evaluation on `eps.eval` during training."""
+    from ccpo_pl.evaluation import PeriodicEvaluation  # here, not at the top: TorchRL and Lightning
+
     return PeriodicEvaluation(OmegaConf.to_container(cfg.env, resolve=True), list(cfg.eps.eval),
                               list(cfg.eps.behavior), episodes=int(cfg.eval.episodes),
                               every_epochs=int(cfg.eval.every_epochs), seed=int(cfg.seed),
@@ -324,12 +336,21 @@ def build_evaluation(cfg: DictConfig) -> PeriodicEvaluation:
 def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     """`eval.final_episodes` episodes per threshold of `eps.eval` with the final policy, deterministic and
     stochastic, written to `<run dir>/eval/` exactly as `python -m ccpo_pl.evaluate run=<run dir>` would."""
+    from ccpo_pl.evaluation import evaluate_run  # here, not at the top: TorchRL and Lightning
+
     return evaluate_run(run_dir, eps=list(cfg.eps.eval), episodes=int(cfg.eval.final_episodes), seed=int(cfg.seed))
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, ckpt_frames: int | None,
                  record: RecordRun, evaluation: PeriodicEvaluation,
                  thread_tuner: ThreadTuner | None = None) -> L.Trainer:
+    import lightning as L  # here, not at the top: the config checks run without Lightning
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from ccpo_pl.callbacks import DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
+    from ccpo_pl.checkpointing import AtomicCheckpointIO
+
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
         evaluation,  # before the epoch's checkpoints (Lightning runs checkpoint callbacks last)
@@ -412,13 +433,15 @@ def _hydra_main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:  # Ctrl-C outside training (set-up, final evaluation): as a second one in training
         print("ccpo_pl.fit: interrupted (SIGINT); the last complete checkpoint, if any, is kept", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
-    if metrics and rank_zero_only.rank == 0:
+    if metrics and _rank() == 0:
         print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/eps_" not in k))
 
 
 def _quiet_disk_errors_in_threads(args) -> None:
     """threading.excepthook: a full disk in a writer thread (TensorBoard's) is reported once, in one line, when
     the main thread meets it; other thread errors as Python reports them."""
+    from ccpo_pl import checkpointing  # here, not at the top: it imports Lightning
+
     if checkpointing.storage_cause(args.exc_value, DISK_ERRNOS) is None:
         threading.__excepthook__(args)
 

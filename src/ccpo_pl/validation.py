@@ -30,7 +30,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ccpo_pl.algos.registry import ALGOS
 from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.envs.tasks import TASKS
 from ccpo_pl.errors import ConfigError
 
 #: config groups: `env=<file>` picks conf/env/<file>.yaml
@@ -143,22 +145,10 @@ def _lagrange(prefix: str) -> dict[str, Rule]:
             f"{prefix}.pid.ki": NON_NEGATIVE, f"{prefix}.pid.kd": NON_NEGATIVE}
 
 
-def _names(names: Callable[[], Any]) -> Rule:
-    """One of `names()` (a registry, read when checked: importing it imports every algorithm or simulator)."""
-    return Rule(lambda v: isinstance(v, str) and v in names(), lambda: f"one of {', '.join(sorted(names()))}",
+def _names(names: Mapping[str, Any]) -> Rule:
+    """One of the keys of `names` (a registry's table, read when checked: a test may register an entry)."""
+    return Rule(lambda v: isinstance(v, str) and v in names, lambda: f"one of {', '.join(sorted(names))}",
                 lambda key, v: f"unknown {key.split('.')[0]} {v!r}")
-
-
-def _algos():
-    from ccpo_pl.algos.registry import ALGOS
-
-    return ALGOS
-
-
-def _tasks():
-    from ccpo_pl.envs import TASKS
-
-    return TASKS
 
 
 #: dotted key (`*` matches one level) -> rule. Sections follow conf/config.yaml, then the algorithm files.
@@ -211,7 +201,7 @@ SCHEMA: dict[str, Rule] = {
     "behavior_sets.*": THRESHOLDS,
     "behavior_set": text("a key of behavior_sets"),
     # conf/algo/*.yaml (the union over algorithms)
-    "algo.name": _names(_algos),
+    "algo.name": _names(ALGOS),
     "algo.hidden": WIDTHS,
     "algo.log_std": pair(),
     "algo.log_std_init": number(),
@@ -391,8 +381,6 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_relations(c: dict) -> None:
     """The checks that relate keys; the types and ranges are already checked."""
-    from ccpo_pl.algos.registry import ALGOS
-
     _check_env(c["env"])
     algo, eps = c["algo"], c["eps"]
     spec = ALGOS[algo["name"]]
@@ -421,8 +409,8 @@ def _check_env(env: dict) -> None:
     `env.kwargs`."""
     if env["suite"] == "gymnasium":
         return
-    if env["name"] not in _tasks():
-        raise ConfigError(f"unknown env {env['name']!r}; env.name must be one of {', '.join(sorted(_tasks()))} "
+    if env["name"] not in TASKS:
+        raise ConfigError(f"unknown env {env['name']!r}; env.name must be one of {', '.join(sorted(TASKS))} "
                           f"(any name with env=custom)")
     if env.get("kwargs"):
         raise ConfigError(f"env.kwargs={env['kwargs']!r} is only for env.suite=gymnasium (env=custom); "

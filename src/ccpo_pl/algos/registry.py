@@ -2,22 +2,51 @@
 
 A plain table of the families' builders (`algos/<family>/build.py`, each exporting `build` and `make_actor`);
 a family's `build` reads `cfg.algo.name` where one family holds several algorithms (e.g. `pdo` is a `CPO` variant).
+Reading the table (names, `on_policy`, as the config checks do) imports no family: a family imports Lightning and
+TorchRL, and is imported when one of its algorithms is first built or its policy rebuilt (`FromFamily`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 from torch import nn
 
-from ccpo_pl.algos.ccpo import build as ccpo
-from ccpo_pl.algos.combined import build as combined
-from ccpo_pl.algos.cpo import build as cpo
-from ccpo_pl.algos.lagrangian import build as lagrangian
-from ccpo_pl.algos.safe_module import SafeRLModule
-from ccpo_pl.nets import make_run_actor
+if TYPE_CHECKING:
+    from ccpo_pl.algos.safe_module import SafeRLModule
+
+
+def family_builders(family: str) -> ModuleType:
+    """The builder module `ccpo_pl.algos.<family>.build`."""
+    # here, not at the top: the families import Lightning and TorchRL, which the config checks do without
+    from ccpo_pl.algos.ccpo import build as ccpo
+    from ccpo_pl.algos.combined import build as combined
+    from ccpo_pl.algos.cpo import build as cpo
+    from ccpo_pl.algos.lagrangian import build as lagrangian
+
+    return {"ccpo": ccpo, "combined": combined, "cpo": cpo, "lagrangian": lagrangian}[family]
+
+
+@dataclass(frozen=True)
+class FromFamily:
+    """The function `name` of `ccpo_pl.algos.<family>.build`, imported when first called."""
+
+    family: str
+    name: str
+
+    def __call__(self, *args, **kwargs):
+        return getattr(family_builders(self.family), self.name)(*args, **kwargs)
+
+
+def make_run_actor(run_cfg: Mapping, obs_dim: int, act_dim: int) -> nn.Module:
+    """`ccpo_pl.nets.make_run_actor`, the default policy network of an `AlgoSpec`."""
+    from ccpo_pl.nets import make_run_actor  # here, not at the top: the networks import TorchRL
+
+    return make_run_actor(run_cfg, obs_dim, act_dim)
 
 
 @dataclass(frozen=True)
@@ -38,10 +67,14 @@ class AlgoSpec:
     increasing_behavior: bool = False
 
 
-CCPO = AlgoSpec(ccpo.build, ccpo.make_actor)
-LAGRANGIAN = AlgoSpec(lagrangian.build, lagrangian.make_actor)
-COMBINED = AlgoSpec(combined.build, combined.make_actor, on_policy=True, increasing_behavior=True)
-CPO = AlgoSpec(cpo.build, cpo.make_actor, on_policy=True)
+def _family(family: str, **flags: bool) -> AlgoSpec:
+    return AlgoSpec(FromFamily(family, "build"), FromFamily(family, "make_actor"), **flags)
+
+
+CCPO = _family("ccpo")
+LAGRANGIAN = _family("lagrangian")
+COMBINED = _family("combined", on_policy=True, increasing_behavior=True)
+CPO = _family("cpo", on_policy=True)
 
 ALGOS: dict[str, AlgoSpec] = {
     "ccpo": CCPO,

@@ -17,8 +17,7 @@ from torchrl.envs import EnvBase, GymEnv, GymWrapper
 from torchrl.envs.gym_like import BaseInfoDictReader
 
 from ccpo_pl import compat
-
-SUITES = ("bullet", "safety_gymnasium", "gymnasium")
+from ccpo_pl.envs.tasks import SUITES
 
 
 class CostReader(BaseInfoDictReader):
