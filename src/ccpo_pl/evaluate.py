@@ -26,7 +26,7 @@ from ccpo_pl.validation import rule_for
 
 def evaluate(cfg: DictConfig) -> dict:
     """Run `evaluate_run` with the command line's settings."""
-    from ccpo_pl.evaluation import evaluate_run, resolve_checkpoint  # here, not at the top: TorchRL, Lightning, the simulators
+    from ccpo_pl.evaluation import evaluate_run, resolve_checkpoint  # here: TorchRL, Lightning, the simulators
 
     if not cfg.run:
         raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")
