@@ -12,10 +12,13 @@ A training module's faults (`SafeRLModule`: its `on_nan` policy and its `faults`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
-from tensordict import TensorDictBase
 from torch import Tensor
+
+if TYPE_CHECKING:  # the commands import this module before their config is checked, without tensordict
+    from tensordict import TensorDictBase
 
 ON_NAN = ("stop", "skip")
 #: exit status after a second Ctrl-C (128 + SIGINT, as shells report a process ended by it)
