@@ -1,14 +1,14 @@
 """`python -m ccpo_pl.fit [overrides]`: train a threshold-conditioned safe-RL policy (Hydra entry point).
 
 `fit(cfg)` does the work and is what tests call; `main()` is the thin command-line wrapper. The run directory is
-`<log_dir>/<run_name>/` with `config.yaml`, `checkpoints/` (last.ckpt, periodic ones, per-rank buffer sidecars)
-and `tb/` (TensorBoard). Re-running the same `run_name` resumes from `checkpoints/last.ckpt`; a different
-config against an existing run is refused, and nothing of an earlier run is overwritten. Everything that can be
-checked is checked before the first write (the config, the run's own config, the checkpoint against the built
-network), the run's lock is the first write, and `config.yaml` is written when training starts: a run that never
-started leaves no trace. SIGTERM/SIGINT save a checkpoint at the next safe point and stop (`callbacks.Preemption`);
-numerical faults and failed saves stop with one line (`faults`). Exit status: 0 done or preempted, 2 refused
-before training, 3 stopped by a fault, 130 a second Ctrl-C (stopped at once, nothing saved).
+`<log_dir>/<run_name>/` with `config.yaml`, `checkpoints/` (last.ckpt, periodic ones, per-rank buffer sidecars) and
+`tb/` (TensorBoard; `logger=` picks another: `loggers`). Re-running the same `run_name` resumes from
+`checkpoints/last.ckpt`; a different config against an existing run is refused, and nothing of an earlier run is
+overwritten. Everything that can be checked is checked before the first write (the config, the run's own config, the
+checkpoint against the built network), the run's lock is the first write, and `config.yaml` is written when training
+starts: a run that never started leaves no trace. SIGTERM/SIGINT save a checkpoint at the next safe point and stop
+(`callbacks.Preemption`); numerical faults and failed saves stop with one line (`faults`). Exit status: 0 done or
+preempted, 2 refused before training, 3 stopped by a fault, 130 a second Ctrl-C (stopped at once, nothing saved).
 
 Over 300 lines: the checks before the first write (the run's config, its checkpoint, the disk, the lock) stay with
 the command whose promise they keep; building the module, data, evaluation and trainer is one function each.
@@ -32,7 +32,6 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,10 +45,11 @@ from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import PeriodicEvaluation, evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
+from ccpo_pl.loggers import LOGGER_DIRS, make_logger
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
-RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
+RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir", "logger")
 #: top-level keys every run's config.yaml has (a file without them is damaged)
 RUN_KEYS = ("seed", "total_frames", "env", "algo", "eps", "collect", "trainer")
 
@@ -73,9 +73,9 @@ def run_config(run_dir: Path) -> dict | None:
     damaged `config.yaml` (empty, as a power loss can leave it, or not YAML) in one line."""
     snapshot = run_dir / "config.yaml"
     if not snapshot.exists():
-        # a run that never started training leaves at most its lock, temporary files and TensorBoard folder
-        if run_dir.exists() and any(p.name not in (".lock", "tb", "commands.txt") and not p.name.endswith(".tmp")
-                                    for p in run_dir.iterdir()):
+        # a run that never started training leaves at most its lock, temporary files and its logger's folder
+        left = (".lock", "commands.txt", *LOGGER_DIRS.values())
+        if run_dir.exists() and any(p.name not in left and not p.name.endswith(".tmp") for p in run_dir.iterdir()):
             raise ConfigError(f"{str(run_dir)!r} exists but is not a ccpo_pl run (no config.yaml); "
                               f"choose another run_name or log_dir")
         return None
@@ -344,13 +344,10 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
     ]
     if cfg.check_sync:
         callbacks.append(DDPSyncCheck())
-    # a resumed run appends to the same TensorBoard run, dropping events logged after its checkpoint (those at
-    # the checkpoint's own frame count were logged before it was written); a run started over (killed before its
-    # first checkpoint) drops all earlier events
-    purge_step = 0 if ckpt_frames is None else ckpt_frames + 1
-    after_earlier_event_files(run_dir / "tb")
-    logger = TensorBoardLogger(save_dir=cfg.log_dir, name=cfg.run_name, version="tb", default_hp_metric=False,
-                               purge_step=purge_step)
+    # a resumed run appends to the same logger run, dropping (where the logger can) what was logged after its
+    # checkpoint (what is at the checkpoint's own frame count was logged before it was written); a run started
+    # over (killed before its first checkpoint) drops all earlier events
+    logger = make_logger(cfg, run_dir, purge_step=0 if ckpt_frames is None else ckpt_frames + 1)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if kwargs.get("strategy", "auto") == "auto" and n_ranks > 1:
         kwargs["strategy"] = "ddp_find_unused_parameters_true"  # one optimizer per disjoint parameter set
@@ -360,16 +357,6 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
 
 
 # ---------------------------------------------------------------- command line
-def after_earlier_event_files(tb_dir: Path) -> None:
-    """TensorBoard reads a run's event files in name order, and a name starts with the second the file was made
-    (`events.out.tfevents.<second>.<host>.<pid>`): a run resumed within the second its previous process made its
-    file could sort first, and its events would then be dropped as out of order. Waits for the next second then."""
-    seconds = [int(p.name.split(".")[3]) for p in tb_dir.glob("events.out.tfevents.*")
-               if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
-    if seconds and max(seconds) >= int(time.time()):
-        time.sleep(max(seconds) + 1 - time.time())
-
-
 def _check_group_overrides(argv: list[str]) -> None:
     """Unknown `env=`/`algo=`/... names and unknown keys fail here with one line, before Hydra's multi-line
     message."""
