@@ -475,9 +475,10 @@ def check_override_keys(overrides: list[str]) -> None:
         if key.startswith("algo.") and not arg.startswith("~"):
             _check_algo_key(key, _chosen_algos(overrides))
         if key.startswith("logger.") and not arg.startswith("~"):
-            name = _chosen(overrides, "logger")
-            if key.removeprefix("logger.") not in logger_keys(name):
-                raise ConfigError(f"{key} is not a setting of logger={name} (conf/logger/{name}.yaml lists them)")
+            name = _chosen(overrides, "logger") or ""
+            if not any(key.removeprefix("logger.") in logger_keys(n) for n in name.split(",")):  # a sweep: a,b
+                raise ConfigError(f"{key} is not a setting of logger={name} (conf/logger/{name.split(',')[0]}.yaml "
+                                  f"lists them)")
 
 
 def _check_algo_key(key: str, algos: list[str]) -> None:
