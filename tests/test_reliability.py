@@ -172,21 +172,6 @@ def test_signal_saves_at_a_collection_boundary_and_the_same_command_resumes(refe
     assert all(torch.equal(twin["state_dict"][k], done["state_dict"][k]) for k in done["state_dict"])
 
 
-def test_a_resumed_runs_event_file_sorts_after_the_previous_ones(tmp_path):
-    """TensorBoard reads event files in name order (their names start with the second they were made): a process
-    resumed within that second waits for the next one, so that its events are not dropped as out of order."""
-    tb = tmp_path / "tb"
-    tb.mkdir()
-    (tb / "events.out.tfevents.1000.host.1.0").touch()  # long ago: no wait
-    start = time.monotonic()
-    fit_module.after_earlier_event_files(tb)
-    assert time.monotonic() - start < 0.5
-    now = int(time.time())
-    (tb / f"events.out.tfevents.{now}.host.2.0").touch()  # this second
-    fit_module.after_earlier_event_files(tb)
-    assert int(time.time()) > now
-
-
 def test_preemption_watches_slurms_requeue_signal_and_requeues_through_scontrol(tmp_path, monkeypatch):
     class Connector:
         cluster_environment = SLURMEnvironment(auto_requeue=True)

@@ -307,7 +307,8 @@ def requeue_slurm_job() -> str:
 
 class FlushLogs(Callback):
     """Flush the loggers once per collection, after its metrics are logged: a killed run's curves end at its last
-    collection instead of up to two minutes earlier (TensorBoard's default flush interval)."""
+    collection instead of up to two minutes earlier (TensorBoard's default flush interval). CSV rows are written
+    only here and at the end; W&B and MLflow send each value as it is logged (their `save` does nothing)."""
 
     def __init__(self):
         self._collects: int | None = None
@@ -320,7 +321,8 @@ class FlushLogs(Callback):
                 try:
                     logger.save()
                 except OSError as err:
-                    raise StorageError(f"cannot write the TensorBoard logs ({err.strerror or err}); the last "
+                    where = getattr(logger, "log_dir", None) or logger.save_dir
+                    raise StorageError(f"cannot write the logs in {str(where)!r} ({err.strerror or err}); the last "
                                        f"complete checkpoint is kept; free space, then re-run the same command "
                                        f"to resume") from None
 

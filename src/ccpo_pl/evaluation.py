@@ -5,9 +5,10 @@ with `seed + j`, the caller's RNG streams left as they were). Two callers use it
 
 `PeriodicEvaluation` is the Lightning callback that evaluates the policy being trained every
 `eval.every_epochs` epochs and at the last one (seed `seed + 10000 (1 + rank)`, the same start states at every
-evaluation): TensorBoard's `eval/eps_<eps>/{reward,cost,cv}`, the paper's averages `eval/avg_{reward,cv}` and over
-unseen thresholds `eval/avg_{reward,cv}_unseen`, the J(eps) plot as the image `eval/curves`, and a custom-scalar
-layout that puts all thresholds' curves of a quantity on one chart.
+evaluation): the logger's `eval/eps_<eps>/{reward,cost,cv}`, the paper's averages `eval/avg_{reward,cv}` and over
+unseen thresholds `eval/avg_{reward,cv}_unseen`, the J(eps) plot `eval/curves` (in each logger's form:
+`loggers.log_figure`), and in TensorBoard a custom-scalar layout that puts all thresholds' curves of a quantity on
+one chart.
 
 `evaluate_run` is what `python -m ccpo_pl.evaluate` and the end of `ccpo_pl.fit` call: it loads the policy of a
 checkpoint (no training state), runs episodes on a threshold grid in batched envs with the deterministic (mean
@@ -41,6 +42,7 @@ from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
 from ccpo_pl.checkpointing import READABLE_FORMATS, atomic_write_bytes, check_checkpoint, training_state
 from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError, check_writable
+from ccpo_pl.loggers import log_figure
 from ccpo_pl.metrics import (
     cost_violation,  # the per-threshold metric lives with the others; re-exported here
     cost_violation_per_episode,
@@ -241,11 +243,10 @@ class PeriodicEvaluation(Callback):
         self.final_metrics = metrics | {"train/frames": float(frames)}
         if pl_module.logger is not None:
             pl_module.logger.log_metrics(metrics, step=frames)
-            writer = getattr(pl_module.logger, "experiment", None)
-            if trainer.global_rank == 0 and hasattr(writer, "add_figure"):  # the J(eps) plot: `eval/curves`
+            if trainer.global_rank == 0:  # the J(eps) plot: `eval/curves`, to each logger in its own form
                 fig = plot_curves({"eps": self.eps_eval, "reward_mean": reward, "cost_mean": cost},
                                   self.eps_behavior, f"{frames} frames")
-                writer.add_figure("eval/curves", fig, global_step=frames, close=False)
+                log_figure(trainer.loggers, "eval/curves", fig, frames)
         if hasattr(pl_module, "clock"):
             pl_module.clock.add_eval(time.perf_counter() - start)
         return metrics

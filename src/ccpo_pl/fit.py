@@ -1,14 +1,14 @@
 """`python -m ccpo_pl.fit [overrides]`: train a threshold-conditioned safe-RL policy (Hydra entry point).
 
 `fit(cfg)` does the work and is what tests call; `main()` is the thin command-line wrapper. The run directory is
-`<log_dir>/<run_name>/` with `config.yaml`, `checkpoints/` (last.ckpt, periodic ones, per-rank buffer sidecars)
-and `tb/` (TensorBoard). Re-running the same `run_name` resumes from `checkpoints/last.ckpt`; a different
-config against an existing run is refused, and nothing of an earlier run is overwritten. Everything that can be
-checked is checked before the first write (the config, the run's own config, the checkpoint against the built
-network), the run's lock is the first write, and `config.yaml` is written when training starts: a run that never
-started leaves no trace. SIGTERM/SIGINT save a checkpoint at the next safe point and stop (`callbacks.Preemption`);
-numerical faults and failed saves stop with one line (`faults`). Exit status: 0 done or preempted, 2 refused
-before training, 3 stopped by a fault, 130 a second Ctrl-C (stopped at once, nothing saved).
+`<log_dir>/<run_name>/` with `config.yaml`, `checkpoints/` (last.ckpt, periodic ones, per-rank buffer sidecars) and
+`tb/` (TensorBoard; `logger=` picks another: `loggers`). Re-running the same `run_name` resumes from
+`checkpoints/last.ckpt`; a different config against an existing run is refused, and nothing of an earlier run is
+overwritten. Everything that can be checked is checked before the first write (the config, the run's own config, the
+checkpoint against the built network), the run's lock is the first write, and `config.yaml` is written when training
+starts: a run that never started leaves no trace. SIGTERM/SIGINT save a checkpoint at the next safe point and stop
+(`callbacks.Preemption`); numerical faults and failed saves stop with one line (`faults`). Exit status: 0 done or
+preempted, 2 refused before training, 3 stopped by a fault, 130 a second Ctrl-C (stopped at once, nothing saved).
 
 Lightning, TorchRL, the simulators and the algorithms are imported by the functions that build the run, after
 the config is checked: `--help` and a refused config take about as long as importing torch.
@@ -27,7 +27,6 @@ import os
 import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ccpo_pl import compat, validation
 from ccpo_pl.algos.registry import ALGOS, build
-from ccpo_pl.conf import CONF_DIR, CONF_PATH
+from ccpo_pl.conf import CONF_DIR, CONF_PATH, LOGGER_DIRS
 from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.faults import INTERRUPTED_EXIT, RunStopped, StorageError
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
@@ -51,7 +50,8 @@ if TYPE_CHECKING:
     from ccpo_pl.threads import ThreadTuner
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
-RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir", "progress")
+RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir", "progress",
+                     "logger")
 #: top-level keys every run's config.yaml has (a file without them is damaged)
 RUN_KEYS = ("seed", "total_frames", "env", "algo", "eps", "collect", "trainer")
 
@@ -75,9 +75,9 @@ def run_config(run_dir: Path) -> dict | None:
     damaged `config.yaml` (empty, as a power loss can leave it, or not YAML) in one line."""
     snapshot = run_dir / "config.yaml"
     if not snapshot.exists():
-        # a run that never started training leaves at most its lock, temporary files and TensorBoard folder
-        if run_dir.exists() and any(p.name not in (".lock", "tb", "commands.txt") and not p.name.endswith(".tmp")
-                                    for p in run_dir.iterdir()):
+        # a run that never started training leaves at most its lock, temporary files and its logger's folder
+        left = (".lock", "commands.txt", *LOGGER_DIRS.values())
+        if run_dir.exists() and any(p.name not in left and not p.name.endswith(".tmp") for p in run_dir.iterdir()):
             raise ConfigError(f"{str(run_dir)!r} exists but is not a ccpo_pl run (no config.yaml); "
                               f"choose another run_name or log_dir")
         return None
@@ -346,10 +346,10 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
                  thread_tuner: ThreadTuner | None = None) -> L.Trainer:
     import lightning as L  # here, not at the top: the config checks run without Lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from ccpo_pl.callbacks import DDPSyncCheck, FlushLogs, FramesProgressBar, Preemption
     from ccpo_pl.checkpointing import AtomicCheckpointIO
+    from ccpo_pl.loggers import make_logger
 
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
@@ -368,13 +368,10 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
         callbacks.append(DDPSyncCheck())
     if thread_tuner is not None:
         callbacks.append(thread_tuner)
-    # a resumed run appends to the same TensorBoard run, dropping events logged after its checkpoint (those at
-    # the checkpoint's own frame count were logged before it was written); a run started over (killed before its
-    # first checkpoint) drops all earlier events
-    purge_step = 0 if ckpt_frames is None else ckpt_frames + 1
-    after_earlier_event_files(run_dir / "tb")
-    logger = TensorBoardLogger(save_dir=cfg.log_dir, name=cfg.run_name, version="tb", default_hp_metric=False,
-                               purge_step=purge_step)
+    # a resumed run appends to the same logger run, dropping (where the logger can) what was logged after its
+    # checkpoint (what is at the checkpoint's own frame count was logged before it was written); a run started
+    # over (killed before its first checkpoint) drops all earlier events
+    logger = make_logger(cfg, run_dir, purge_step=0 if ckpt_frames is None else ckpt_frames + 1)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if kwargs.get("strategy", "auto") == "auto" and n_ranks > 1:
         kwargs["strategy"] = "ddp_find_unused_parameters_true"  # one optimizer per disjoint parameter set
@@ -384,16 +381,6 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
 
 
 # ---------------------------------------------------------------- command line
-def after_earlier_event_files(tb_dir: Path) -> None:
-    """TensorBoard reads a run's event files in name order, and a name starts with the second the file was made
-    (`events.out.tfevents.<second>.<host>.<pid>`): a run resumed within the second its previous process made its
-    file could sort first, and its events would then be dropped as out of order. Waits for the next second then."""
-    seconds = [int(p.name.split(".")[3]) for p in tb_dir.glob("events.out.tfevents.*")
-               if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
-    if seconds and max(seconds) >= int(time.time()):
-        time.sleep(max(seconds) + 1 - time.time())
-
-
 def _check_group_overrides(argv: list[str]) -> None:
     """Unknown `env=`/`algo=`/... names and unknown keys fail here with one line, before Hydra's multi-line
     message."""

@@ -1,7 +1,7 @@
 """`python -m ccpo_pl.plot <run or sweep dirs> [--metric eval/avg_reward ...] [--by label] [--out plots]`: compare
 runs from their run directories.
 
-- Learning curves: each `--metric` (a TensorBoard scalar tag, logged against environment frames) as the mean and
+- Learning curves: each `--metric` (a scalar tag, logged against environment frames) as the mean and
   standard deviation over the runs of a group (e.g. the seeds of one algorithm), one line and band per group.
   Runs are put on the union of their logged frames by linear interpolation inside each run's own frame range
   (never extrapolated), so runs of different lengths or schedules combine; `n` in the CSV counts the runs behind
@@ -11,8 +11,9 @@ runs from their run directories.
   behaviour thresholds and the extrapolated range (eps outside the trained range) shaded.
 
 Writes `<out>/learning_<metric>.png` and `.csv` per metric and `<out>/thresholds.png` and `.csv`, and prints each
-path. A run directory is one with `config.yaml` and a `tb/` folder; groups are named by the run config's `--by` key
-(a dotted key, e.g. `algo.name`, `env.name`, `seed`; `algo` and `env` are short for their names).
+path. A run directory is one with `config.yaml` and what `logger=tensorboard` (`tb/`, the default) or `logger=csv`
+(`csv/metrics.csv`) wrote; a run logged to W&B or MLflow only is refused naming them. Groups are named by the run
+config's `--by` key (a dotted key, e.g. `algo.name`, `env.name`, `seed`; `algo` and `env` are short for their names).
 """
 
 from __future__ import annotations
@@ -35,17 +36,27 @@ from ccpo_pl.errors import ConfigError, OneLineParser, check_writable
 SHORT_KEYS = {"algo": "algo.name", "env": "env.name", "task": "env.name"}
 
 
+#: the files of the loggers plot reads, in the order it prefers them
+SCALAR_FILES = ("tb", "csv/metrics.csv")
+
+
 def find_runs(dirs: Sequence[str | Path]) -> list[Path]:
-    """Every run directory (`config.yaml` beside `tb/`) at or under `dirs`, sorted, each once."""
+    """Every run directory (`config.yaml` beside `tb/` or `csv/metrics.csv`) at or under `dirs`, sorted, each once;
+    a run with neither (logged to W&B or MLflow only) is refused in one line."""
     runs = set()
     for d in dirs:
         root = Path(d)
         if not root.is_dir():
             raise ConfigError(f"{str(d)!r} is not a directory; pass run directories or a sweep directory")
-        runs |= {p.parent.resolve() for p in root.rglob("config.yaml") if (p.parent / "tb").is_dir()}
+        runs |= {p.parent.resolve() for p in root.rglob("config.yaml")
+                 if any((p.parent / sub).is_dir() for sub in ("tb", "csv", "wandb", "mlruns"))}
     if not runs:
         raise ConfigError(f"no run directories (config.yaml and tb/) under {', '.join(map(str, dirs))}; pass the "
                           f"log_dir of ccpo_pl.fit runs")
+    unread = [run for run in sorted(runs) if not any((run / f).exists() for f in SCALAR_FILES)]
+    if unread:
+        raise ConfigError(f"run {str(unread[0])!r} has no TensorBoard or CSV logs (tb/, csv/metrics.csv); plot reads "
+                          f"runs trained with logger=tensorboard (the default) or logger=csv")
     return sorted(runs)
 
 
@@ -61,6 +72,22 @@ def group_of(run_dir: Path, by: str) -> str:
 
 
 def read_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Tag -> (frames, values) of a run's scalars, from its TensorBoard files, else from its CSV log."""
+    return read_tensorboard(run_dir) if (run_dir / "tb").is_dir() else read_csv_log(run_dir / "csv" / "metrics.csv")
+
+
+def read_csv_log(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Tag -> (frames, values) of a `logger=csv` run's `metrics.csv` (column `step` = frames, empty cells skipped)."""
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            for tag, value in row.items():
+                if tag != "step" and value not in ("", None):
+                    points[tag].append((float(row["step"]), float(value)))
+    return {tag: (np.array([p[0] for p in pts]), np.array([p[1] for p in pts])) for tag, pts in points.items()}
+
+
+def read_tensorboard(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Tag -> (frames, values) of a run's TensorBoard scalars (all event files; a resumed run's repeated frames
     are purged the way TensorBoard shows them)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # heavy: only when plotting
@@ -236,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m ccpo_pl.plot", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", help="run directories, or directories holding runs (a sweep, a log_dir)")
     parser.add_argument("--metric", action="append",
-                        help="a TensorBoard scalar tag; repeatable (default: eval/avg_reward and eval/avg_cv)")
+                        help="a logged scalar tag; repeatable (default: eval/avg_reward and eval/avg_cv)")
     parser.add_argument("--by", default="label", help="config key naming a run's group (default: label; algo, env)")
     parser.add_argument("--out", default="plots", help="output directory (default: plots)")
     args = parser.parse_args(argv)

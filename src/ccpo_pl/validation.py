@@ -35,8 +35,10 @@ from ccpo_pl.conf import CONF_DIR
 from ccpo_pl.envs.tasks import TASKS
 from ccpo_pl.errors import ConfigError
 
+#: the loggers of conf/logger/ (`loggers.MAKERS` builds each)
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
 #: config groups: `env=<file>` picks conf/env/<file>.yaml
-GROUPS = ("env", "algo", "trainer", "experiment")
+GROUPS = ("env", "algo", "trainer", "logger", "experiment")
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,13 @@ SCHEMA: dict[str, Rule] = {
     **{f"trainer.{k}": reserved(BY_FIT) for k in (
         "max_epochs", "min_epochs", "max_steps", "min_steps", "callbacks", "logger", "plugins", "default_root_dir",
         "num_sanity_val_steps", "log_every_n_steps", "enable_checkpointing")},
+    # conf/logger/*.yaml (the union over loggers; each file lists its own)
+    "logger.name": choice(*LOGGERS),
+    "logger.project": text("a W&B project name"),
+    "logger.entity": optional(text("a W&B team or user")),
+    "logger.offline": BOOL,
+    "logger.experiment": text("an MLflow experiment name"),
+    "logger.tracking_uri": optional(text("an MLflow tracking URI")),
     # conf/experiment/*.yaml: helper keys the experiments interpolate
     "paper_budgets.*": integer(1),
     "behavior_sets.*": THRESHOLDS,
@@ -273,8 +282,8 @@ SCHEMA: dict[str, Rule] = {
 }
 #: keys every run needs (the algorithm's own keys are required by its YAML file)
 REQUIRED = tuple(k for k in SCHEMA if k.split(".")[0] not in ("algo", "paper_budgets", "behavior_sets",
-                                                              "behavior_set", "trainer") and k not in OPTIONAL
-                 ) + ("algo.name", "trainer.accelerator", "trainer.devices", "trainer.num_nodes")
+                                                              "behavior_set", "trainer", "logger") and k not in OPTIONAL
+                 ) + ("algo.name", "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "logger.name")
 
 
 #: keys of run configs stored by earlier versions (a run's config.yaml, a checkpoint's run_config) -> their names now
@@ -344,6 +353,16 @@ def algo_keys(name: str | None, inherited: bool = False) -> list[str]:
     return keys + [k for parent in parents for k in algo_keys(parent, inherited=True) if k not in keys]
 
 
+def _chosen(overrides: list[str], group: str) -> str | None:
+    """The file of `group` a command line picks, else conf/config.yaml's default."""
+    for arg in overrides:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if key == group and sep:
+            return value
+    defaults = OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", [])
+    return next((d[group] for d in defaults if isinstance(d, Mapping) and group in d), None)
+
+
 def _chosen_algos(overrides: list[str]) -> list[str]:
     """The algorithm files a command line picks (`algo=a` or a sweep `algo=a,b`), else conf/config.yaml's default."""
     for arg in overrides:
@@ -377,6 +396,20 @@ def validate(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]} is missing from the config; restore it (conf/algo/{name}.yaml has it)")
     _check_relations(plain)
+    logger, name = plain["logger"], plain["logger"]["name"]
+    extra = sorted(set(logger) - set(logger_keys(name)))
+    if extra:
+        raise ConfigError(f"logger.{extra[0]} is not a setting of logger={name} (conf/logger/{name}.yaml lists them)")
+    missing = [k for k in logger_keys(name) if k not in logger]
+    if missing:
+        raise ConfigError(f"logger.{missing[0]} is missing from the config; restore it "
+                          f"(conf/logger/{name}.yaml has it)")
+
+
+def logger_keys(name: str | None) -> list[str]:
+    """The keys `conf/logger/<name>.yaml` sets (`name` among them); empty for a name without a file."""
+    path = CONF_DIR / "logger" / f"{name}.yaml"
+    return list(OmegaConf.load(path)) if name and path.is_file() else []
 
 
 def _check_relations(c: dict) -> None:
@@ -448,6 +481,11 @@ def check_override_keys(overrides: list[str]) -> None:
             raise unknown_key(key)
         if key.startswith("algo.") and not arg.startswith("~"):
             _check_algo_key(key, _chosen_algos(overrides))
+        if key.startswith("logger.") and not arg.startswith("~"):
+            name = _chosen(overrides, "logger") or ""
+            if not any(key.removeprefix("logger.") in logger_keys(n) for n in name.split(",")):  # a sweep: a,b
+                raise ConfigError(f"{key} is not a setting of logger={name} (conf/logger/{name.split(',')[0]}.yaml "
+                                  f"lists them)")
 
 
 def _check_algo_key(key: str, algos: list[str]) -> None:

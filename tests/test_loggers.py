@@ -1,0 +1,223 @@
+"""`logger=tensorboard|csv|wandb|mlflow`: each logger's files, read back, hold the per-threshold scalars and the J(eps)
+plot; TensorBoard has the config as HPARAMS; resumed runs append; bad logger settings are one line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ccpo_pl import loggers, plot
+from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.errors import ConfigError
+from ccpo_pl.fit import _check_group_overrides, fit
+from ccpo_pl.validation import validate
+
+FRAMES = 400  # the shortest smoke budget: one epoch, one evaluation at its end
+
+
+# ---------------------------------------------------------------- reading each logger's files back
+def tensorboard_scalars(run_dir: Path, tb_scalars, tb_events) -> tuple[dict, list[bytes]]:
+    images = tb_events(run_dir).Images("eval/curves")
+    return tb_scalars(run_dir), [(e.step, e.encoded_image_string) for e in images]
+
+
+def csv_scalars(run_dir: Path) -> tuple[dict, list]:
+    tags = defaultdict(list)
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            for tag, value in row.items():
+                if tag != "step" and value:
+                    tags[tag].append((int(row["step"]), float(value)))
+    figures = [(int(p.stem.split("_")[-1]), p.read_bytes()) for p in (run_dir / "csv" / "eval").glob("curves_*.png")]
+    return dict(tags), figures
+
+
+def wandb_records(path: Path):
+    """The records of a W&B run file (`run-<id>.wandb`): a 7-byte W&B header, then LevelDB's log format (32 KiB
+    blocks of chunks with a 7-byte header: CRC, length, type 1 full / 2 first / 3 middle / 4 last)."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data, pos, parts = path.read_bytes(), 7, b""
+    while pos + 7 <= len(data):
+        room = 32768 - pos % 32768
+        if room < 7:
+            pos += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            yield Record.FromString(parts)
+            parts = b""
+
+
+def wandb_scalars(run_dir: Path) -> tuple[dict, list]:
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    tags, figures = defaultdict(list), []
+    for record in wandb_records(next(offline.glob("run-*.wandb"))):
+        if record.WhichOneof("record_type") != "history":
+            continue
+        row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+        step = row.get("trainer/global_step")
+        for tag, value in row.items():
+            if tag.endswith("/_type") and str(value).startswith("images"):  # an image: <tag>/{_type,filenames,...}
+                files = row[tag.replace("/_type", "/filenames")]
+                figures += [(step, (offline / "files" / name).read_bytes()) for name in files]
+            elif isinstance(value, (int, float)):
+                tags[tag].append((step, float(value)))
+    return dict(tags), figures
+
+
+def mlflow_scalars(run_dir: Path) -> tuple[dict, list]:
+    (run,) = [p for p in (run_dir / "mlruns").glob("*/*") if (p / "metrics").is_dir()]
+    tags = {}
+    for path in (run / "metrics").rglob("*"):
+        if path.is_file():  # lines "<timestamp> <value> <step>"
+            lines = [line.split() for line in path.read_text().splitlines()]
+            tags[path.relative_to(run / "metrics").as_posix()] = [(int(s), float(v)) for _, v, s in lines]
+    figures = [(int(p.stem.split("_")[-1]), p.read_bytes()) for p in (run / "artifacts" / "eval").glob("curves_*")]
+    return tags, figures
+
+
+# ---------------------------------------------------------------- one smoke run per logger
+@pytest.fixture(scope="module", params=["tensorboard", "csv", "wandb", "mlflow"])
+def logged_run(request, tmp_path_factory, smoke_config, tb_scalars, tb_events):
+    name = request.param
+    log_dir = tmp_path_factory.mktemp(name)
+    cfg = smoke_config(log_dir, f"logger={name}", f"total_frames={FRAMES}", "run_name=r", "threads=1")
+    fit(cfg)
+    run_dir = log_dir / "r"
+    read = {"tensorboard": lambda d: tensorboard_scalars(d, tb_scalars, tb_events), "csv": csv_scalars,
+            "wandb": wandb_scalars, "mlflow": mlflow_scalars}[name]
+    return name, cfg, run_dir, *read(run_dir)
+
+
+def test_each_logger_gets_the_per_eps_scalars_against_frames(logged_run):
+    name, cfg, run_dir, tags, _ = logged_run
+    assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"checkpoints", loggers.LOGGER_DIRS[name]}
+    for eps in cfg.eps.eval:
+        for q in ("reward", "cost", "cv"):
+            assert [s for s, _ in tags[f"eval/eps_{eps:g}/{q}"]] == [FRAMES], (name, eps, q)
+    assert all(f"eps_{eps:g}/lam" in tags for eps in cfg.eps.behavior)
+    assert any(f"train/eps_{eps:g}/episode_cost" in tags for eps in cfg.eps.behavior)  # 2 episodes in 400 frames
+    assert [s for s, _ in tags["eval/avg_reward"]] == [FRAMES]
+
+
+def test_each_logger_gets_the_j_eps_figure_as_a_png(logged_run):
+    name, _, _, _, figures = logged_run
+    assert [step for step, _ in figures] == [FRAMES], name
+    image = Image.open(io.BytesIO(figures[0][1]))
+    assert image.format == "PNG" and image.width >= 500 and len(set(image.convert("L").getdata())) > 2
+
+
+def test_tensorboard_has_the_flattened_config_as_hparams_with_the_eval_metrics(logged_run, tb_events):
+    name, cfg, run_dir, _, _ = logged_run
+    if name != "tensorboard":
+        pytest.skip("TensorBoard's HPARAMS tab")
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = tb_events(run_dir).PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["algo.name"].string_value == cfg.algo.name
+    assert start.hparams["total_frames"].number_value == FRAMES
+    assert start.hparams["eps.eval"].string_value == str(list(cfg.eps.eval))
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == list(loggers.HPARAM_METRICS)
+
+
+def test_mlflow_and_wandb_keep_the_config(logged_run):
+    name, cfg, run_dir, _, _ = logged_run
+    if name == "mlflow":
+        (params,) = (run_dir / "mlruns").glob("*/*/params")
+        assert (params / "algo.name").read_text() == cfg.algo.name
+        assert (params / "total_frames").read_text() == str(FRAMES)
+    elif name == "wandb":
+        (offline,) = (run_dir / "wandb").glob("offline-run-*")
+        config = [r.config for r in wandb_records(next(offline.glob("run-*.wandb"))) if r.HasField("config")]
+        keys = {item.key: json.loads(item.value_json) for c in config for item in c.update}
+        assert keys["algo.name"] == cfg.algo.name and keys["total_frames"] == FRAMES
+    else:
+        pytest.skip("W&B and MLflow")
+
+
+def test_plot_reads_a_csv_run_and_refuses_a_wandb_or_mlflow_run_in_one_line(logged_run, tmp_path):
+    name, _, run_dir, tags, _ = logged_run
+    if name == "csv":
+        scalars = plot.read_scalars(run_dir)
+        assert scalars["eval/avg_reward"][0].tolist() == [FRAMES]
+        assert scalars["eval/avg_reward"][1].tolist() == [v for _, v in tags["eval/avg_reward"]]
+        assert [p.name for p in plot.plot([run_dir], out=tmp_path)][:2] == ["learning_eval_avg_reward.png",
+                                                                          "learning_eval_avg_reward.csv"]
+    elif name in ("wandb", "mlflow"):
+        with pytest.raises(ConfigError, match="has no TensorBoard or CSV logs .* logger=tensorboard .* logger=csv"):
+            plot.find_runs([run_dir])
+    else:
+        pytest.skip("CSV, W&B and MLflow")
+
+
+# ---------------------------------------------------------------- resume
+def test_a_resumed_csv_log_keeps_the_rows_before_the_checkpoint_and_appends(tmp_path):
+    log = tmp_path / "run" / "csv"
+    log.mkdir(parents=True)
+    (log / "metrics.csv").write_text("a,step\n1.0,400\n2.0,800\n3.0,1200\n")  # 1200: logged after the checkpoint
+    logger = loggers.ResumableCSVLogger(save_dir=tmp_path, name="run", version="csv", purge_step=801)
+    logger.log_metrics({"a": 4.0, "b": 5.0}, step=1200)
+    logger.save()
+    rows = list(csv.DictReader((log / "metrics.csv").open(newline="")))
+    assert [(r["step"], r["a"], r["b"]) for r in rows] == [("400", "1.0", ""), ("800", "2.0", ""),
+                                                           ("1200", "4.0", "5.0")]
+
+
+def test_a_resumed_run_logs_into_the_same_wandb_and_mlflow_run(tmp_path, compose_config):
+    for name, attr in (("wandb", "_id"), ("mlflow", "run_id")):
+        options = dict(compose_config(f"logger={name}").logger)
+        make = loggers.MAKERS[options.pop("name")]
+        first = getattr(make(tmp_path / name, name, 0, **options), attr)
+        again = getattr(make(tmp_path / name, name, 401, **options), attr)
+        other = getattr(make(tmp_path / "other", name, 0, **options), attr)
+        assert first and again == first and other != first, name
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_previous_ones(tmp_path):
+    """TensorBoard reads event files in name order (their names start with the second they were made): a process
+    resumed within that second waits for the next one, so that its events are not dropped as out of order."""
+    tb = tmp_path / "tb"
+    tb.mkdir()
+    (tb / "events.out.tfevents.1000.host.1.0").touch()  # long ago: no wait
+    start = time.monotonic()
+    loggers.after_earlier_event_files(tb)
+    assert time.monotonic() - start < 0.5
+    now = int(time.time())
+    (tb / f"events.out.tfevents.{now}.host.2.0").touch()  # this second
+    loggers.after_earlier_event_files(tb)
+    assert int(time.time()) > now
+
+
+# ---------------------------------------------------------------- bad settings
+@pytest.mark.parametrize("name", sorted(loggers.MAKERS))
+def test_every_logger_config_passes_the_table_and_has_a_maker(name, compose_config):
+    assert (CONF_DIR / "logger" / f"{name}.yaml").is_file()
+    validate(compose_config(f"logger={name}"))
+
+
+def test_an_unknown_logger_or_another_loggers_key_is_refused_in_one_line(tmp_path, smoke_config):
+    with pytest.raises(ConfigError, match=r"^unknown logger 'neptune'; allowed: csv, mlflow, tensorboard, wandb$"):
+        _check_group_overrides(["logger=neptune"])
+    with pytest.raises(ConfigError, match=r"^logger.project is not a setting of logger=csv \(conf/logger/csv.yaml"):
+        _check_group_overrides(["logger=csv", "logger.project=p"])
+    _check_group_overrides(["logger=wandb", "logger.project=p"])  # wandb's own key
+    with pytest.raises(ConfigError, match=r"^logger.offline is not a setting of logger=mlflow"):
+        validate(smoke_config(tmp_path, "logger=mlflow", "+logger.offline=true"))
+    with pytest.raises(ConfigError, match=r"^logger.offline='yes' is not allowed; logger.offline must be true or"):
+        validate(smoke_config(tmp_path, "logger=wandb", "logger.offline=yes"))
+    with pytest.raises(ConfigError, match=r"^logger.project is missing from the config; restore it \(conf/logger/wa"):
+        validate(smoke_config(tmp_path, "logger=wandb", "~logger.project"))
+    assert not any(tmp_path.iterdir())
