@@ -1,8 +1,9 @@
-"""`python -m ccpo_pl.evaluate run=<run dir or checkpoint> eps=[...] episodes=N seed=S [out=DIR]` (Hydra).
+"""`python -m ccpo_pl.evaluate run=<run dir or checkpoint> eps=[...] episodes=N seed=S [out=DIR] [video=true]` (Hydra).
 
 Loads the policy pi(a|s, eps) of a checkpoint with `weights_only=True` (no training state), runs `episodes`
 episodes per threshold in batched envs and writes `per_eps.csv`, `table.md`, `curves.png` and `summary.json` into
-`<run dir>/eval` (see `ccpo_pl.evaluation.evaluate_run`). Prints the summary as one `key=value` line.
+`<run dir>/eval` (see `ccpo_pl.evaluation.evaluate_run`), with `video=true` also `video/eps_<eps>.mp4` per threshold.
+Says where it wrote, then prints the summary as one `key=value` line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ccpo_pl.conf import CONF_DIR, CONF_PATH
 from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import evaluate_run, resolve_checkpoint
 from ccpo_pl.validation import rule_for
+from ccpo_pl.video import video_paths
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -33,7 +35,7 @@ def evaluate(cfg: DictConfig) -> dict:
     eps = OmegaConf.to_container(cfg.eps) if OmegaConf.is_list(cfg.eps) else cfg.eps
     return evaluate_run(cfg.run, eps=eps, episodes=cfg.episodes, seed=cfg.seed, out=cfg.out, policy=cfg.policy,
                         batch_envs=cfg.batch_envs, expect={"env.name": cfg.expect_env, "algo.name": cfg.expect_algo},
-                        extrapolation=cfg.extrapolation)
+                        extrapolation=cfg.extrapolation, video=cfg.video, video_length=cfg.video_length)
 
 
 def check_keys(argv: list[str]) -> None:
@@ -58,6 +60,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
     out = Path(cfg.out) if cfg.out else resolve_checkpoint(cfg.run)[1] / "eval"
     print(f"ccpo_pl.evaluate: wrote per_eps.csv, per_episode.csv, table.md, curves.png and summary.json in {out}")
+    if cfg.video:
+        paths = video_paths(out, summary["eps"])
+        print(f"ccpo_pl.evaluate: wrote {len(paths)} videos ({', '.join(p.name for p in paths)}) in {paths[0].parent}")
     keys = ("task", "label", "seed", "frames", "avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen",
             "episodes")
     print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))

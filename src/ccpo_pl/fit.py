@@ -314,11 +314,16 @@ def build_data(cfg: DictConfig, run_dir: Path) -> RolloutData:
 
 
 def build_evaluation(cfg: DictConfig) -> PeriodicEvaluation:
-    """The periodic evaluation on `eps.eval` during training."""
+    """The periodic evaluation on `eps.eval` during training (with `eval.video`, one episode as a GIF: at
+    `eval.video_eps`, by default the middle behaviour threshold)."""
+    behavior = sorted(float(e) for e in cfg.eps.behavior)
+    video = {"eps": float(cfg.eval.video_eps if cfg.eval.video_eps is not None else behavior[len(behavior) // 2]),
+             "length": int(cfg.eval.video_length)} if cfg.eval.video else None
     return PeriodicEvaluation(OmegaConf.to_container(cfg.env, resolve=True), list(cfg.eps.eval),
                               list(cfg.eps.behavior), episodes=int(cfg.eval.episodes),
                               every_epochs=int(cfg.eval.every_epochs), seed=int(cfg.seed),
-                              horizon=int(cfg.env.max_episode_steps))
+                              horizon=int(cfg.env.max_episode_steps), video=video,
+                              run_cfg=OmegaConf.to_container(cfg, resolve=True) if video else None)
 
 
 def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
