@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -14,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.conf import CONF_DIR
 from ccpo_pl.errors import ConfigError
-from ccpo_pl.evaluate import evaluate
+from ccpo_pl.evaluate import evaluate, written
 from ccpo_pl.evaluation import evaluate_run, load_run
 from ccpo_pl.fit import fit
 from ccpo_pl.validation import validate
@@ -28,18 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "tests" / "data" / "checkpoints_main" / "ball_circle-ccpo-s0"  # read only: out= elsewhere
 
 
-def _evaluate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ccpo_pl.evaluate", f"run={RUN}", "episodes=1", "threads=1",
-                           "policy=deterministic", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+def _command_line(*overrides: str) -> DictConfig:
+    """`conf/evaluate.yaml` composed as `python -m ccpo_pl.evaluate run=<RUN> ... <overrides>` would compose it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("evaluate", overrides=[f"run={RUN}", "episodes=1", "threads=1", "policy=deterministic",
+                                              *overrides])
 
 
 def test_evaluate_video_writes_one_decodable_mp4_per_threshold_named_by_eps(tmp_path):
     out = tmp_path / "eval"
-    proc = _evaluate("eps=[20,45.5]", "video=true", "video_length=6", f"out={out}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
+    cfg = _command_line("eps=[20,45.5]", "video=true", "video_length=6", f"out={out}")
+    lines = written(cfg, evaluate(cfg))
     assert f"ccpo_pl.evaluate: wrote 2 videos (eps_20.mp4, eps_45.5.mp4) in {out / 'video'}" in lines
-    assert "avg_reward=" in lines[-1]  # the key=value line stays last
     assert sorted(p.name for p in (out / "video").iterdir()) == ["eps_20.mp4", "eps_45.5.mp4"]
     assert (out / "summary.json").is_file()
     for name in ("eps_20.mp4", "eps_45.5.mp4"):
@@ -69,8 +68,7 @@ def test_record_clips_repeat_for_a_seed_and_leave_the_callers_rng_alone():
     (["video=true", "video_length=0"], "video_length=0 must be a positive integer (steps) or null (the episode)"),
 ])
 def test_evaluate_command_line_refuses_a_bad_video_value_in_one_line(tmp_path, overrides, message):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("evaluate", overrides=[f"run={RUN}", "eps=[20]", f"out={tmp_path / 'eval'}", *overrides])
+    cfg = _command_line("eps=[20]", f"out={tmp_path / 'eval'}", *overrides)
     with pytest.raises(ConfigError, match=re.escape(message)) as err:  # what main prints, exit status 2
         evaluate(cfg)
     assert "\n" not in str(err.value) and not (tmp_path / "eval").exists()
@@ -105,7 +103,7 @@ def test_video_of_a_mujoco_task_that_cannot_render_is_one_line_before_any_file(t
     with pytest.raises(ConfigError, match=re.escape(message)) as err:
         evaluate_run(tmp_path / "run", eps=[20], episodes=1, video=True, video_length=2)
     assert "\n" not in str(err.value)
-    assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != "last.ckpt"]
+    assert [p.name for p in (tmp_path / "run").rglob("*")] == ["checkpoints", "last.ckpt"]  # not even eval/
 
 
 def test_periodic_evaluation_logs_the_episode_as_a_gif_when_asked(tmp_path, smoke_config, tb_events):

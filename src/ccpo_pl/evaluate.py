@@ -51,6 +51,17 @@ def check_keys(argv: list[str]) -> None:
                                                     f"the keys are {', '.join(known)}"))
 
 
+def written(cfg: DictConfig, summary: dict) -> list[str]:
+    """The lines that say where `evaluate(cfg)` wrote its files (printed before the `key=value` line)."""
+    out = Path(cfg.out) if cfg.out else resolve_checkpoint(cfg.run)[1] / "eval"
+    lines = [f"ccpo_pl.evaluate: wrote per_eps.csv, per_episode.csv, table.md, curves.png and summary.json in {out}"]
+    if cfg.video:
+        paths = video_paths(out, summary["eps"])
+        lines.append(f"ccpo_pl.evaluate: wrote {len(paths)} videos ({', '.join(p.name for p in paths)}) in "
+                     f"{paths[0].parent}")
+    return lines
+
+
 @hydra.main(config_path=CONF_PATH, config_name="evaluate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
@@ -58,11 +69,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"ccpo_pl.evaluate: error: {err}", file=sys.stderr)
         sys.exit(2)
-    out = Path(cfg.out) if cfg.out else resolve_checkpoint(cfg.run)[1] / "eval"
-    print(f"ccpo_pl.evaluate: wrote per_eps.csv, per_episode.csv, table.md, curves.png and summary.json in {out}")
-    if cfg.video:
-        paths = video_paths(out, summary["eps"])
-        print(f"ccpo_pl.evaluate: wrote {len(paths)} videos ({', '.join(p.name for p in paths)}) in {paths[0].parent}")
+    print("\n".join(written(cfg, summary)))
     keys = ("task", "label", "seed", "frames", "avg_reward", "avg_cv", "avg_reward_unseen", "avg_cv_unseen",
             "episodes")
     print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))

@@ -54,7 +54,7 @@ from ccpo_pl.metrics import (
 )
 from ccpo_pl.nets import EpsActor, make_policy
 from ccpo_pl.validation import current_run_config
-from ccpo_pl.video import encode_mp4, log_gif, record_clips, video_paths
+from ccpo_pl.video import check_renders, encode_mp4, log_gif, record_clips, video_paths
 
 #: the algorithms whose policy is the linear combination of per-threshold policies (`extrapolation=` applies)
 COMBINED = ("c_ppo_lag", "c_trpo_lag")
@@ -454,6 +454,8 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     if isinstance(eps, (int, float)) and not isinstance(eps, bool):
         eps = [eps]  # one threshold
     eps = check_thresholds(cfg["eps"]["eval"] if eps is None else list(eps))
+    if video:
+        check_renders(cfg["env"])  # before the output directory is made
     out_dir = Path(out) if out is not None else run_dir / "eval"
     check_writable(out_dir, "out")
     behavior = [float(b) for b in cfg["eps"]["behavior"]]

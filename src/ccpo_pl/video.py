@@ -76,6 +76,13 @@ def check_mujoco_gl(env_id: str) -> None:
         raise ConfigError(f"video: MUJOCO_GL={backend!r} is not one of {', '.join(MUJOCO_GL)}; {hint}")
 
 
+def check_renders(env_cfg: Mapping) -> None:
+    """What can be known without building an env: one `ConfigError` line for a MuJoCo task without an OpenGL
+    context to ask for (see `check_mujoco_gl`); the other failures show when `record_clips` starts the renderer."""
+    if env_cfg["suite"] == "safety_gymnasium":
+        check_mujoco_gl(env_cfg["id"])
+
+
 def render_env(env_cfg: Mapping, max_steps: int) -> FrameRecorder:
     """A gymnasium env of the task `env_cfg` whose episodes end after `max_steps` steps, recording frames."""
     suite, env_id = env_cfg["suite"], env_cfg["id"]
@@ -85,10 +92,11 @@ def render_env(env_cfg: Mapping, max_steps: int) -> FrameRecorder:
 
             env = gym.make(env_id, max_episode_steps=max_steps)
         return FrameRecorder(env, lambda: env.unwrapped.render(mode="rgb_array"))  # its render takes the mode
-    check_mujoco_gl(env_id)
+    check_renders(env_cfg)
     import safety_gymnasium
 
-    env = safety_gymnasium.make(env_id, render_mode="rgb_array", max_episode_steps=max_steps)
+    # the camera that follows the agent (every Safety-Gymnasium agent has one; the default one can miss it)
+    env = safety_gymnasium.make(env_id, render_mode="rgb_array", camera_name="track", max_episode_steps=max_steps)
     return FrameRecorder(env, env.render)
 
 
