@@ -18,7 +18,7 @@ from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.conf import CONF_DIR
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluate import evaluate, written
-from ccpo_pl.evaluation import evaluate_run, load_run
+from ccpo_pl.evaluation import load_run
 from ccpo_pl.fit import fit
 from ccpo_pl.validation import validate
 from ccpo_pl.video import record_clips
@@ -27,10 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "tests" / "data" / "checkpoints_main" / "ball_circle-ccpo-s0"  # read only: out= elsewhere
 
 
-def _command_line(*overrides: str) -> DictConfig:
-    """`conf/evaluate.yaml` composed as `python -m ccpo_pl.evaluate run=<RUN> ... <overrides>` would compose it."""
+def _command_line(*overrides: str, run: Path = RUN) -> DictConfig:
+    """`conf/evaluate.yaml` composed as `python -m ccpo_pl.evaluate run=<run> ... <overrides>` would compose it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("evaluate", overrides=[f"run={RUN}", "episodes=1", "threads=1", "policy=deterministic",
+        return compose("evaluate", overrides=[f"run={run}", "episodes=1", "threads=1", "policy=deterministic",
                                               *overrides])
 
 
@@ -65,22 +65,14 @@ def test_record_clips_repeat_for_a_seed_and_leave_the_callers_rng_alone():
 
 @pytest.mark.parametrize("overrides, message", [
     (["video=yes"], "video='yes' is not allowed; video must be true or false"),
+    (["video=1"], "video=1 is not allowed; video must be true or false"),
     (["video=true", "video_length=0"], "video_length=0 must be a positive integer (steps) or null (the episode)"),
+    (["video=true", "video_length=2.5"], "video_length=2.5 must be a positive integer"),
 ])
 def test_evaluate_command_line_refuses_a_bad_video_value_in_one_line(tmp_path, overrides, message):
     cfg = _command_line("eps=[20]", f"out={tmp_path / 'eval'}", *overrides)
     with pytest.raises(ConfigError, match=re.escape(message)) as err:  # what main prints, exit status 2
         evaluate(cfg)
-    assert "\n" not in str(err.value) and not (tmp_path / "eval").exists()
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"video": 1}, "video=1 is not allowed; video must be true or false"),
-    ({"video": True, "video_length": 2.5}, "video_length=2.5 must be a positive integer"),
-])
-def test_evaluate_refuses_bad_video_settings_in_one_line_before_writing(tmp_path, kwargs, message):
-    with pytest.raises(ConfigError, match=re.escape(message)) as err:
-        evaluate_run(RUN, eps=[20], episodes=1, out=tmp_path / "eval", **kwargs)
     assert "\n" not in str(err.value) and not (tmp_path / "eval").exists()
 
 
@@ -101,7 +93,7 @@ def test_video_of_a_mujoco_task_that_cannot_render_is_one_line_before_any_file(t
     else:
         monkeypatch.setenv("MUJOCO_GL", gl)
     with pytest.raises(ConfigError, match=re.escape(message)) as err:
-        evaluate_run(tmp_path / "run", eps=[20], episodes=1, video=True, video_length=2)
+        evaluate(_command_line("eps=[20]", "video=true", "video_length=2", run=tmp_path / "run"))
     assert "\n" not in str(err.value)
     assert [p.name for p in (tmp_path / "run").rglob("*")] == ["checkpoints", "last.ckpt"]  # not even eval/
 

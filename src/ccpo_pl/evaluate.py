@@ -20,7 +20,7 @@ from ccpo_pl.conf import CONF_DIR, CONF_PATH
 from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import evaluate_run, resolve_checkpoint
 from ccpo_pl.validation import rule_for
-from ccpo_pl.video import video_paths
+from ccpo_pl.video import check_video_settings, mp4_files, video_paths
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -32,10 +32,12 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"threads={cfg.threads!r} is not allowed; threads must be {threads.allowed_text()}")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    check_video_settings(cfg.video, cfg.video_length)
+    videos = mp4_files(seed=cfg.seed, length=cfg.video_length, deterministic=cfg.policy != "stochastic")
     eps = OmegaConf.to_container(cfg.eps) if OmegaConf.is_list(cfg.eps) else cfg.eps
     return evaluate_run(cfg.run, eps=eps, episodes=cfg.episodes, seed=cfg.seed, out=cfg.out, policy=cfg.policy,
                         batch_envs=cfg.batch_envs, expect={"env.name": cfg.expect_env, "algo.name": cfg.expect_algo},
-                        extrapolation=cfg.extrapolation, video=cfg.video, video_length=cfg.video_length)
+                        extrapolation=cfg.extrapolation, extra_files=videos if cfg.video else None)
 
 
 def check_keys(argv: list[str]) -> None:

@@ -6,15 +6,14 @@ with `seed + j`, the caller's RNG streams left as they were). Two callers use it
 `PeriodicEvaluation` is the Lightning callback that evaluates the policy being trained every
 `eval.every_epochs` epochs and at the last one (seed `seed + 10000 (1 + rank)`, the same start states at every
 evaluation): TensorBoard's `eval/eps_<eps>/{reward,cost,cv}`, the paper's averages `eval/avg_{reward,cv}` and over
-unseen thresholds `eval/avg_{reward,cv}_unseen`, the J(eps) plot as the image `eval/curves`, with `eval.video` one
-episode as the animated GIF `eval/video`, and a custom-scalar layout that puts all thresholds' curves of a quantity
-on one chart.
+unseen thresholds `eval/avg_{reward,cv}_unseen`, the J(eps) plot as the image `eval/curves`, and a custom-scalar
+layout that puts all thresholds' curves of a quantity on one chart.
 
 `evaluate_run` is what `python -m ccpo_pl.evaluate` and the end of `ccpo_pl.fit` call: it loads the policy of a
 checkpoint (no training state), runs episodes on a threshold grid in batched envs with the deterministic (mean
 action) and/or the stochastic (sampled actions) policy, and writes `eval/per_eps.csv`, `eval/per_episode.csv`,
-`eval/table.md`, `eval/curves.png` and `eval/summary.json`, and with `video=True` one MP4 per threshold
-(`ccpo_pl.video`).
+`eval/table.md`, `eval/curves.png` and `eval/summary.json` (and the caller's `extra_files`, e.g. the videos of
+`ccpo_pl.video`).
 
 Over 300 lines: the one episode path, its two callers and the files they write (CSV, Markdown, PNG, JSON) stay
 together, so that the periodic and the final evaluation cannot drift apart.
@@ -29,7 +28,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,6 @@ from ccpo_pl.metrics import (
 )
 from ccpo_pl.nets import EpsActor, make_policy
 from ccpo_pl.validation import current_run_config
-from ccpo_pl.video import check_renders, encode_mp4, log_gif, record_clips, video_paths
 
 #: the algorithms whose policy is the linear combination of per-threshold policies (`extrapolation=` applies)
 COMBINED = ("c_ppo_lag", "c_trpo_lag")
@@ -200,14 +198,10 @@ class PeriodicEvaluation(Callback):
         eps_eval: the evaluation grid; `eps_behavior`: the behaviour thresholds (seen / unseen split, the plot).
         episodes: episodes per threshold; `every_epochs`: the evaluation period; `seed`: the run's seed.
         horizon: the episode length bound (`env.max_episode_steps`).
-        video: with the run's config `run_cfg`, each evaluation also logs one deterministic episode of at most
-            `video["length"]` steps at `video["eps"]` as the animated GIF `eval/video` (rank 0; `ccpo_pl.video`).
     """
 
     def __init__(self, env_cfg: Mapping, eps_eval: Sequence[float], eps_behavior: Sequence[float], *,
-                 episodes: int = 1, every_epochs: int = 1, seed: int = 0, horizon: int,
-                 video: Mapping | None = None, run_cfg: Mapping | None = None):
-        self.video, self.run_cfg = video, run_cfg
+                 episodes: int = 1, every_epochs: int = 1, seed: int = 0, horizon: int):
         self.env_cfg, self.eps_eval = env_cfg, [float(e) for e in eps_eval]
         self.eps_behavior = [float(e) for e in eps_behavior]
         self.episodes, self.every_epochs = int(episodes), int(every_epochs)
@@ -252,10 +246,6 @@ class PeriodicEvaluation(Callback):
                 fig = plot_curves({"eps": self.eps_eval, "reward_mean": reward, "cost_mean": cost},
                                   self.eps_behavior, f"{frames} frames")
                 writer.add_figure("eval/curves", fig, global_step=frames, close=False)
-                if self.video:  # one episode as a GIF in the Images tab
-                    clip, = record_clips(pl_module.actor, self.run_cfg, [self.video["eps"]], seed=self.seed + 10_000,
-                                         length=self.video["length"])
-                    log_gif(writer, "eval/video", clip, frames)
         if hasattr(pl_module, "timing"):
             pl_module.timing["eval_s"] += time.perf_counter() - start
         return metrics
@@ -415,7 +405,8 @@ def check_thresholds(eps) -> list[float]:
 def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episodes: int = 10, seed: int = 0,
                  out: str | Path | None = None, policy: str = "both", batch_envs: int = 64,
                  expect: Mapping[str, str] | None = None, extra: Mapping | None = None,
-                 extrapolation: str | None = None, video: bool = False, video_length: int | None = None) -> dict:
+                 extrapolation: str | None = None,
+                 extra_files: Callable[[nn.Module, dict, list[float]], Mapping[str, bytes]] | None = None) -> dict:
     """Evaluate the policy of a run or checkpoint on a threshold grid and write the `eval/` files; returns the
     summary (the keys of `eval/summary.json`).
 
@@ -423,8 +414,9 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     checkpoint of another env or algorithm. Thresholds outside the run's trained range are evaluated and flagged.
     `extrapolation` ("linear" or "nearest"; the combined-policy baselines only) replaces the run's reading of the
     linear combination outside the behaviour range; the nearest reading is labelled `<label>-nearest`.
-    `video`: also one episode per threshold as `<out>/video/eps_<eps>.mp4` (`ccpo_pl.video`; the headline policy,
-    `video_length` steps at most), recorded before any file is written.
+    `extra_files(actor, run config, eps)` -> {path relative to the output directory: content}: called after every
+    check and before the output directory is made (it may refuse with a `ConfigError`); its files are written with
+    the others (`ccpo_pl.video.mp4_files`: one MP4 per threshold).
     """
     if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes <= 0:
         raise ConfigError(f"episodes={episodes!r} must be a positive integer")
@@ -434,11 +426,6 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
         raise ConfigError(f"seed={seed!r} must be an integer in [0, {2**32 - 1_000_001}] (sub-env j uses seed + j)")
     if policy not in POLICIES:
         raise ConfigError(f"policy={policy!r}; allowed: {', '.join(POLICIES)}")
-    if not isinstance(video, bool):
-        raise ConfigError(f"video={video!r} is not allowed; video must be true or false")
-    if video_length is not None and (not isinstance(video_length, int) or isinstance(video_length, bool)
-                                     or video_length <= 0):
-        raise ConfigError(f"video_length={video_length!r} must be a positive integer (steps) or null (the episode)")
     if extrapolation not in (None, *EXTRAPOLATIONS):
         raise ConfigError(f"extrapolation={extrapolation!r}; allowed: {', '.join(EXTRAPOLATIONS)} (or null)")
     ckpt, run_dir, data, actor, cfg = load_run(run, algo_overrides=None if extrapolation is None
@@ -454,14 +441,10 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     if isinstance(eps, (int, float)) and not isinstance(eps, bool):
         eps = [eps]  # one threshold
     eps = check_thresholds(cfg["eps"]["eval"] if eps is None else list(eps))
-    if video:
-        check_renders(cfg["env"])  # before the output directory is made
+    files = extra_files(actor, cfg, eps) if extra_files is not None else {}
     out_dir = Path(out) if out is not None else run_dir / "eval"
     check_writable(out_dir, "out")
     behavior = [float(b) for b in cfg["eps"]["behavior"]]
-    videos = [encode_mp4(clip) for clip in record_clips(
-        actor, cfg, eps, seed=seed, length=video_length, deterministic=POLICIES[policy][0] == "deterministic")
-    ] if video else []
     stats, averages, runs = {}, {}, {}
     for name in POLICIES[policy]:  # the same start states (seed) for every policy
         runs[name] = evaluate_thresholds(make_policy(actor), cfg["env"], eps, episodes, seed=seed,
@@ -487,7 +470,7 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     title = (f"{cfg['env']['id']} {summary['label']} seed {cfg['seed']}: {summary['frames']} frames, "
              f"{' and '.join(POLICIES[policy])} policy")
     write_eval(out_dir, stats, runs, summary, behavior, title)
-    for data, path in zip(videos, video_paths(out_dir, eps)):
-        path.parent.mkdir(exist_ok=True)
-        atomic_write_bytes(data, path)
+    for name, content in files.items():
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(content, out_dir / name)
     return summary

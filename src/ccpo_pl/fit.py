@@ -47,6 +47,7 @@ from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.evaluation import PeriodicEvaluation, evaluate_run
 from ccpo_pl.faults import RunStopped, StorageError
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
+from ccpo_pl.video import PeriodicVideo
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
 RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir")
@@ -314,16 +315,20 @@ def build_data(cfg: DictConfig, run_dir: Path) -> RolloutData:
 
 
 def build_evaluation(cfg: DictConfig) -> PeriodicEvaluation:
-    """The periodic evaluation on `eps.eval` during training (with `eval.video`, one episode as a GIF: at
-    `eval.video_eps`, by default the middle behaviour threshold)."""
-    behavior = sorted(float(e) for e in cfg.eps.behavior)
-    video = {"eps": float(cfg.eval.video_eps if cfg.eval.video_eps is not None else behavior[len(behavior) // 2]),
-             "length": int(cfg.eval.video_length)} if cfg.eval.video else None
+    """The periodic evaluation on `eps.eval` during training."""
     return PeriodicEvaluation(OmegaConf.to_container(cfg.env, resolve=True), list(cfg.eps.eval),
                               list(cfg.eps.behavior), episodes=int(cfg.eval.episodes),
                               every_epochs=int(cfg.eval.every_epochs), seed=int(cfg.seed),
-                              horizon=int(cfg.env.max_episode_steps), video=video,
-                              run_cfg=OmegaConf.to_container(cfg, resolve=True) if video else None)
+                              horizon=int(cfg.env.max_episode_steps))
+
+
+def build_video(cfg: DictConfig, evaluation: PeriodicEvaluation) -> PeriodicVideo:
+    """`eval.video`: at each evaluation, one episode at `eval.video_eps` (default the middle behaviour threshold)
+    as a GIF in TensorBoard."""
+    behavior = sorted(float(e) for e in cfg.eps.behavior)
+    eps = cfg.eval.video_eps if cfg.eval.video_eps is not None else behavior[len(behavior) // 2]
+    return PeriodicVideo(OmegaConf.to_container(cfg, resolve=True), float(eps), length=int(cfg.eval.video_length),
+                         every_epochs=evaluation.every_epochs, seed=evaluation.seed + 10_000)
 
 
 def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
@@ -349,6 +354,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
     ]
     if cfg.check_sync:
         callbacks.append(DDPSyncCheck())
+    if cfg.eval.video:
+        callbacks.insert(1, build_video(cfg, evaluation))
     # a resumed run appends to the same TensorBoard run, dropping events logged after its checkpoint (those at
     # the checkpoint's own frame count were logged before it was written); a run started over (killed before its
     # first checkpoint) drops all earlier events

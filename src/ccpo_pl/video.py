@@ -6,13 +6,15 @@
 Safety-Gymnasium with MuJoCo, which needs an offscreen OpenGL (`MUJOCO_GL=egl` or `osmesa`) where there is no
 display. A task that cannot render is one `ConfigError` line, raised before anything is written.
 `encode_mp4` (imageio's ffmpeg plugin, the binary from imageio-ffmpeg) is what `python -m ccpo_pl.evaluate
-video=true` writes; `log_gif` puts a clip into TensorBoard's Images tab as an animated GIF, as
-`SummaryWriter.add_video` does, encoded by imageio instead of moviepy.
+video=true` writes (`mp4_files`); `log_gif` puts a clip into TensorBoard's Images tab as an animated GIF, as
+`SummaryWriter.add_video` does, encoded by imageio instead of moviepy: what `PeriodicVideo`, the callback of
+`eval.video`, logs during training.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import gymnasium as gym
 import imageio.v3 as iio
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from ccpo_pl import compat
@@ -163,6 +166,25 @@ def encode_mp4(clip: Clip) -> bytes:
                        macro_block_size=2)
 
 
+def check_video_settings(video, length) -> None:
+    """`evaluate`'s `video` (true or false) and `video_length` (steps > 0, or None); one `ConfigError` line."""
+    if not isinstance(video, bool):
+        raise ConfigError(f"video={video!r} is not allowed; video must be true or false")
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length <= 0):
+        raise ConfigError(f"video_length={length!r} must be a positive integer (steps) or null (the episode)")
+
+
+def mp4_files(*, seed: int, length: int | None = None, deterministic: bool = True):
+    """The `extra_files` of `ccpo_pl.evaluation.evaluate_run` that records one episode per threshold
+    (`record_clips`) and encodes each as `video/eps_<eps>.mp4`, before the evaluation writes anything."""
+    def files(actor: nn.Module, cfg: Mapping, eps: Sequence[float]) -> dict[str, bytes]:
+        check_renders(cfg["env"])
+        clips = record_clips(actor, cfg, eps, seed=seed, length=length, deterministic=deterministic)
+        return {f"video/{video_name(clip.eps)}": encode_mp4(clip) for clip in clips}
+
+    return files
+
+
 def video_name(eps: float) -> str:
     """`eps_40.mp4`, `eps_12.5.mp4`: the file of a threshold's video."""
     return f"{eps_tag(eps)}.mp4"
@@ -182,3 +204,26 @@ def log_gif(writer, tag: str, clip: Clip, step: int, stride: int = 2) -> None:
     gif = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000.0 / clip.fps, loop=0)
     image = Summary.Image(height=frames.shape[1], width=frames.shape[2], colorspace=3, encoded_image_string=gif)
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+class PeriodicVideo(Callback):
+    """At the periodic evaluation's epochs (every `every_epochs` and the last), one deterministic episode of the
+    policy being trained at threshold `eps`, at most `length` steps, logged to TensorBoard as the animated GIF
+    `eval/video` at the global frame count (rank 0; `run_cfg`: the run's resolved config; start state from
+    `seed`, the same at every evaluation)."""
+
+    def __init__(self, run_cfg: Mapping, eps: float, *, length: int, every_epochs: int, seed: int):
+        self.run_cfg, self.eps, self.length = run_cfg, float(eps), int(length)
+        self.every_epochs, self.seed = int(every_epochs), int(seed)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        writer = getattr(pl_module.logger, "experiment", None)
+        if trainer.global_rank != 0 or not hasattr(writer, "_get_file_writer"):
+            return
+        if epoch % self.every_epochs == 0 or epoch >= trainer.max_epochs:
+            start = time.perf_counter()
+            clip, = record_clips(pl_module.actor, self.run_cfg, [self.eps], seed=self.seed, length=self.length)
+            log_gif(writer, "eval/video", clip, pl_module.global_frames)
+            if hasattr(pl_module, "timing"):
+                pl_module.timing["eval_s"] += time.perf_counter() - start
