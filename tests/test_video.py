@@ -121,3 +121,16 @@ def test_fit_refuses_bad_eval_video_settings_in_one_line(compose_config, overrid
     with pytest.raises(ConfigError, match=message) as err:
         validate(compose_config(override))
     assert "\n" not in str(err.value)
+
+
+def test_a_renderer_that_fails_to_start_is_one_line_naming_the_env(monkeypatch):
+    *_, actor, cfg = load_run(RUN)
+
+    def broken(env_cfg, steps):
+        raise RuntimeError("an OpenGL platform library has not been loaded\nsecond line")
+
+    monkeypatch.setattr("ccpo_pl.video.render_env", broken)
+    with pytest.raises(ConfigError) as err:
+        record_clips(actor, cfg, [20.0], seed=0, length=2)
+    assert str(err.value) == ("video: SafetyBallCircle-v0 does not render here (an OpenGL platform library has not "
+                              "been loaded)")

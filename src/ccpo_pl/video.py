@@ -13,6 +13,7 @@ video=true` writes (`mp4_files`); `log_gif` puts a clip into TensorBoard's Image
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -34,6 +35,8 @@ from ccpo_pl.metrics import eps_tag
 
 #: `MUJOCO_GL` values MuJoCo knows; egl and osmesa render without a display
 MUJOCO_GL = ("egl", "osmesa", "glfw")
+MUJOCO_HINT = ("set MUJOCO_GL=egl (EGL: a GPU driver or Mesa) or MUJOCO_GL=osmesa (libOSMesa) to render MuJoCo "
+               "without a display")
 
 
 @dataclass
@@ -70,8 +73,7 @@ class FrameRecorder(gym.Wrapper):
 def check_mujoco_gl(env_id: str) -> None:
     """One `ConfigError` line unless MuJoCo can be asked for an offscreen (or a display's) OpenGL context."""
     backend = os.environ.get("MUJOCO_GL")
-    hint = ("set MUJOCO_GL=egl (EGL: a GPU driver or Mesa) or MUJOCO_GL=osmesa (libOSMesa) to render MuJoCo "
-            "without a display")
+    hint = MUJOCO_HINT
     if backend is None and not os.environ.get("DISPLAY"):
         raise ConfigError(f"video: {env_id} (Safety-Gymnasium, MuJoCo) cannot render here: no DISPLAY and no "
                           f"MUJOCO_GL; {hint}")
@@ -117,6 +119,26 @@ def episode_policy(actor: nn.Module, cfg: Mapping, env: gym.Env) -> Policy:
     return Policy(actor, meta, next(actor.parameters()).device)
 
 
+def started_env(env_cfg: Mapping, steps: int, seed: int) -> FrameRecorder:
+    """`render_env`, reset once: a renderer that fails to start is one `ConfigError` line, whatever it raised."""
+    env = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # glfw's warnings when there is no display: the error says it
+            env = render_env(env_cfg, steps)
+            env.reset(seed=seed)
+        return env
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        if env is not None:
+            with contextlib.suppress(Exception):  # a renderer that did not start may not close either
+                env.close()
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        hint = f"; {MUJOCO_HINT}" if env_cfg["suite"] == "safety_gymnasium" else ""
+        raise ConfigError(f"video: {env_cfg['id']} does not render here ({reason}){hint}") from None
+
+
 def record_clips(actor: nn.Module, cfg: Mapping, eps: Sequence[float], *, seed: int, length: int | None = None,
                  deterministic: bool = True) -> list[Clip]:
     """One episode per threshold of `eps` of the policy `actor` of the run `cfg`, as frames.
@@ -131,19 +153,11 @@ def record_clips(actor: nn.Module, cfg: Mapping, eps: Sequence[float], *, seed: 
     np_state = np.random.get_state()
     clips = []
     try:
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # glfw's warnings when there is no display: the error below says it
+        with torch.random.fork_rng(devices=[]):
             for e in eps:
                 np.random.seed(seed % 2**32)
                 torch.manual_seed(seed)
-                try:
-                    env = render_env(cfg["env"], steps)
-                    env.reset(seed=seed)
-                except ConfigError:
-                    raise
-                except Exception as err:  # noqa: BLE001 - a renderer that fails to start is one line, whatever it raised
-                    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                    raise ConfigError(f"video: {cfg['env']['id']} does not render here ({reason})") from None
+                env = started_env(cfg["env"], steps, seed)
                 try:
                     np.random.seed(seed % 2**32)  # the probe reset above drew from it
                     episode = run_episodes(episode_policy(actor, cfg, env), env, lambda step, so_far: float(e),
