@@ -13,7 +13,8 @@ one chart.
 `evaluate_run` is what `python -m ccpo_pl.evaluate` and the end of `ccpo_pl.fit` call: it loads the policy of a
 checkpoint (no training state), runs episodes on a threshold grid in batched envs with the deterministic (mean
 action) and/or the stochastic (sampled actions) policy, and writes `eval/per_eps.csv`, `eval/per_episode.csv`,
-`eval/table.md`, `eval/curves.png` and `eval/summary.json`.
+`eval/table.md`, `eval/curves.png` and `eval/summary.json` (and the caller's `extra_files`, e.g. the videos of
+`ccpo_pl.video`).
 
 Over 300 lines: the one episode path, its two callers and the files they write (CSV, Markdown, PNG, JSON) stay
 together, so that the periodic and the final evaluation cannot drift apart.
@@ -28,7 +29,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -409,7 +410,8 @@ def check_thresholds(eps) -> list[float]:
 def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episodes: int = 10, seed: int = 0,
                  out: str | Path | None = None, policy: str = "both", batch_envs: int = 64,
                  expect: Mapping[str, str] | None = None, extra: Mapping | None = None,
-                 extrapolation: str | None = None) -> dict:
+                 extrapolation: str | None = None,
+                 extra_files: Callable[[nn.Module, dict, list[float]], Mapping[str, bytes]] | None = None) -> dict:
     """Evaluate the policy of a run or checkpoint on a threshold grid and write the `eval/` files; returns the
     summary (the keys of `eval/summary.json`).
 
@@ -417,6 +419,9 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     checkpoint of another env or algorithm. Thresholds outside the run's trained range are evaluated and flagged.
     `extrapolation` ("linear" or "nearest"; the combined-policy baselines only) replaces the run's reading of the
     linear combination outside the behaviour range; the nearest reading is labelled `<label>-nearest`.
+    `extra_files(actor, run config, eps)` -> {path relative to the output directory: content}: called after every
+    check and before the output directory is made (it may refuse with a `ConfigError`); its files are written with
+    the others (`ccpo_pl.video.mp4_files`: one MP4 per threshold).
     """
     if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes <= 0:
         raise ConfigError(f"episodes={episodes!r} must be a positive integer")
@@ -441,6 +446,7 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     if isinstance(eps, (int, float)) and not isinstance(eps, bool):
         eps = [eps]  # one threshold
     eps = check_thresholds(cfg["eps"]["eval"] if eps is None else list(eps))
+    files = extra_files(actor, cfg, eps) if extra_files is not None else {}
     out_dir = Path(out) if out is not None else run_dir / "eval"
     check_writable(out_dir, "out")
     behavior = [float(b) for b in cfg["eps"]["behavior"]]
@@ -469,4 +475,7 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     title = (f"{cfg['env']['id']} {summary['label']} seed {cfg['seed']}: {summary['frames']} frames, "
              f"{' and '.join(POLICIES[policy])} policy")
     write_eval(out_dir, stats, runs, summary, behavior, title)
+    for name, content in files.items():
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(content, out_dir / name)
     return summary

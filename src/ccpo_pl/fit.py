@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from ccpo_pl.data import RolloutData
     from ccpo_pl.evaluation import PeriodicEvaluation
     from ccpo_pl.threads import ThreadTuner
+    from ccpo_pl.video import PeriodicVideo
 
 #: keys that may change when a run is resumed (they do not change what was trained so far)
 RESUMABLE_CHANGES = ("total_frames", "ckpt_path", "threads", "eval", "label", "faults", "log_dir", "progress",
@@ -333,6 +334,17 @@ def build_evaluation(cfg: DictConfig) -> PeriodicEvaluation:
                               horizon=int(cfg.env.max_episode_steps))
 
 
+def build_video(cfg: DictConfig, evaluation: PeriodicEvaluation) -> PeriodicVideo:
+    """`eval.video`: at each evaluation, one episode at `eval.video_eps` (default the middle behaviour threshold)
+    as a GIF in TensorBoard."""
+    from ccpo_pl.video import PeriodicVideo  # here, not at the top: imageio, Lightning and the simulators
+
+    behavior = sorted(float(e) for e in cfg.eps.behavior)
+    eps = cfg.eval.video_eps if cfg.eval.video_eps is not None else behavior[len(behavior) // 2]
+    return PeriodicVideo(OmegaConf.to_container(cfg, resolve=True), float(eps), length=int(cfg.eval.video_length),
+                         every_epochs=evaluation.every_epochs, seed=evaluation.seed + 10_000)
+
+
 def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     """`eval.final_episodes` episodes per threshold of `eps.eval` with the final policy, deterministic and
     stochastic, written to `<run dir>/eval/` exactly as `python -m ccpo_pl.evaluate run=<run dir>` would."""
@@ -368,6 +380,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
         callbacks.append(DDPSyncCheck())
     if thread_tuner is not None:
         callbacks.append(thread_tuner)
+    if cfg.eval.video:
+        callbacks.insert(1, build_video(cfg, evaluation))
     # a resumed run appends to the same logger run, dropping (where the logger can) what was logged after its
     # checkpoint (what is at the checkpoint's own frame count was logged before it was written); a run started
     # over (killed before its first checkpoint) drops all earlier events
