@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ccpo_pl import loggers, plot
-from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.conf import CONF_DIR, LOGGER_DIRS
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.fit import _check_group_overrides, fit
 from ccpo_pl.validation import validate
@@ -102,11 +102,11 @@ def logged_run(request, tmp_path_factory, smoke_config, tb_scalars, tb_events):
 
 def test_each_logger_gets_the_per_eps_scalars_against_frames(logged_run):
     name, cfg, run_dir, tags, _ = logged_run
-    assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"checkpoints", loggers.LOGGER_DIRS[name]}
+    assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"checkpoints", LOGGER_DIRS[name]}
     for eps in cfg.eps.eval:
         for q in ("reward", "cost", "cv"):
             assert [s for s, _ in tags[f"eval/eps_{eps:g}/{q}"]] == [FRAMES], (name, eps, q)
-    assert all(f"eps_{eps:g}/lam" in tags for eps in cfg.eps.behavior)
+    assert all(f"multipliers/lam/eps_{eps:g}" in tags for eps in cfg.eps.behavior)
     assert any(f"train/eps_{eps:g}/episode_cost" in tags for eps in cfg.eps.behavior)  # 2 episodes in 400 frames
     assert [s for s, _ in tags["eval/avg_reward"]] == [FRAMES]
 
