@@ -31,7 +31,7 @@ from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_run, load_policy
 from ccpo_pl.validation import CONF_DIR
 
-DATA = Path(__file__).resolve().parent / "data" / "checkpoints_main"
+DATA = Path(__file__).resolve().parent / "fixtures" / "checkpoints_main"
 RUN = "ball_circle-ccpo-s0"
 FIT = ("experiment=smoke", "threads=1", "log_dir={logs}", f"run_name={RUN}")
 RESUME_REFERENCE = ("ckpt_path={ckpt}", "total_frames=3200")  # the reference checkpoint has 1600 frames

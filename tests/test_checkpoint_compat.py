@@ -1,4 +1,4 @@
-"""Run directories written by an earlier version (tests/data/checkpoints_main) resume and evaluate with this one."""
+"""Run directories written by an earlier version (tests/fixtures/checkpoints_main) resume and evaluate with this one."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.evaluation import evaluate_run, load_policy
 from ccpo_pl.fit import CONF_DIR, fit
 
-DATA = Path(__file__).resolve().parent / "data" / "checkpoints_main"
+DATA = Path(__file__).resolve().parent / "fixtures" / "checkpoints_main"
 RUNS = {"ccpo": "ball_circle-ccpo-s0", "v_sac_lag": "ball_circle-v_sac_lag-s0",
         "c_ppo_lag": "ball_circle-c_ppo_lag-s0", "cpo": "ball_circle-cpo-s0"}
 EMPTY_BUFFER = "resuming with an empty buffer"

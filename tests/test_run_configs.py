@@ -14,7 +14,7 @@ from ccpo_pl.evaluation import load_policy
 from ccpo_pl.fit import check_resumable, fit
 from ccpo_pl.validation import RENAMED_KEYS, current_run_config
 
-OLD_RUN = Path(__file__).parent / "data" / "checkpoints_main" / "ball_circle-ccpo-s0"
+OLD_RUN = Path(__file__).parent / "fixtures" / "checkpoints_main" / "ball_circle-ccpo-s0"
 
 
 @pytest.fixture

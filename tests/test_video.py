@@ -24,7 +24,7 @@ from ccpo_pl.validation import validate
 from ccpo_pl.video import record_clips
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = REPO / "tests" / "data" / "checkpoints_main" / "ball_circle-ccpo-s0"  # read only: out= elsewhere
+RUN = REPO / "tests" / "fixtures" / "checkpoints_main" / "ball_circle-ccpo-s0"  # read only: out= elsewhere
 
 
 def _command_line(*overrides: str, run: Path = RUN) -> DictConfig:

@@ -1,5 +1,5 @@
 """The module state-dict contract: the modules built today from the configs of the run directories in
-`tests/data/checkpoints_main/` (written by an earlier version) have exactly those checkpoints' state-dict keys and
+`tests/fixtures/checkpoints_main/` (written by an earlier version) have exactly those checkpoints' state-dict keys and
 shapes, load them strictly, keep their hyper-parameters, and their policies rebuild from them for evaluation."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.validation import current_run_config
 
-RUNS = sorted((Path(__file__).parents[1] / "data" / "checkpoints_main").glob("*-s0"))
+RUNS = sorted((Path(__file__).parents[1] / "fixtures" / "checkpoints_main").glob("*-s0"))
 
 
 def built_module(run: Path):

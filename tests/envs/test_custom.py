@@ -21,7 +21,7 @@ from ccpo_pl.envs import make_env
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.validation import validate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = "examples.hazard_point:HazardPoint"
 #: the user's module: the example's cost as Safety-Gymnasium's 6-tuple, as a class and as a registered id
 MY_ENVS = '''
