@@ -118,10 +118,9 @@ def test_each_logger_gets_the_j_eps_figure_as_a_png(logged_run):
     assert image.format == "PNG" and image.width >= 500 and len(set(image.convert("L").getdata())) > 2
 
 
+@pytest.mark.parametrize("logged_run", ["tensorboard"], indirect=True)  # TensorBoard's HPARAMS tab
 def test_tensorboard_has_the_flattened_config_as_hparams_with_the_eval_metrics(logged_run, tb_events):
     name, cfg, run_dir, _, _ = logged_run
-    if name != "tensorboard":
-        pytest.skip("TensorBoard's HPARAMS tab")
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     content = tb_events(run_dir).PluginTagToContent("hparams")
@@ -133,6 +132,7 @@ def test_tensorboard_has_the_flattened_config_as_hparams_with_the_eval_metrics(l
     assert [m.name.tag for m in experiment.metric_infos] == list(loggers.HPARAM_METRICS)
 
 
+@pytest.mark.parametrize("logged_run", ["wandb", "mlflow"], indirect=True)
 def test_mlflow_and_wandb_keep_the_config(logged_run):
     name, cfg, run_dir, _, _ = logged_run
     if name == "mlflow":
@@ -144,10 +144,9 @@ def test_mlflow_and_wandb_keep_the_config(logged_run):
         config = [r.config for r in wandb_records(next(offline.glob("run-*.wandb"))) if r.HasField("config")]
         keys = {item.key: json.loads(item.value_json) for c in config for item in c.update}
         assert keys["algo.name"] == cfg.algo.name and keys["total_frames"] == FRAMES
-    else:
-        pytest.skip("W&B and MLflow")
 
 
+@pytest.mark.parametrize("logged_run", ["csv", "wandb", "mlflow"], indirect=True)
 def test_plot_reads_a_csv_run_and_refuses_a_wandb_or_mlflow_run_in_one_line(logged_run, tmp_path):
     name, _, run_dir, tags, _ = logged_run
     if name == "csv":
@@ -156,11 +155,9 @@ def test_plot_reads_a_csv_run_and_refuses_a_wandb_or_mlflow_run_in_one_line(logg
         assert scalars["eval/avg_reward"][1].tolist() == [v for _, v in tags["eval/avg_reward"]]
         assert [p.name for p in plot.plot([run_dir], out=tmp_path)][:2] == ["learning_eval_avg_reward.png",
                                                                           "learning_eval_avg_reward.csv"]
-    elif name in ("wandb", "mlflow"):
+    else:
         with pytest.raises(ConfigError, match="has no TensorBoard or CSV logs .* logger=tensorboard .* logger=csv"):
             plot.find_runs([run_dir])
-    else:
-        pytest.skip("CSV, W&B and MLflow")
 
 
 # ---------------------------------------------------------------- resume
