@@ -44,6 +44,11 @@ LOG_RECORDS = {
 #: rewards, which ccpo_pl does not use
 NOTICES = (("gymnasium_robotics", "AdroitHand"),)
 
+#: loggers that print their own records and must not also pass them to the root logger: `lightning` gives itself a
+#: stderr handler ("INFO: GPU available: ...") on import, and its records also reached the root handler that
+#: Hydra installs (stdout), so every Trainer's device lines printed twice
+OWN_HANDLERS = ("lightning",)
+
 
 class _DropPrefixes(logging.Filter):
     """Drops the records whose message starts with one of `prefixes`."""
@@ -77,4 +82,6 @@ def install() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
             logger.addFilter(_DropPrefixes(prefixes))
+    for name in OWN_HANDLERS:
+        logging.getLogger(name).propagate = False
     _drop_notices()
