@@ -1,8 +1,12 @@
-"""Fixtures shared by the test files: composing a run config from the package's config tree, and reading what a
-run logged to TensorBoard. Each fixture is a function (session-scoped, so module-scoped fixtures can use it too)."""
+"""Fixtures shared by the test files: composing a run config from the package's config tree, reading what a
+run logged to TensorBoard, and a two-process DDP smoke run. Each fixture is a function (session-scoped, so
+module-scoped fixtures can use it too)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,3 +62,22 @@ def tb_scalars() -> Callable[[Path], dict[str, list[tuple[int, float]]]]:
 def tb_values(tb_scalars) -> Callable[[Path], dict[str, list[float]]]:
     """`tb_values(run_dir)`: tag -> [value, ...] of every scalar the run logged, in step order."""
     return lambda run_dir: {tag: [v for _, v in events] for tag, events in tb_scalars(run_dir).items()}
+
+
+def _ddp_smoke(cwd: Path, *overrides: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run([sys.executable, "-m", "ccpo_pl.fit", "experiment=smoke", "trainer.devices=2",
+                          "check_sync=true", "run_name=ddp", "threads=1", "eps.eval=[25]", *overrides],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("ddp_sync_checks="))
+    return out, dict(kv.split("=") for kv in line.split())
+
+
+@pytest.fixture(scope="session")
+def ddp_smoke() -> Callable[..., tuple[subprocess.CompletedProcess, dict[str, str]]]:
+    """`ddp_smoke(cwd, *overrides)`: `python -m ccpo_pl.fit experiment=smoke` in two CPU processes with
+    `check_sync=true` (every parameter and buffer compared across ranks after each update), run in `cwd` (its run
+    directory: `cwd/logs/smoke/ddp`); asserts it exited 0 and returns (the process, the fields of its
+    `ddp_sync_checks=` line)."""
+    return _ddp_smoke

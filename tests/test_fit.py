@@ -172,6 +172,8 @@ def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path, compile_updat
     assert int(fields["ddp_sync_checks"]) == 2 * 80  # 2 epochs x 2 collections x 40 updates
     assert float(fields["max_param_diff"]) == 0.0
     assert fields["ranks"] == "2"
+    # the CVI update's one backward reaches every parameter: DDP does not search for unused ones, nor warn per rank
+    assert "find_unused_parameters=True" not in out.stdout + out.stderr
     ckpt_dir = tmp_path / "logs" / "smoke" / "ddp" / "checkpoints"  # experiment=smoke: log_dir logs/smoke
     token = safe_load(ckpt_dir / "last.ckpt")["training_state"]["sidecar"]
     obs = [safe_load(ckpt_dir / "sidecars" / f"rank{r}" / f"{token}.pt")["buffer"]["_storage"]["_storage"]

@@ -5,9 +5,6 @@ multipliers were driven by the run."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -72,16 +69,11 @@ def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo, smoke_confi
 
 
 @pytest.mark.slow
-def test_v_sac_lag_ddp_two_cpu_processes_keep_parameters_and_multipliers_identical(tmp_path):
+def test_v_sac_lag_ddp_two_cpu_processes_keep_parameters_and_multipliers_identical(tmp_path, ddp_smoke):
     # the multipliers step on episode costs summed over ranks: every rank must hold the same lam (check_sync
     # compares every parameter and buffer after each batch)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    out = subprocess.run([sys.executable, "-m", "ccpo_pl.fit", "experiment=smoke", "algo=v_sac_lag",
-                          "trainer.devices=2", "check_sync=true", "run_name=ddp", "total_frames=800", "threads=1",
-                          "eps.eval=[25]"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("ddp_sync_checks="))
-    fields = dict(kv.split("=") for kv in line.split())
+    out, fields = ddp_smoke(tmp_path, "algo=v_sac_lag", "total_frames=800")
     assert int(fields["ddp_sync_checks"]) == 80 and float(fields["max_param_diff"]) == 0.0
+    assert "find_unused_parameters=True" not in out.stdout + out.stderr  # DDP finds the other optimizers' parameters
     state = safe_load(tmp_path / "logs" / "smoke" / "ddp" / "checkpoints" / "last.ckpt")["state_dict"]
     assert state["multipliers.started"].any()

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 class SafeRLModule(L.LightningModule):
     """Shared base of the safe-RL modules (see the module docstring)."""
 
+    #: whether some `manual_backward` of an update leaves trained parameters without a gradient (one optimizer per
+    #: disjoint parameter set, stepped one after the other): DDP must then search each backward's graph for them
+    #: (`find_unused_parameters=True`), which costs a graph traversal per backward and warns when nothing is unused
+    ddp_unused_parameters: bool = True
+
     def __init__(
         self,
         *,

@@ -266,3 +266,27 @@ def test_wo_cvi_multipliers_follow_the_selected_lagrange_rule(method, expected, 
         seen.append(module.lam[bins].item())
     assert seen == pytest.approx(expected, rel=1e-5)
     assert module.lam[module.bin_index(torch.tensor([20.0]))].item() == 0.0  # other bins untouched
+
+
+@pytest.mark.parametrize("cvi", [True, False])
+def test_ddp_searches_for_unused_parameters_exactly_when_a_backward_leaves_some(cvi, make_module):
+    """`ddp_unused_parameters` (DDP's `find_unused_parameters`, `fit.make_trainer`) is False only if every
+    backward of an update gives every trained parameter a gradient: the CVI update's one backward does, the
+    w/o-CVI ablation's critic step (the actor only acts inside `no_grad`) does not."""
+    module = make_module("algo.estep_precision=fp32", f"algo.cvi={str(cvi).lower()}")
+    trained = [p for p in module.parameters() if p.requires_grad]
+    left_some = []
+
+    def backward(loss):
+        for p in trained:
+            p.grad = None
+        loss.backward()
+        left_some.append(any(p.grad is None for p in trained))
+
+    module.manual_backward = backward
+    batch, eps = random_batch(), torch.tensor([20.0, 40.0, 60.0, 33.0])
+    module.on_new_collect()
+    update = module.cvi_update if cvi else module.lagrangian_update
+    assert update(batch, eps, module.bin_index(eps)) is not None
+    assert len(left_some) == (1 if cvi else 2)
+    assert module.ddp_unused_parameters is any(left_some) is (not cvi)

@@ -145,3 +145,16 @@ def test_smoke_fit_then_evaluate_at_an_unseen_threshold(tmp_path, algo, smoke_co
         near_actor.extrapolation = "nearest"
         assert torch.equal(near_actor(obs, torch.full((4, 1), 70.0))[0], actor.policies[2](obs)[0])
         assert not torch.equal(actor(obs, torch.full((4, 1), 70.0))[0], actor.policies[2](obs)[0])
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_the_combined_policies_identical(tmp_path, ddp_smoke):
+    """Each rank collects its own data for every behaviour threshold; the gradients are rank means taken outside
+    DDP's hooks (`mean_grads`), so the policies, critics and multipliers stay equal after every update, under DDP
+    without its search for unused parameters."""
+    out, fields = ddp_smoke(tmp_path, "algo=c_ppo_lag", "total_frames=1600")
+    assert int(fields["ddp_sync_checks"]) == 4 and fields["ranks"] == "2"  # 1600 frames / (2 ranks x 200) updates
+    assert float(fields["max_param_diff"]) == 0.0
+    assert "find_unused_parameters=True" not in out.stdout + out.stderr
+    lam = safe_load(tmp_path / "logs" / "smoke" / "ddp" / "checkpoints" / "last.ckpt")["state_dict"]["lagrange.lam"]
+    assert lam.shape == (3,) and torch.isfinite(lam).all()

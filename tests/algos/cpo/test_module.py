@@ -5,9 +5,6 @@ config, and 2-process DDP keeping the ranks' parameters identical."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -189,18 +186,13 @@ def test_fit_refuses_several_behaviour_thresholds(tmp_path, smoke_config):
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_keep_cpo_parameters_identical(tmp_path, tb_values):
+def test_ddp_two_cpu_processes_keep_cpo_parameters_identical(tmp_path, tb_values, ddp_smoke):
     """CPO writes parameters directly: g, b, the Fisher-vector products and the line-search statistics must be
     rank means, or the ranks drift apart (DDPSyncCheck compares every parameter and buffer after each update)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    out = subprocess.run([sys.executable, "-m", "ccpo_pl.fit", "experiment=smoke", "algo=cpo", "trainer.devices=2",
-                          "check_sync=true", "run_name=ddp", "total_frames=800", "eps.eval=[25]", "threads=1",
-                          "algo.value_epochs=2", "algo.cost_shaping=true"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("ddp_sync_checks="))
-    fields = dict(kv.split("=") for kv in line.split())
+    out, fields = ddp_smoke(tmp_path, "algo=cpo", "total_frames=800", "algo.value_epochs=2", "algo.cost_shaping=true",
+                            timeout=300)
     assert int(fields["ddp_sync_checks"]) == 2 and fields["ranks"] == "2"  # 800 frames / (2 ranks x 200) updates
     assert float(fields["max_param_diff"]) == 0.0
+    assert "find_unused_parameters=True" not in out.stdout + out.stderr  # no backward through DDP: no search
     logged = tb_values(tmp_path / "logs" / "smoke" / "ddp")  # experiment=smoke: log_dir logs/smoke
     assert len(logged["update/case"]) == 2 and any(f > 0 for f in logged["update/step_fraction"])

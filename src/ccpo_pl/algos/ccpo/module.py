@@ -190,6 +190,12 @@ class CCPO(SafeRLModule):
         return [torch.optim.Adam(self.critic.parameters(), lr=hp.lr_critic, fused=fused),
                 torch.optim.Adam(self.actor.parameters(), lr=hp.lr_actor, fused=fused)]
 
+    @property
+    def ddp_unused_parameters(self) -> bool:
+        """The CVI update's one backward reaches every trained parameter (critic and actor); the w/o-CVI ablation
+        steps the critic and the actor one after the other (`SafeRLModule.ddp_unused_parameters`)."""
+        return not self.hparams.cvi
+
     # ---------------------------------------------------------------- the algorithm box
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         start = time.perf_counter()

@@ -71,6 +71,10 @@ class CombinedLagrangian(SafeRLModule):
         target_kl: the KL bound (TRPO) or early-stop level (PPO).
     """
 
+    #: every gradient is taken by `torch.autograd.grad` and averaged across ranks by `onpolicy.mean_grads`: no
+    #: backward runs through DDP's hooks, so DDP has no graph to search (`SafeRLModule.ddp_unused_parameters`)
+    ddp_unused_parameters = False
+
     def __init__(self, actor: CombinedActor, value: nn.Module, *, eps_behavior: Sequence[float],
                  eps_range: Sequence[float], eps_bin: float, horizon: int, total_frames: int, gamma: float = 0.99,
                  gae_lambda: float = 0.95, lr_value: float = 1e-3, value_epochs: int = 10, minibatch_size: int = 512,

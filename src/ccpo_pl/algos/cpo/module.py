@@ -74,6 +74,10 @@ class CPO(SafeRLModule):
         shaping: the classifier: horizon, hidden, lr, epochs, minibatch_size.
     """
 
+    #: every gradient is taken by `torch.autograd.grad` and averaged across ranks by `onpolicy.mean_grads`: no
+    #: backward runs through DDP's hooks, so DDP has no graph to search (`SafeRLModule.ddp_unused_parameters`)
+    ddp_unused_parameters = False
+
     def __init__(self, actor: nn.Module, value: nn.Module, *, eps_behavior: Sequence[float], eps_range: Sequence[float],
                  eps_bin: float, horizon: int, gamma: float = 0.99, gae_lambda: float = 0.95, lr_value: float = 1e-3,
                  value_epochs: int = 10, minibatch_size: int = 512, variant: str = "cpo", target_kl: float = 0.01,
