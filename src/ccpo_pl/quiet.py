@@ -21,8 +21,8 @@ WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
 )
 # Not here: DDP's "find_unused_parameters=True was specified ... but did not find any unused parameters" (once per
-# rank). The C++ reducer logs it to stderr from the autograd thread, past Python's warnings and logging, so no
-# filter of one message can reach it (TORCH_CPP_LOG_LEVEL would silence every C++ warning).
+# rank), which the C++ reducer logs past Python's warnings and logging. `fit.make_trainer` avoids it at its cause:
+# DDP searches for unused parameters only for the algorithms that have some (`SafeRLModule.ddp_unused_parameters`).
 
 #: logger name -> message prefixes to drop (a `logging.Filter` on that one logger; its other records still show)
 LOG_RECORDS = {
