@@ -26,28 +26,16 @@ import argparse
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from _common import load_networks
 
 from ccpo_pl.algos.ccpo import equations as eq
-from ccpo_pl.checkpointing import safe_load
-from ccpo_pl.nets import make_actor, make_critic
 
 
 def load(ckpt_path: Path):
     """Old policy, target critic, replay observations and the run's config from a checkpoint and its newest sidecar."""
-    ckpt = safe_load(ckpt_path)
-    hp = ckpt["hyper_parameters"]
-    cfg = OmegaConf.create(hp["run_config"])
-    obs_dim, act_dim = int(hp["obs_dim"]), int(hp["act_dim"])
-    actor = make_actor(cfg.algo, obs_dim, act_dim, cfg.eps.range)
-    critic = make_critic(cfg.algo, obs_dim, act_dim, cfg.eps.range)
-    sd = ckpt["state_dict"]
-    for net, prefix in ((actor, "actor_old."), (critic, "critic_target.")):
-        net.load_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
-    sidecar = safe_load(ckpt_path.parent / "sidecars" / "rank0" / f"{ckpt['ccpo']['sidecar']}.pt")
-    storage = sidecar["buffer"]["_storage"]
+    ckpt, cfg, actor, critic, storage = load_networks(ckpt_path, "actor_old.", "critic_target.")
     obs = storage["_storage"]["observation"][: int(storage["_len"])].float()
-    return cfg, actor, critic, obs, act_dim
+    return cfg, actor, critic, obs, int(ckpt["hyper_parameters"]["act_dim"])
 
 
 def q_values(actor, critic, obs: torch.Tensor, eps: torch.Tensor, k: int, act_dim: int):

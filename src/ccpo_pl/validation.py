@@ -239,6 +239,7 @@ SCHEMA: dict[str, Rule] = {
     "algo.versatile_start": FRACTION,
     "algo.versatile_frac": FRACTION,
     "algo.states_per_eps": optional(integer(1)),
+    "algo.estep_states": choice("batch", "behaviour"),
     "algo.num_samples": integer(2),
     "algo.kappa": POSITIVE,
     "algo.dual.eta_init": POSITIVE,

@@ -55,6 +55,25 @@ def test_eps_to_q_units_matches_discounted_even_spread():
     assert eq.eps_to_q_units(eps, 1.0, horizon) == eps
 
 
+def test_behaviour_state_weights_by_hand():
+    """Transitions collected at 20, 40, 60, 40 (with the float noise of a stored threshold): eps = 20 takes the
+    20-states alone, 30 half each of 20 and 40, 50 half each of 40 and 60, 70 (outside) the 60-states alone; with
+    one collection threshold every transition counts."""
+    thresholds = torch.tensor([20.0, 40.0, 60.0])
+    collected = torch.tensor([20.0, 40.0, 60.0, 40.000004])
+    w = eq.behaviour_state_weights(torch.tensor([20.0, 30.0, 50.0, 70.0]), collected, thresholds)
+    assert torch.allclose(w, torch.tensor([[1.0, 0.0, 0.0, 0.0],
+                                           [0.5, 0.5, 0.0, 0.5],
+                                           [0.0, 0.5, 0.5, 0.5],
+                                           [0.0, 0.0, 1.0, 0.0]]))
+    w = eq.behaviour_state_weights(torch.tensor([25.0, 45.0]), torch.tensor([25.0, 45.0]), thresholds)
+    # eps 25: 0.75 of 20 and 0.25 of 40; eps 45: 0.75 of 40 and 0.25 of 60; the transitions count as collected
+    # at their nearest thresholds, 20 and 40
+    assert torch.allclose(w, torch.tensor([[0.75, 0.25], [0.0, 0.75]]))
+    one = eq.behaviour_state_weights(torch.tensor([10.0, 40.0]), torch.full((3,), 40.0), torch.tensor([40.0]))
+    assert torch.equal(one, torch.ones(2, 3))
+
+
 def test_estep_dual_matches_per_threshold_loop():
     q_r, q_c = _q_batch(3, 5, 4, seed=0)
     eps_q, eta, lam = torch.tensor([2.0, 3.0, 4.0], dtype=F64), torch.tensor([0.5, 3.0, 40.0], dtype=F64), \

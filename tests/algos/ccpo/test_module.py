@@ -290,3 +290,30 @@ def test_ddp_searches_for_unused_parameters_exactly_when_a_backward_leaves_some(
     assert update(batch, eps, module.bin_index(eps)) is not None
     assert len(left_some) == (1 if cvi else 2)
     assert module.ddp_unused_parameters is any(left_some) is (not cvi)
+
+
+def test_behaviour_estep_states_are_those_collected_at_the_thresholds_around_eps(make_module):
+    """`estep_states=behaviour`: at a behaviour threshold only the states collected at it (distinct, while the
+    batch has enough), between two of them only theirs, and other states only where the batch has too few; "batch"
+    is the batch split across the thresholds. The update runs on them."""
+    module = make_module("algo.estep_precision=fp32", "algo.estep_states=behaviour")
+    batch = random_batch()
+    collected = torch.tensor([20.0, 40.0, 60.0]).repeat(B // 3 + 1)[:B]
+    batch["eps"] = collected.view(-1, 1)
+    batch["observation"] = torch.arange(B, dtype=torch.float32).view(-1, 1).expand(B, OBS).contiguous()
+    eps = torch.tensor([20.0, 60.0, 30.0, 40.0])
+    states = module.estep_states(batch, eps)
+    per = B // len(eps)
+    assert states.shape == (len(eps), per, OBS)
+    rows = states[..., 0].long()  # the batch index of each chosen state
+    assert torch.all(collected[rows[0]] == 20.0) and torch.all(collected[rows[1]] == 60.0)
+    assert set(collected[rows[2]].tolist()) == {20.0, 40.0} and torch.all(collected[rows[3]] == 40.0)
+    assert all(len(set(r.tolist())) == per for r in rows)  # without replacement
+    few = batch.clone()
+    few["eps"] = torch.where(torch.arange(B) < 5, 60.0, 20.0).view(-1, 1)  # 5 states at 60, the rest at 20
+    rows = module.estep_states(few, eps)[..., 0].long()
+    assert set(range(5)) <= set(rows[1].tolist()) and len(set(rows[1].tolist())) == per  # all 5, then others
+    split = make_module("algo.estep_precision=fp32").estep_states(batch, eps)
+    assert torch.equal(split, batch["observation"][: per * len(eps)].view(len(eps), per, OBS))
+    module.on_new_collect()
+    assert module.cvi_update(random_batch(), eps, module.bin_index(eps)) is not None

@@ -26,7 +26,13 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    thresholds, with KL trust regions on the mean and the covariance against pi_old, each with its own multiplier
    per threshold bin, updated by projected gradient ascent (the slides' constraint holds for every eps_i).
 4. pi_old is refreshed after every collection (FSRL). The states of a batch are split over the thresholds
-   (`states_per_eps`), so an update costs what one-threshold CVPO's does.
+   (`states_per_eps`), so an update costs what one-threshold CVPO's does. `estep_states=behaviour` (ours) takes
+   for each threshold the states collected at the behaviour thresholds around it instead (`estep_states`). Why:
+   the replay buffer mixes the states every behaviour policy visits, and eq. 10's constraint over that mixture
+   is not the threshold's own: on DroneRun at 1.35M frames the critic's mean Q_c at eps = 60 over the mixed replay
+   states was 11.0, at the threshold (9.98), while over the states collected at 60 it was 22.7, as the sampled
+   policy's discounted cost-to-go (23.7; its episodes cost 145); at eps = 20 the mixture read 4.7 (above its 3.33)
+   where the own states read -1.5 and the episodes cost 0 (`benchmarks/critic_vs_returns.py`).
 5. Thresholds per update (`n_eps`): behaviour thresholds only until `versatile_start` of the frame budget, then a
    `versatile_frac` share drawn uniformly from `eps_range` (the paper's fine-tuning stage; schedule ours).
 6. Numerical faults (ours): the replay batch, both losses, the E-step duals and the KL multipliers are checked
@@ -71,6 +77,8 @@ from ccpo_pl.nets import critic_members
 EPS_ROWS = 256
 #: The columns of the `stats` buffer: running means per threshold bin, for logging.
 STATS_COLUMNS = ("q_r", "q_c", "kl_mean", "kl_cov")
+#: which states the E/M-step takes at a threshold (`CCPO.estep_states`)
+ESTEP_STATES = ("batch", "behaviour")
 
 
 class EStep(NamedTuple):
@@ -134,6 +142,7 @@ class CCPO(SafeRLModule):
         versatile_start: float = 0.25,
         versatile_frac: float = 0.5,
         states_per_eps: int | None = None,
+        estep_states: str = "batch",
         num_samples: int = 16,
         kappa: float = 0.02,
         dual: dict | None = None,
@@ -180,6 +189,9 @@ class CCPO(SafeRLModule):
         # compile=True: the objectives of an update as one fused graph, forward and backward (w/o CVI: the TD loss)
         maybe = compiled_or_eager if compile else (lambda fn: fn)
         self.objectives_fn, self.td_loss_fn = maybe(self.update_objectives), maybe(self.td_loss)
+        if estep_states not in ESTEP_STATES:
+            raise ValueError(f"algo.estep_states={estep_states!r} is not allowed; use {' or '.join(ESTEP_STATES)}")
+        self.register_buffer("collected_eps", torch.tensor(sorted(self.collection_eps())), persistent=False)
         if estep_precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"algo.estep_precision={estep_precision!r} is not allowed; use auto, bf16 or fp32")
 
@@ -272,7 +284,7 @@ class CCPO(SafeRLModule):
         (on_nan=skip)."""
         hp = self.hparams
         act, nxt = batch["action"], batch["next"]
-        states = self.split_states(batch["observation"], len(eps))
+        states = self.estep_states(batch, eps)
         noise_next = torch.randn(len(eps), *act.shape, device=act.device)  # next actions from pi(.|s', eps_i)
         noise = torch.randn(*states.shape[:2], hp.num_samples, hp.act_dim, device=act.device)  # K per state
         _ = self.estep_bf16, self.dual_reduce  # resolved once, outside the compiled pass
@@ -431,6 +443,19 @@ class CCPO(SafeRLModule):
         if self.trainer.world_size == 1:
             return None
         return torch.compiler.disable(self.reduce_mean)
+
+    def estep_states(self, batch: TensorDictBase, eps: Tensor) -> Tensor:
+        """`[E, S, obs]`: the states of the E- and M-step at each of the update's thresholds `eps [E]`
+        (`estep_states`): "batch" splits the batch's states across the thresholds (`split_states`); "behaviour"
+        draws S per threshold without replacement, weighted by `eq.behaviour_state_weights` (the states its
+        neighbouring behaviour policies visited; Gumbel top-k), other states only where the batch has fewer."""
+        obs = batch["observation"]
+        if self.hparams.estep_states == "batch":
+            return self.split_states(obs, len(eps))
+        per = min(self.hparams.states_per_eps or obs.shape[0] // len(eps), obs.shape[0])
+        weights = eq.behaviour_state_weights(eps, batch["eps"].view(-1).to(eps), self.collected_eps.to(eps))
+        keys = weights.log() - torch.empty_like(weights).exponential_().log()  # log w + Gumbel noise
+        return obs[keys.topk(per, dim=-1).indices]
 
     def split_states(self, obs: Tensor, n_eps: int) -> Tensor:
         """`[B, obs]` -> `[E, S, obs]`: S = states_per_eps states per threshold (default B // E), distinct across
