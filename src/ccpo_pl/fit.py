@@ -94,11 +94,12 @@ def run_config(run_dir: Path) -> dict | None:
     return validation.current_run_config(old)
 
 
-def check_resumable(run_dir: Path, plain: dict) -> None:
-    """Refuse a config that differs from the run's own (settings added in a later version are only reported)."""
+def check_resumable(run_dir: Path, plain: dict) -> str | None:
+    """Refuse a config that differs from the run's own. Settings added in a later version are not refused: returns
+    the line that names them (printed once every other check has passed), else None."""
     old = run_config(run_dir)
     if old is None:
-        return
+        return None
     diffs = [d for d in _diff(old, plain) if d[0].split(".")[0] not in RESUMABLE_CHANGES]
     added = [d for d in diffs if d[1] is _ABSENT]  # settings newer than the run
     changed = [f"{key}: {a!r} -> {b!r}" for key, a, b in diffs if a is not _ABSENT]
@@ -106,10 +107,10 @@ def check_resumable(run_dir: Path, plain: dict) -> None:
         more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise ConfigError(f"run {str(run_dir)!r} exists with a different config ({'; '.join(changed[:3])}{more}); "
                           f"use another run_name or the run's own config")
-    if added and _rank() == 0:
-        news = ", ".join(f"{key}={b!r}" for key, _, b in added)
-        print(f"ccpo_pl.fit: run {str(run_dir)!r} predates the settings {news}; continuing with these values",
-              flush=True)
+    if not added:
+        return None
+    news = ", ".join(f"{key}={b!r}" for key, _, b in added)
+    return f"ccpo_pl.fit: run {str(run_dir)!r} predates the settings {news}; continuing with these values"
 
 
 def check_checkpoint(path: str, cfg: DictConfig, module: L.LightningModule | None = None) -> dict:
@@ -226,7 +227,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     validate(cfg)
     run_dir = Path(cfg.log_dir) / cfg.run_name
     plain = OmegaConf.to_container(cfg, resolve=True)
-    check_resumable(run_dir, plain)
+    predates = check_resumable(run_dir, plain)
     n_ranks = world_size(cfg)
     local_procs = max(1, n_ranks // int(cfg.trainer.get("num_nodes", 1)))
     import lightning as L  # the config is checked: what trains is imported now, not before
@@ -257,6 +258,8 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
             lock_run(run_dir)  # the first write of this process
             check_writable(run_dir, cfg, storage_need(module, cfg, obs_dim, act_dim) * local_procs)
             remove_stale_tmp(run_dir)  # left by a process killed while writing
+            if predates:  # said only once nothing refuses the command
+                print(predates, flush=True)
             if ckpt_frames is not None:
                 print(f"ccpo_pl.fit: resuming run {str(run_dir)!r} from {ckpt} ({ckpt_frames} frames)", flush=True)
         trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames, record, evaluation, thread_tuner,

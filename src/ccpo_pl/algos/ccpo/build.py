@@ -39,7 +39,7 @@ def build(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> CCPO:
         make_actor(cfg, obs_dim, act_dim), make_critic(a, obs_dim, act_dim, cfg.eps.range), gamma=a.gamma,
         tau=a.tau, lr_actor=a.lr_actor, lr_critic=a.lr_critic, n_eps=a.n_eps, versatile_start=a.versatile_start,
         versatile_frac=a.versatile_frac, states_per_eps=a.states_per_eps,
-        estep_states=a.estep_states, num_samples=a.num_samples,
+        estep_states=a.get("estep_states", "batch"), num_samples=a.num_samples,
         kappa=a.kappa, dual=plain["dual"], kl_mean_bound=a.kl_mean_bound, kl_cov_bound=a.kl_cov_bound,
         kl_lr=tuple(a.kl_lr), kl_max=tuple(a.kl_max), cvi=a.cvi, lagrangian=plain["lagrange"], compile=a.compile,
         estep_precision=a.estep_precision, threshold=threshold, **base_kwargs,
