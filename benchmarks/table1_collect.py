@@ -1,7 +1,9 @@
 """Copy paper_table1 runs into `benchmarks/table1/<task>-s<seed>/`, the committed results of the CCPO Table 1 campaign.
 
 For every run directory given (a `python -m ccpo_pl.fit experiment=paper_table1` run, e.g.
-`logs/paper_table1/ball_circle-ccpo-s0`) it writes:
+`logs/paper_table1/ball_circle-ccpo-s0`) it writes into `benchmarks/table1/<task>-s<seed>/` (a run with a `label=`
+other than its algorithm's name, a variant: `<task>-<label>-s<seed>/`, resumed with the overrides in its
+`commands.txt`):
 - `last.ckpt`: the run's last checkpoint without its replay-buffer sidecar, with the absolute paths Lightning
   stores in the callbacks' state made relative (it loads, evaluates and resumes as before);
 - `config.yaml` and `commands.txt` of the run;
@@ -87,7 +89,9 @@ def collect(run_dir: Path) -> tuple[str, int, int]:
     state = training_state(ckpt)
     frames = int(state["stream"]["frames"]) * int(state["world_size"])
     budget = int(cfg["total_frames"])
-    name = f"{cfg['env']['name']}-s{cfg['seed']}"
+    label = cfg.get("label") or cfg["algo"]["name"]
+    variant = "" if label == cfg["algo"]["name"] else f"{label}-"  # a labelled variant keeps its own folder
+    name = f"{cfg['env']['name']}-{variant}s{cfg['seed']}"
     dest = TABLE1 / name
     dest.mkdir(parents=True, exist_ok=True)
     torch.save(relative_paths(ckpt, str(Path.cwd().resolve())), dest / ".last.ckpt.tmp")

@@ -239,7 +239,7 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
                 "Runs)." if any(s.get("extrapolated_eps") for _, s in runs) else "")
              + (" The paper's columns: its Table 1 (5 seeds, deterministic evaluation; the paper does not say which "
                 "CV definition it uses, so its CV stands on both rows); its safest baseline is the one with the "
-                "lowest Avg. CV on that task." if paper else ""), "",
+                "lowest Avg. CV on that task; its figures count for the bold." if paper else ""), "",
              "| Task | Stats | " + " | ".join(labels) + paper_head + " |",
              "|---|---|" + "---:|" * (len(labels) + (2 if paper else 0))]
     for task in tasks:
@@ -250,12 +250,14 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
             if not present:
                 continue
             cells = [_cell(s) for s in stats]
-            if lower_better:
-                best = min(stats[i][0] for i in present)
+            paper_cols = [c for _, c in columns] or [None, None] if paper else []
+            paper_means = [col[paper_stat][0] if paper_stat and col else math.nan for col in paper_cols]
+            best = min([stats[i][0] for i in present] + [m for m in paper_means if not math.isnan(m)])
+            if lower_better:  # the lowest of ours and the paper's
                 cells = [f"**{c}**" if i in present and stats[i][0] == best else c for i, c in enumerate(cells)]
-            if paper:
-                cells += [f"{col[paper_stat][0]:.2f} ± {col[paper_stat][1]:.2f}" if paper_stat and col else ""
-                          for col in [c for _, c in columns] or [None, None]]
+            for col, mean in zip(paper_cols, paper_means):
+                cell = f"{mean:.2f} ± {col[paper_stat][1]:.2f}" if not math.isnan(mean) else ""
+                cells.append(f"**{cell}**" if lower_better and mean == best else cell)
             lines.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
         seeds = [str(table.get((task, label), {}).get("runs", (0, 0, 0))[2]) for label in labels]
         if paper:  # the paper's seeds, and which baseline is its safest on this task

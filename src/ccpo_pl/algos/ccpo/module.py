@@ -29,10 +29,11 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    (`states_per_eps`), so an update costs what one-threshold CVPO's does. `estep_states=behaviour` (ours) takes
    for each threshold the states collected at the behaviour thresholds around it instead (`estep_states`). Why:
    the replay buffer mixes the states every behaviour policy visits, and eq. 10's constraint over that mixture
-   is not the threshold's own: on DroneRun at 1.35M frames the critic's mean Q_c at eps = 60 over the mixed replay
-   states was 11.0, at the threshold (9.98), while over the states collected at 60 it was 22.7, as the sampled
-   policy's discounted cost-to-go (23.7; its episodes cost 145); at eps = 20 the mixture read 4.7 (above its 3.33)
-   where the own states read -1.5 and the episodes cost 0 (`benchmarks/critic_vs_returns.py`).
+   is not the threshold's own: on DroneRun at 2M frames the critic's mean Q_c at eps = 60 over the mixed replay
+   states was 9.79, at the threshold (9.98), while over the states collected at 60 it was 18.1 and on the sampled
+   policy's own episodes 22.1, as their discounted cost-to-go (22.5; the episodes cost 142); at eps = 20 the
+   mixture read 3.46 (above its 3.33) where the own states read 0.85 and the episodes cost 0
+   (`benchmarks/critic_vs_returns.py`, benchmarks/results_notes.md).
 5. Thresholds per update (`n_eps`): behaviour thresholds only until `versatile_start` of the frame budget, then a
    `versatile_frac` share drawn uniformly from `eps_range` (the paper's fine-tuning stage; schedule ours).
 6. Numerical faults (ours): the replay batch, both losses, the E-step duals and the KL multipliers are checked
