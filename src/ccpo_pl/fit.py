@@ -262,8 +262,8 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
                 print(predates, flush=True)
             if ckpt_frames is not None:
                 print(f"ccpo_pl.fit: resuming run {str(run_dir)!r} from {ckpt} ({ckpt_frames} frames)", flush=True)
-        trainer = make_trainer(cfg, run_dir, max_epochs, n_ranks, ckpt_frames, record, evaluation, thread_tuner,
-                               module)
+        trainer = make_trainer(cfg, run_dir, module, max_epochs, n_ranks, ckpt_frames, record, evaluation,
+                               thread_tuner)
         try:
             trainer.fit(module, datamodule=build_data(cfg, run_dir), ckpt_path=ckpt)
         except Exception as err:  # noqa: BLE001 - re-raised, as the fault it reports where that is known
@@ -357,9 +357,9 @@ def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     return evaluate_run(run_dir, eps=list(cfg.eps.eval), episodes=int(cfg.eval.final_episodes), seed=int(cfg.seed))
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, ckpt_frames: int | None,
-                 record: RecordRun, evaluation: PeriodicEvaluation, thread_tuner: ThreadTuner | None = None,
-                 module: L.LightningModule | None = None) -> L.Trainer:
+def make_trainer(cfg: DictConfig, run_dir: Path, module: L.LightningModule, max_epochs: int, n_ranks: int,
+                 ckpt_frames: int | None, record: RecordRun, evaluation: PeriodicEvaluation,
+                 thread_tuner: ThreadTuner | None = None) -> L.Trainer:
     import lightning as L  # here, not at the top: the config checks run without Lightning
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -392,8 +392,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, max_epochs: int, n_ranks: int, 
     logger = make_logger(cfg, run_dir, purge_step=0 if ckpt_frames is None else ckpt_frames + 1)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if kwargs.get("strategy", "auto") == "auto" and n_ranks > 1:  # DDP searches for unused parameters only where
-        unused = getattr(module, "ddp_unused_parameters", True)  # some backward leaves some without a gradient
-        kwargs["strategy"] = "ddp_find_unused_parameters_true" if unused else "ddp"
+        # some backward leaves some without a gradient (`SafeRLModule.ddp_unused_parameters`)
+        kwargs["strategy"] = "ddp_find_unused_parameters_true" if module.ddp_unused_parameters else "ddp"
     # default_root_dir: where Lightning's own SLURM requeue handler would write hpc_ckpt_*.ckpt (this run's dir)
     return L.Trainer(**kwargs, max_epochs=max_epochs, callbacks=callbacks, logger=logger, default_root_dir=run_dir,
                      plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0, log_every_n_steps=1)

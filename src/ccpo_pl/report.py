@@ -250,7 +250,7 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
             if not present:
                 continue
             cells = [_cell(s) for s in stats]
-            paper_cols = [c for _, c in columns] or [None, None] if paper else []
+            paper_cols = ([c for _, c in columns] or [None, None]) if paper else []
             paper_means = [col[paper_stat][0] if paper_stat and col else math.nan for col in paper_cols]
             best = min([stats[i][0] for i in present] + [m for m in paper_means if not math.isnan(m)])
             if lower_better:  # the lowest of ours and the paper's

@@ -55,7 +55,7 @@ def behaviour_state_weights(eps: Tensor, collected: Tensor, thresholds: Tensor) 
 
     Args:
         eps: the update's thresholds [E].
-        collected: the threshold each transition was collected at [B] (the nearest of `thresholds` is used).
+        collected: the index in `thresholds` of the threshold each transition was collected at [B] (long).
         thresholds: the behaviour (collection) thresholds [M], strictly increasing.
 
     Returns:
@@ -67,8 +67,7 @@ def behaviour_state_weights(eps: Tensor, collected: Tensor, thresholds: Tensor) 
     per_threshold = eps.new_zeros(eps.shape[0], thresholds.numel())
     per_threshold.index_put_((rows, i1), w1, accumulate=True)
     per_threshold.index_put_((rows, i2), w2, accumulate=True)
-    nearest = (collected.reshape(-1, 1) - thresholds.view(1, -1)).abs().argmin(-1)  # exact for collected data
-    return per_threshold[:, nearest]
+    return per_threshold[:, collected]
 
 
 def estep_dual(eta: Tensor, lam: Tensor, q_r: Tensor, q_c: Tensor, eps_q: Tensor, kappa: float) -> Tensor:

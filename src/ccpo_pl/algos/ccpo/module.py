@@ -72,7 +72,7 @@ from ccpo_pl.algos.lagrange import METHODS, PID_GAINS, multiplier_step
 from ccpo_pl.algos.safe_module import SafeRLModule
 from ccpo_pl.checkpointing import TRAINING_STATE, training_state
 from ccpo_pl.faults import all_finite, batch_suspects
-from ccpo_pl.nets import critic_members
+from ccpo_pl.nets import critic_members, nearest_threshold
 
 #: Updates' thresholds drawn at once by `sample_train_eps`.
 EPS_ROWS = 256
@@ -454,7 +454,9 @@ class CCPO(SafeRLModule):
         if self.hparams.estep_states == "batch":
             return self.split_states(obs, len(eps))
         per = min(self.hparams.states_per_eps or obs.shape[0] // len(eps), obs.shape[0])
-        weights = eq.behaviour_state_weights(eps, batch["eps"].view(-1).to(eps), self.collected_eps.to(eps))
+        thresholds = self.collected_eps.to(eps)
+        collected = nearest_threshold(batch["eps"].to(eps), thresholds)  # exact for data collected under them
+        weights = eq.behaviour_state_weights(eps, collected, thresholds)
         keys = weights.log() - torch.empty_like(weights).exponential_().log()  # log w + Gumbel noise
         return obs[keys.topk(per, dim=-1).indices]
 
