@@ -23,7 +23,7 @@ from ccpo_pl import compat
 from ccpo_pl.algos.registry import ALGOS
 from ccpo_pl.deploy import Policy, policy_metadata, remaining_budget, run_episodes
 from ccpo_pl.errors import ConfigError
-from ccpo_pl.evaluation import evaluate_thresholds, load_policy
+from ccpo_pl.evaluation import EXPLORATION, evaluate_thresholds, load_policy
 from ccpo_pl.export import export_policy, policy_bytes
 from ccpo_pl.fit import fit
 from ccpo_pl.nets import make_policy
@@ -240,6 +240,22 @@ def test_run_episodes_at_a_constant_eps_reproduces_the_evaluation(runs):
         assert episode.length == 200 and np.all(episode.eps == eps)
         assert episode.cost == cost.item() and episode.cost == episode.step_cost.sum()
         assert episode.reward == pytest.approx(reward.item(), rel=1e-5, abs=1e-4)
+
+
+def test_sampled_action_episodes_depend_on_the_seed_only_and_leave_the_callers_streams_alone(runs):
+    actor, cfg = load_policy(runs["ccpo"] / "checkpoints" / "last.ckpt")
+    results = []
+    for caller_seed, seed in ((1, 7), (2, 7), (2, 8)):
+        torch.manual_seed(caller_seed)
+        np.random.seed(caller_seed)
+        torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+        results.append(evaluate_thresholds(make_policy(actor), cfg["env"], [20.0, 50.0], 2, seed=seed, max_steps=200,
+                                           batch_envs=3, exploration=EXPLORATION["stochastic"]))
+        assert torch.equal(torch.get_rng_state(), torch_state)
+        assert np.array_equal(np.random.get_state()[1], np_state[1])
+    (r1, c1, _), (r2, c2, _), (r3, _, _) = results
+    assert torch.equal(r1, r2) and torch.equal(c1, c2)  # what ran before does not change the episodes
+    assert not torch.equal(r1, r3)  # the seed does
 
 
 def test_remaining_budget_schedule_sees_the_accumulated_cost(runs):

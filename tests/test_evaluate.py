@@ -256,6 +256,17 @@ def test_eps_sampling_experiment_gives_each_behaviour_set_its_run_and_report_col
     assert sweep == {"behavior_set": "b3,b6", "seed": "0,1,2"}
 
 
+def test_a_later_evaluation_reproduces_the_final_stochastic_episodes_whatever_ran_before(run_dir, tmp_path):
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    final = [r for r in csv.DictReader((run_dir / "eval" / "per_episode.csv").open()) if r["policy"] == "stochastic"]
+    torch.manual_seed(12345)  # the caller's stream differs from the one fit had after training
+    again = evaluate_run(run_dir, eps=summary["eps"], episodes=summary["episodes"], seed=summary["seed"],
+                         out=tmp_path / "again", policy="stochastic")
+    rows = list(csv.DictReader((tmp_path / "again" / "per_episode.csv").open()))
+    assert [(r["eps"], r["reward"], r["cost"]) for r in rows] == [(r["eps"], r["reward"], r["cost"]) for r in final]
+    assert again["avg_reward"] == summary["by_policy"]["stochastic"]["avg_reward"]
+
+
 def test_cv_per_episode_is_the_mean_violation_of_each_episode_and_never_below_the_cv_of_the_mean():
     eps = [10.0, 20.0]
     ep_c = torch.tensor([[0.0, 30.0], [15.0, 25.0]])  # J_c 15 and 20: CV 5 and 0; per episode (0+20)/2, (0+5)/2

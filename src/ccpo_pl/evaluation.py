@@ -171,15 +171,19 @@ def evaluate_thresholds(policy, env_cfg: Mapping, eps: Sequence[float], episodes
     `episodes` episodes at each threshold of `eps`.
 
     All episodes run side by side in batched envs of at most `batch_envs` sub-envs, each sub-env at its own fixed
-    threshold; sub-env j (over the whole grid) is seeded with `seed + j`. The caller's RNG streams (torch, and
-    numpy's global one that bullet-safety-gym draws from) are left as they were.
+    threshold; sub-env j (over the whole grid) is seeded with `seed + j`, and the torch stream that samples the
+    stochastic policy's actions is seeded with `seed + j` of the batch's first sub-env, so the same call gives the
+    same episodes whatever ran before it. The caller's RNG streams (torch, CUDA, and numpy's global one that
+    bullet-safety-gym draws from) are left as they were.
     """
     flat = [float(e) for e in eps for _ in range(episodes)]
     results = []
     np_state = np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=cuda):
             for start in range(0, len(flat), batch_envs):
+                torch.manual_seed(seed + start)
                 chunk = flat[start:start + batch_envs]
                 env = make_env(env_cfg, num_envs=len(chunk), seed=seed + start, eps_values=chunk, eps_mode="fixed")
                 try:
