@@ -273,10 +273,11 @@ def check_checkpoint(path: str | os.PathLike, *, name: str = "ckpt_path", expect
     state and run config present) in a format this version reads; `expect` (dotted run-config key -> value, e.g.
     `{"algo.name": "ccpo", "env.id": ...}`; None values are not checked) matches; it was written by `world_size`
     ranks (if given); its weights are finite; and, with `module` (what it will be loaded into), its weights under
-    `prefix` have exactly the names and shapes of `module.state_dict()`. The finite weights: with `module`, its
-    parameters and the optimizer states; without, every floating tensor under `prefix` (e.g. `prefix="actor."`
-    for a policy: some training buffers hold NaN on purpose). `name` is how messages name the file (`ckpt_path`,
-    `run`, ...). Returns the loaded checkpoint.
+    `prefix` have exactly the names and shapes of `module.state_dict()`, once the module's `fill_state_defaults`
+    (where it has one: `SafeRLModule`) added what an earlier version's checkpoint lacks. The finite weights: with
+    `module`, its parameters and the optimizer states; without, every floating tensor under `prefix` (e.g.
+    `prefix="actor."` for a policy: some training buffers hold NaN on purpose). `name` is how messages name the
+    file (`ckpt_path`, `run`, ...). Returns the loaded checkpoint.
     """
     label = f"{name}={str(path)!r}"
     if Path(path).is_dir():
@@ -308,6 +309,8 @@ def check_checkpoint(path: str | os.PathLike, *, name: str = "ckpt_path", expect
                           f"trainer.devices x trainer.num_nodes = {ranks}")
     weights = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix) and torch.is_tensor(v)}
     if module is not None:
+        if not prefix and hasattr(module, "fill_state_defaults"):
+            module.fill_state_defaults(weights)
         _check_shapes(label, weights, module.state_dict(), prefix)
     bad = first_nonfinite(_weights_to_check(ckpt, weights, module, prefix))
     if bad is not None:

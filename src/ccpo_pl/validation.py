@@ -242,6 +242,7 @@ SCHEMA: dict[str, Rule] = {
     "algo.estep_states": choice("batch", "behaviour"),
     "algo.num_samples": integer(2),
     "algo.kappa": POSITIVE,
+    "algo.action_penalty": NON_NEGATIVE,
     "algo.dual.eta_init": POSITIVE,
     "algo.dual.lam_init": NON_NEGATIVE,
     "algo.dual.iters": integer(1),

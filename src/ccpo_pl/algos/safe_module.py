@@ -177,6 +177,11 @@ class SafeRLModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpointing.restore_training_state(self, checkpoint)
+        self.fill_state_defaults(checkpoint.get("state_dict", {}))
+
+    def fill_state_defaults(self, state_dict: dict) -> None:
+        """Adds to a checkpoint's `state_dict`, in place, the buffers that checkpoints of earlier versions lack, at
+        their initial values, so that those checkpoints load strictly (and pass `check_checkpoint`). None here."""
 
     def on_train_start(self) -> None:
         if self.rollouts is not None:

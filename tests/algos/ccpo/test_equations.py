@@ -228,6 +228,35 @@ def _normal(mu, sigma):
     return torch.distributions.Independent(torch.distributions.Normal(mu, sigma), 1)
 
 
+def test_action_penalty_is_minus_the_distance_to_the_box_by_hand():
+    actions = torch.tensor([[0.5, -0.5], [2.0, -1.0], [1.5, -3.0], [-1.0, 1.0]])
+    expected = torch.tensor([0.0, -1.0, -math.sqrt(0.5**2 + 2.0**2), 0.0])
+    assert torch.allclose(eq.action_penalty(actions), expected)
+    assert torch.allclose(eq.action_penalty(actions, low=-2.0, high=2.0), torch.tensor([0.0, 0.0, -1.0, 0.0]))
+
+
+def test_penalty_temperature_minimises_its_dual_and_spends_its_kl_pulling_samples_into_the_box():
+    gen = torch.Generator().manual_seed(3)
+    loc, scale = torch.tensor([0.9, -0.2]), torch.tensor([1.0, 0.5])  # the first dimension leaves the box often
+    actions = loc + scale * torch.randn(2, 64, 128, 2, generator=gen, dtype=F64)
+    q_pen = eq.action_penalty(actions)
+    kappa_pen = 0.01
+    eta = eq.solve_penalty_temperature(q_pen, kappa_pen, torch.ones(2, dtype=F64), iters=COLD_ITERS)
+    grid = torch.logspace(-3, 3, 4001, dtype=F64)[:, None].expand(-1, 2)
+    g_grid = eq.estep_dual(grid, torch.zeros_like(grid), q_pen, torch.zeros_like(q_pen), torch.zeros(2, dtype=F64),
+                           kappa_pen)
+    g = eq.estep_dual(eta, torch.zeros_like(eta), q_pen, torch.zeros_like(q_pen), torch.zeros(2, dtype=F64), kappa_pen)
+    assert (g <= g_grid.min(0).values + 1e-9).all()
+    w = torch.softmax(q_pen / eta[:, None, None], dim=-1)
+    kl = (w * torch.log(w * q_pen.shape[-1])).sum(-1).mean(-1)  # mean_s KL(w_s || uniform) = KL(q || pi_old)
+    assert torch.allclose(kl, torch.full_like(kl, kappa_pen), rtol=1e-3)  # the bound is active at the optimum
+    mean_w = (w[..., None] * actions).sum(-2)
+    var_w = (w[..., None] * (actions - mean_w[..., None, :]) ** 2).sum(-2)
+    assert (mean_w[..., 0] < actions[..., 0].mean(-1)).float().mean() > 0.9  # towards the box
+    assert var_w[..., 0].mean() < actions[..., 0].var(-1, unbiased=False).mean()  # narrower
+    assert (eq.action_penalty(actions.clamp(-1, 1)) == 0).all()
+
+
 def test_kl_mean_and_kl_cov_match_torch_distributions():
     mu_old, mu, sigma_old, sigma = _gaussians(8)
     kl = torch.distributions.kl_divergence

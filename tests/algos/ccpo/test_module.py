@@ -115,10 +115,13 @@ def test_an_update_starts_from_cleared_gradients(make_module):
         assert torch.equal(a, b), name
 
 
-def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_the_e_and_m_steps(make_module):
+@pytest.mark.parametrize("penalty", [0.0, 0.01])
+def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_the_e_and_m_steps(make_module, penalty):
     """`cvi_update` against the sequential algorithm written out: critic step (own backward), then the E-step on the
-    target critic and pi_old, the M-step objective and the actor step (own backward), then the KL multipliers."""
-    fused, sequential = make_module("algo.estep_precision=fp32"), make_module("algo.estep_precision=fp32")
+    target critic and pi_old (with the action penalty's objective added where it is on), the M-step objective and
+    the actor step (own backward), then the KL multipliers."""
+    args = ("algo.estep_precision=fp32", f"algo.action_penalty={penalty}")
+    fused, sequential = make_module(*args), make_module(*args)
     batch = random_batch()
     eps = torch.tensor([20.0, 40.0, 60.0, 33.0])
     bins = fused.bin_index(eps)
@@ -134,8 +137,15 @@ def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_th
     m.critic_step(batch, eps)  # draws the next-action noise first, as cvi_update does
     states = m.split_states(batch["observation"], len(eps))
     noise = torch.randn(*states.shape[:2], hp.num_samples, hp.act_dim)
-    actions, weights, eta, lam, loc_old, scale_old, q_means = m.estep(states, eps, noise, m.eta[bins], m.lam[bins],
-                                                                      m.c_gap[bins], m.c_gap_n[bins])
+    actions, weights, eta, lam, eta_pen, loc_old, scale_old, q_means = m.estep(
+        states, eps, noise, m.eta[bins], m.lam[bins], m.c_gap[bins], m.c_gap_n[bins], m.eta_pen[bins])
+    if penalty:  # the task's weights (rows summing to 1) plus the penalty's
+        q_pen = -(actions - actions.clamp(-1.0, 1.0)).norm(dim=-1)
+        eta_pen_alone = eq.solve_penalty_temperature(q_pen, penalty, m.eta_pen[bins], iters=hp.dual["iters"])
+        assert torch.allclose(eta_pen, eta_pen_alone) and not torch.allclose(eta_pen, m.eta_pen[bins])
+        assert torch.allclose(weights.sum(-1), torch.full_like(weights[..., 0], 2.0))
+    else:
+        assert torch.equal(eta_pen, m.eta_pen[bins])
     loss, kl_mu, kl_sigma = m.mstep_objective(states, eps.view(-1, 1, 1), actions, weights, loc_old, scale_old,
                                               m.alpha_mu[bins], m.alpha_sigma[bins])
     m.optimizer_step(m.optimizers()[1], loss)
@@ -148,6 +158,7 @@ def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_th
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), f"actor {name}"
     assert not torch.equal(fused.actor.state_dict()["mu.weight"], make_module().actor.state_dict()["mu.weight"])
     assert torch.allclose(fused.eta[bins], eta) and torch.allclose(fused.lam[bins], lam)
+    assert torch.allclose(fused.eta_pen[bins], eta_pen)
     assert torch.allclose(fused.alpha_mu[bins], alpha_mu)
     # the first batch of each bin is its running cost gap: this batch's mean Q_c minus eps in Q units
     assert torch.equal(fused.c_gap_n[bins], torch.ones(4))
@@ -155,15 +166,17 @@ def test_one_backward_through_both_losses_is_the_update_of_a_critic_step_then_th
 
 
 def test_a_state_dict_without_the_running_cost_gap_loads_with_no_batch_averaged(make_module):
-    """Checkpoints written before the running cost gap existed load strictly, with the gap's initial state."""
+    """Checkpoints written before the running cost gap and the action penalty existed load strictly, with the gap's
+    and the penalty temperature's initial state."""
     old, new = make_module(), make_module()
-    new.c_gap.fill_(3.0), new.c_gap_n.fill_(7.0)
-    state = {k: v for k, v in old.state_dict().items() if k not in ("c_gap", "c_gap_n")}
+    new.c_gap.fill_(3.0), new.c_gap_n.fill_(7.0), new.eta_pen.fill_(5.0)
+    state = {k: v for k, v in old.state_dict().items() if k not in ("c_gap", "c_gap_n", "eta_pen")}
     with pytest.raises(RuntimeError, match="c_gap"):
         new.load_state_dict(dict(state))
     new.fill_state_defaults(state)
     new.load_state_dict(state)
     assert (new.c_gap == 0).all() and (new.c_gap_n == 0).all()
+    assert (new.eta_pen == new.hparams.dual["eta_init"]).all()
 
 
 def test_lam_at_cap_is_logged_per_bin_as_the_share_of_updates_since_the_last_log(monkeypatch, make_module):

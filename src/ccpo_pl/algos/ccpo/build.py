@@ -40,7 +40,8 @@ def build(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> CCPO:
         tau=a.tau, lr_actor=a.lr_actor, lr_critic=a.lr_critic, n_eps=a.n_eps, versatile_start=a.versatile_start,
         versatile_frac=a.versatile_frac, states_per_eps=a.states_per_eps,
         estep_states=a.get("estep_states", "batch"), num_samples=a.num_samples,
-        kappa=a.kappa, dual=plain["dual"], kl_mean_bound=a.kl_mean_bound, kl_cov_bound=a.kl_cov_bound,
+        kappa=a.kappa, action_penalty=a.get("action_penalty", 0.0), dual=plain["dual"],
+        kl_mean_bound=a.kl_mean_bound, kl_cov_bound=a.kl_cov_bound,
         kl_lr=tuple(a.kl_lr), kl_max=tuple(a.kl_max), cvi=a.cvi, lagrangian=plain["lagrange"], compile=a.compile,
         estep_precision=a.estep_precision, threshold=threshold, **base_kwargs,
     )

@@ -326,6 +326,42 @@ def track_estep_dual(
     return solve_estep_dual(q_r, q_c, eps_q, kappa, eta0, lam0, c_gap=gap, **solver)
 
 
+def action_penalty(actions: Tensor, low: float = -1.0, high: float = 1.0) -> Tensor:
+    """MO-MPO action penalization (Abdolmaleki et al. 2020, sec. 5): Q_pen(s, a) = -||a - clip(a, low, high)||_2.
+
+    A second E-step objective: the distance of a sampled action from the action box the env clips it to, 0 inside
+    the box. Outside it the env cannot tell the actions apart, so the critic's values there carry no signal.
+
+    Args:
+        actions: [..., K, A] actions sampled from the old policy.
+        low, high: the action box.
+
+    Returns:
+        [..., K], <= 0.
+    """
+    return -(actions - actions.clamp(low, high)).norm(dim=-1)
+
+
+def solve_penalty_temperature(q_pen: Tensor, kappa_pen: float, eta0: Tensor, **solver) -> Tensor:
+    """MO-MPO's per-objective E-step for the action penalty: the temperature eta_pen minimising the
+    unconstrained dual g(eta) = eta * kappa_pen + eta * mean_s log mean_k exp(Q_pen / eta) (eq. 10 with lam = 0).
+
+    Args:
+        q_pen: [E, S, K] `action_penalty` of the sampled actions.
+        kappa_pen: the penalty objective's KL bound (how far its weights may move from pi_old).
+        eta0: [E] warm start.
+        solver: further keyword arguments of `solve_estep_dual` (iters, eta_min, eta_max, reduce).
+
+    Returns:
+        eta_pen [E] (detached). Where no sample leaves the box, g = eta * kappa_pen and eta_pen goes to eta_min;
+        the weights softmax_k(Q_pen / eta_pen) are then uniform whatever eta_pen is.
+    """
+    zeros = torch.zeros_like(eta0)
+    eta, _ = solve_estep_dual(q_pen, torch.zeros_like(q_pen), torch.ones_like(eta0), kappa_pen, eta0, zeros,
+                              lam_max=0.0, **solver)
+    return eta
+
+
 def estep_weights(q_r: Tensor, q_c: Tensor, eta: Tensor, lam: Tensor) -> Tensor:
     """CCPO slides eq. (8): nonparametric q_i* over the K sampled actions, softmax_k((Q_r - lam Q_c) / eta).
 

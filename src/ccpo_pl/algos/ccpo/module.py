@@ -48,6 +48,15 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    updates draw the same numbers.
 8. Critic ensemble (`critic_ensemble` n > 1, ours): n critics trained on one target built from the pessimistic pair
    (min_j Q_r^j, max_j Q_c^j) of the target critics, which also gives the E-step's Q values (`nets.CriticEnsemble`).
+9. Action penalty (`action_penalty` > 0, MO-MPO's action penalization, Abdolmaleki et al. 2020; off by default):
+   a second E-step objective Q_pen = -||a - clip(a)|| with its own temperature per threshold bin (KL bound
+   `action_penalty`), whose weights join the M-step's. Why: the actor's samples are raw Gaussian draws that the env
+   clips, so nothing in the task's E-step keeps them in the box. At the end of the Table 1 runs, 33 % (DroneCircle)
+   and 57 % (DroneRun) of sampled action coordinates lay outside it, the policy std averaged 0.75 and 2.8, and the
+   critic's values of those raw actions differed from those of the clipped ones (which the env cannot tell apart) by
+   0.70 and 0.53, against a spread of 0.98 and 0.76 over the samples of a state: the E-step ranked them partly by
+   that difference, and the sampled policy the constraint holds for is far from the mean-action policy evaluated
+   (`benchmarks/action_box.py`, benchmarks/results_notes.md).
 Ablations: `cvi=False` replaces steps 2-3 by a Lagrangian actor loss with one multiplier per threshold bin driven
 by Q_c against the Q-unit threshold (`lagrangian.method`: projected gradient or PID, `algos.lagrange`);
 `vve=False` is a critic with eps appended to its input (`nets.PlainCritic`).
@@ -86,9 +95,10 @@ class EStep(NamedTuple):
     """The conditioned E-step of an update at thresholds `eps [E]` on states `[E, S]` with K actions each."""
 
     actions: Tensor  # [E, S, K, A], drawn from pi_old(.|s, eps_i)
-    weights: Tensor  # [E, S, K], eq. (8)
+    weights: Tensor  # [E, S, K], eq. (8), plus the action penalty's weights where it is on
     eta: Tensor  # [E], the dual solution
     lam: Tensor  # [E]
+    eta_pen: Tensor  # [E], the action penalty's temperature (its warm start where the penalty is off)
     loc_old: Tensor  # [E, S, A], pi_old
     scale_old: Tensor  # [E, S, A]
     q_means: Tensor  # [2, E]: the batch means of q_r and q_c
@@ -111,6 +121,7 @@ class Objectives(NamedTuple):
     loss_actor: Tensor
     eta: Tensor  # [E], E-step dual
     lam: Tensor  # [E]
+    eta_pen: Tensor  # [E], the action penalty's temperature
     alpha_mu: Tensor  # [E], KL multipliers after their step
     alpha_sigma: Tensor  # [E]
     c_gap: Tensor  # [E], the running cost-gap estimate with this batch folded in
@@ -146,6 +157,7 @@ class CCPO(SafeRLModule):
         estep_states: str = "batch",
         num_samples: int = 16,
         kappa: float = 0.02,
+        action_penalty: float = 0.0,
         dual: dict | None = None,
         kl_mean_bound: float = 0.005,
         kl_cov_bound: float = 0.0005,
@@ -173,6 +185,7 @@ class CCPO(SafeRLModule):
         n_bins = len(self.eps_bins)
         self.register_buffer("eta", torch.full((n_bins,), float(self.dual["eta_init"])))
         self.register_buffer("lam", torch.full((n_bins,), float(self.dual["lam_init"])))
+        self.register_buffer("eta_pen", torch.full((n_bins,), float(self.dual["eta_init"])))  # action penalty's
         self.register_buffer("alpha_mu", torch.zeros(n_bins))
         self.register_buffer("alpha_sigma", torch.zeros(n_bins))
         # per-bin running estimates for logging, columns `STATS_COLUMNS`
@@ -193,6 +206,8 @@ class CCPO(SafeRLModule):
         if estep_states not in ESTEP_STATES:
             raise ValueError(f"algo.estep_states={estep_states!r} is not allowed; use {' or '.join(ESTEP_STATES)}")
         self.register_buffer("collected_eps", torch.tensor(sorted(self.collection_eps())), persistent=False)
+        if not action_penalty >= 0.0:
+            raise ValueError(f"algo.action_penalty={action_penalty!r} is not allowed; use a KL bound >= 0 (0 = off)")
         if estep_precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"algo.estep_precision={estep_precision!r} is not allowed; use auto, bf16 or fp32")
 
@@ -237,13 +252,13 @@ class CCPO(SafeRLModule):
         rows = training_state(checkpoint).get("eps_rows")  # absent from checkpoints before the table: drawn anew
         if rows is not None:
             self._eps_rows, self._eps_rows_versatile = rows[0], int(rows[1])
-        self.fill_state_defaults(checkpoint.get("state_dict", {}))
 
     def fill_state_defaults(self, state_dict: dict) -> None:
-        """Adds the buffers a checkpoint without the running cost gap lacks, at their initial values (no batch
-        averaged yet), so that such checkpoints load strictly."""
+        """Adds the buffers a checkpoint without the running cost gap or the action penalty's temperature lacks, at
+        their initial values, so that such checkpoints load strictly."""
         for name in ("c_gap", "c_gap_n"):
             state_dict.setdefault(name, torch.zeros_like(getattr(self, name)))
+        state_dict.setdefault("eta_pen", torch.full_like(self.eta_pen, float(self.dual["eta_init"])))
 
     def on_new_collect(self) -> None:
         """After every collection: the trust-region anchor pi_old becomes the policy that collected it (FSRL)."""
@@ -292,10 +307,11 @@ class CCPO(SafeRLModule):
         out: Objectives = self.objectives_fn(
             batch["observation"], act, nxt["observation"], nxt["reward"].view(-1), nxt["cost"].view(-1),
             nxt["terminated"].view(-1), eps, noise_next, states, noise, self.eta[bins], self.lam[bins],
-            self.alpha_mu[bins], self.alpha_sigma[bins], self.c_gap[bins], self.c_gap_n[bins])
+            self.eta_pen[bins], self.alpha_mu[bins], self.alpha_sigma[bins], self.c_gap[bins], self.c_gap_n[bins])
         self.check_finite(self.parameter_tensors, can_skip=False, finite=out.params_finite)  # the last update's
         if not self.check_finite({"critic loss": out.loss_critic, "E-step dual eta": out.eta,
-                                  "E-step dual lam": out.lam, "actor loss": out.loss_actor,
+                                  "E-step dual lam": out.lam, "action penalty eta_pen": out.eta_pen,
+                                  "actor loss": out.loss_actor,
                                   "KL multiplier alpha_mu": out.alpha_mu, "KL multiplier alpha_sigma": out.alpha_sigma,
                                   "E-step statistics": torch.stack(out.stats), "E-step cost gap": out.c_gap},
                                  suspects=batch_suspects(batch), finite=out.finite):
@@ -307,7 +323,7 @@ class CCPO(SafeRLModule):
         critic_opt.step()
         actor_opt.step()
         with torch.no_grad():
-            self.eta[bins], self.lam[bins] = out.eta, out.lam
+            self.eta[bins], self.lam[bins], self.eta_pen[bins] = out.eta, out.lam, out.eta_pen
             self.alpha_mu[bins], self.alpha_sigma[bins] = out.alpha_mu, out.alpha_sigma
             self.c_gap[bins], self.c_gap_n[bins] = out.c_gap, self.c_gap_n[bins] + 1
             self.update_stats(bins, **out.stats._asdict())
@@ -318,15 +334,15 @@ class CCPO(SafeRLModule):
 
     def update_objectives(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, cost: Tensor,
                           terminated: Tensor, eps: Tensor, noise_next: Tensor, states: Tensor, noise: Tensor,
-                          eta0: Tensor, lam0: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor, c_gap: Tensor,
-                          c_gap_n: Tensor) -> Objectives:
+                          eta0: Tensor, lam0: Tensor, eta_pen0: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor,
+                          c_gap: Tensor, c_gap_n: Tensor) -> Objectives:
         """The objectives of an update at thresholds `eps [E]`: `td_loss` on the batch, `estep` and
         `mstep_objective` on `states [E, S, obs]` (with the multipliers alpha_mu, alpha_sigma and the running cost
         gap c_gap of c_gap_n batches), then the multipliers' step on the measured KL (`Objectives`)."""
         hp = self.hparams
         loss_critic = self.td_loss(obs, act, next_obs, reward, cost, terminated, eps.view(-1, 1, 1), noise_next)
         eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
-        e = self.estep(states, eps, noise, eta0, lam0, c_gap, c_gap_n)
+        e = self.estep(states, eps, noise, eta0, lam0, c_gap, c_gap_n, eta_pen0)
         loss_actor, kl_mu, kl_sigma = self.mstep_objective(states, eps.view(-1, 1, 1), e.actions, e.weights,
                                                            e.loc_old, e.scale_old, alpha_mu, alpha_sigma)
         stats = torch.cat((torch.stack((kl_mu.detach(), kl_sigma.detach())), e.q_means))
@@ -338,18 +354,22 @@ class CCPO(SafeRLModule):
         # the estimate kept: this batch's gap averaged across ranks (the one the solve used was the rank's own)
         c_gap, _ = eq.running_cost_gap(c_gap, c_gap_n, stats.q_c - eps_q, self.dual["gap_decay"])
         finite = all_finite({"losses": torch.stack((loss_critic, loss_actor)), "eta": e.eta, "lam": e.lam,
+                             "eta_pen": e.eta_pen,
                              "alpha_mu": alpha_mu, "alpha_sigma": alpha_sigma, "stats": torch.stack(stats),
                              "c_gap": c_gap})
-        return Objectives(loss_critic, loss_actor, e.eta, e.lam, alpha_mu, alpha_sigma, c_gap, stats,
+        return Objectives(loss_critic, loss_actor, e.eta, e.lam, e.eta_pen, alpha_mu, alpha_sigma, c_gap, stats,
                           all_finite(dict(self.named_parameters())), finite)
 
     @torch.no_grad()
     def estep(self, obs: Tensor, eps: Tensor, noise: Tensor, eta0: Tensor, lam0: Tensor, c_gap: Tensor,
-              c_gap_n: Tensor) -> EStep:
+              c_gap_n: Tensor, eta_pen0: Tensor) -> EStep:
         """Conditioned E-step (slides eqs. 7-10) for `obs [E, S, obs]` at thresholds `eps [E]`: K = noise.shape[2]
         actions per state from pi_old(.|s, eps_i), their Q from the target critic, the dual (eta_i, lam_i) warm-
         started at (eta0, lam0) with the constraint's state-level part from the running estimate (c_gap of
-        c_gap_n batches, this batch's folded in), and the weights (eq. 8)."""
+        c_gap_n batches, this batch's folded in), and the weights (eq. 8). With `action_penalty` > 0, MO-MPO's
+        second objective: the weights softmax_k(Q_pen / eta_pen) of `eq.action_penalty`, eta_pen warm-started at
+        eta_pen0, are added (the M-step's weighted likelihood is linear in the weights: the sum of the two
+        objectives' M-steps)."""
         hp = self.hparams
         loc_old, scale_old = self.actor_old(obs, eps.view(-1, 1, 1))  # [E, S, A]
         actions = loc_old.unsqueeze(2) + scale_old.unsqueeze(2) * noise  # [E, S, K, A]
@@ -363,7 +383,13 @@ class CCPO(SafeRLModule):
             **{k: v for k, v in self.dual.items() if k not in ("eta_init", "lam_init")},
         )
         weights = eq.estep_weights(q_r, q_c, eta, lam)
-        return EStep(actions, weights, eta, lam, loc_old, scale_old, q_means)
+        eta_pen = eta_pen0
+        if hp.action_penalty > 0:
+            q_pen = eq.action_penalty(actions)
+            eta_pen = eq.solve_penalty_temperature(q_pen, hp.action_penalty, eta_pen0, iters=self.dual["iters"],
+                                                   reduce=self.dual_reduce)
+            weights = weights + torch.softmax(q_pen / eta_pen[:, None, None], dim=-1)
+        return EStep(actions, weights, eta, lam, eta_pen, loc_old, scale_old, q_means)
 
     def mstep_objective(self, obs: Tensor, eps: Tensor, actions: Tensor, weights: Tensor, loc_old: Tensor,
                         scale_old: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
