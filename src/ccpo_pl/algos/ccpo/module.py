@@ -385,7 +385,7 @@ class CCPO(SafeRLModule):
         weights = eq.estep_weights(q_r, q_c, eta, lam)
         eta_pen = eta_pen0
         if hp.action_penalty > 0:
-            q_pen = eq.action_penalty(actions)
+            q_pen = eq.action_penalty(actions)  # the box [-1, 1]: the actor's tanh-bounded mean, the envs' actions
             eta_pen = eq.solve_penalty_temperature(q_pen, hp.action_penalty, eta_pen0, iters=self.dual["iters"],
                                                    reduce=self.dual_reduce)
             weights = weights + torch.softmax(q_pen / eta_pen[:, None, None], dim=-1)
