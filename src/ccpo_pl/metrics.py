@@ -101,3 +101,46 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if not finite:
         return math.nan, math.nan
     return float(np.mean(finite)), float(np.std(finite))
+
+
+def sweep_grid(eps_range: Sequence[float], step: float = 2.5, ends: int = 2) -> list[float]:
+    """A fine threshold grid for a policy's J_c(eps): `eps_range` every `step`, plus `ends` steps beyond each end
+    (the extrapolated thresholds), keeping only thresholds > 0."""
+    lo, hi, step = float(eps_range[0]), float(eps_range[1]), float(step)
+    n = int(math.floor((hi - lo) / step + 1e-9))
+    grid = [lo + i * step for i in range(-ends, n + 1 + ends)]
+    return [round(e, 6) for e in grid if e > 0]
+
+
+def monotone_within_noise(eps: Sequence[float], cost_mean: Sequence[float], cost_sem: Sequence[float],
+                          z: float = 2.0) -> tuple[bool, float]:
+    """Whether J_c(eps) is non-decreasing in eps within noise: for every pair eps_i < eps_j the drop
+    J_c(eps_i) - J_c(eps_j) stays within z combined standard errors sqrt(sem_i^2 + sem_j^2). Returns (monotone,
+    the largest drop in those standard errors; 0 where J_c never falls)."""
+    order = np.argsort(np.asarray(eps, dtype=float), kind="stable")
+    c = np.asarray(cost_mean, dtype=float)[order]
+    s = np.asarray(cost_sem, dtype=float)[order]
+    drop = c[:, None] - c[None, :]  # [i, j]: J_c(eps_i) - J_c(eps_j)
+    se = np.sqrt(s[:, None] ** 2 + s[None, :] ** 2)
+    later = np.triu(np.ones_like(drop, dtype=bool), k=1)  # pairs eps_i < eps_j
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(drop > 0, np.where(se > 0, drop / se, np.inf), 0.0)
+    worst = float(score[later].max()) if later.any() else 0.0
+    return worst <= z, worst
+
+
+def sweep_summary(eps: Sequence[float], ep_cost: Tensor, *, tolerance: float = 0.1) -> dict[str, float | bool]:
+    """What a fine-grid sweep of one policy says about its cost: the worst CV(eps) (`cost_violation` of the mean
+    episode cost) and where it is, the worst CV relative to eps, the share of thresholds whose CV exceeds
+    `tolerance` * eps, and whether J_c(eps) is monotone within noise (`monotone_within_noise`, standard errors of
+    the mean over episodes, ddof=1). `ep_cost`: `[n_eps, episodes]`, row i at `eps[i]`."""
+    c = ep_cost.double()
+    eps_t = torch.tensor([float(e) for e in eps], dtype=torch.float64)
+    cost_mean = c.mean(1)
+    sem = c.std(1, correction=1) / math.sqrt(c.shape[1]) if c.shape[1] > 1 else torch.zeros_like(cost_mean)
+    cv = cost_violation(cost_mean, eps_t)
+    i = int(cv.argmax())
+    monotone, drop = monotone_within_noise(eps_t.tolist(), cost_mean.tolist(), sem.tolist())
+    return {"worst_cv": float(cv[i]), "worst_cv_eps": float(eps_t[i]), "worst_cv_rel": float((cv / eps_t).max()),
+            "share_violated": float((cv > tolerance * eps_t).double().mean()), "monotone": monotone,
+            "max_drop_se": drop}
