@@ -87,7 +87,9 @@ class TrainingLog:
         flat = flat.cpu()
         n_named = len(names)
         metrics = dict(zip(names, flat[:n_named].tolist()))
-        metrics |= episode_metrics(module.hparams.eps_behavior, flat[n_named:n_named + episodes.numel()].view(-1, 3))
+        episodes = flat[n_named:n_named + episodes.numel()].view(-1, 3)
+        module.on_training_episodes(episodes)
+        metrics |= episode_metrics(module.hparams.eps_behavior, episodes)
         loss_c, loss_a, ms, collect_s, update_s, n = flat[n_named + episodes.numel():].tolist()
         if n > 0:  # a cycle with updates (the first collection after a start has none)
             frames = rollouts.stream.frames_per_collect * world

@@ -243,6 +243,7 @@ SCHEMA: dict[str, Rule] = {
     "algo.num_samples": integer(2),
     "algo.kappa": POSITIVE,
     "algo.action_penalty": NON_NEGATIVE,
+    "algo.episode_cost_decay": number(0, 1),
     "algo.dual.eta_init": POSITIVE,
     "algo.dual.lam_init": NON_NEGATIVE,
     "algo.dual.iters": integer(1),

@@ -102,6 +102,10 @@ class SafeRLModule(L.LightningModule):
     def on_new_collect(self) -> None:
         """Hook: a collection just finished (e.g. refresh the trust-region anchor)."""
 
+    def on_training_episodes(self, episodes: Tensor) -> None:
+        """Hook: the training episodes that ended in the last collection, `[n_beh, 3]` (count, reward sum, cost sum
+        per behaviour threshold), averaged across ranks (`training_log.TrainingLog.log`)."""
+
     # ---------------------------------------------------------------- numerical faults
     def check_finite(self, tensors: dict[str, Tensor], can_skip: bool = True,
                      suspects: dict[str, Tensor] | None = None, finite: Tensor | None = None) -> bool:

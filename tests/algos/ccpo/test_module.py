@@ -330,3 +330,39 @@ def test_behaviour_estep_states_are_those_collected_at_the_thresholds_around_eps
     assert torch.equal(split, batch["observation"][: per * len(eps)].view(len(eps), per, OBS))
     module.on_new_collect()
     assert module.cvi_update(random_batch(), eps, module.bin_index(eps)) is not None
+
+
+def test_measured_episode_costs_replace_the_critic_gap_of_the_dual_at_behaviour_thresholds(monkeypatch, make_module):
+    """With `episode_cost_decay` the dual is solved with the critic's running gap plus the correction that makes it,
+    at each behaviour threshold, the gap its training episodes measured (in Q units), and between them the critic's
+    gap plus the interpolated difference; off (0), with the critic's gap alone."""
+    module = make_module("algo.episode_cost_decay=0.5", "algo.dual.gap_decay=1e-6")
+    hp = module.hparams
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen["c_gap"] = kwargs["c_gap"]
+        return solve(*args, **kwargs)
+
+    solve = eq.solve_estep_dual
+    monkeypatch.setattr(eq, "solve_estep_dual", spy)
+    # two collections: at 20 / 40 / 60 mean costs (2+4)/2 = 3, 30 (one collection), 90 / 60 -> (70+90)/2 = 80
+    module.on_training_episodes(torch.tensor([[2.0, 0.0, 4.0], [0.0, 0.0, 0.0], [2.0, 0.0, 140.0]]))
+    module.on_training_episodes(torch.tensor([[1.0, 0.0, 2.0], [1.0, 0.0, 30.0], [1.0, 0.0, 90.0]]))
+    assert torch.allclose(module.ep_cost, torch.tensor([2.0, 30.0, 80.0]))
+    assert module.ep_cost_n.tolist() == [2.0, 1.0, 2.0]
+    # warm critic gaps (a batch then moves them by a weight of 1e-6): 1 at every bin
+    module.c_gap.fill_(1.0), module.c_gap_n.fill_(1e9)
+    module.on_new_collect()
+    eps = torch.tensor([20.0, 40.0, 60.0, 50.0])
+    module.cvi_update(random_batch(), eps, module.bin_index(eps))
+    measured = eq.eps_to_q_units(torch.tensor([2.0 - 20, 30.0 - 40, 80.0 - 60]), hp.gamma, hp.horizon)
+    assert torch.allclose(seen["c_gap"][:3], measured, atol=1e-4)
+    assert seen["c_gap"][3].item() == pytest.approx(1.0 + ((measured[1] - 1) + (measured[2] - 1)).item() / 2, abs=1e-4)
+    off = make_module("algo.dual.gap_decay=1e-6")
+    off.on_training_episodes(torch.tensor([[2.0, 0.0, 4.0], [0.0, 0.0, 0.0], [2.0, 0.0, 140.0]]))
+    assert (off.ep_cost_n == 0).all() and off.gap_offset(eps) is None
+    off.c_gap.fill_(1.0), off.c_gap_n.fill_(1e9)
+    off.on_new_collect()
+    off.cvi_update(random_batch(), eps, off.bin_index(eps))
+    assert torch.allclose(seen["c_gap"], torch.ones(4), atol=1e-4)  # the critic's gap alone

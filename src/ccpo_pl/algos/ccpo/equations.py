@@ -47,6 +47,46 @@ def eps_to_q_units(eps: float | Tensor, gamma: float, horizon: int) -> float | T
     return eps * (1.0 - gamma**horizon) / ((1.0 - gamma) * horizon)
 
 
+def episode_cost_correction(eps: Tensor, eps_behavior: Tensor, ep_gap_q: Tensor, critic_gap: Tensor,
+                            measured: Tensor) -> Tensor:
+    """The correction of the E-step constraint's state-level gap by the measured episode costs (OmniSafe's
+    off-policy Lagrangian methods drive their multiplier by the measured episode cost for the same reason: the
+    critic's mean over replay states is not the policy's own cost).
+
+    At each behaviour threshold b the critic's running gap (`running_cost_gap`, over the mixed replay states of all
+    behaviour policies) is replaced by the gap its own training episodes measure, in Q units
+    (`eps_to_q_units(J_c(b) - b)`): bias_b = ep_gap_q_b - critic_gap_b, 0 where no episode was measured yet. At
+    any other threshold the bias is interpolated linearly in eps between its neighbouring behaviour thresholds and
+    held constant beyond the first and the last.
+
+    Args:
+        eps: [E] the update's thresholds.
+        eps_behavior: [N] the behaviour thresholds, ascending.
+        ep_gap_q: [N] running mean episode cost minus the threshold, in Q units.
+        critic_gap: [N] the critic's running gap at the behaviour thresholds' bins.
+        measured: [N] True where episodes were measured.
+
+    Returns:
+        [E], added to the critic's gap at the update's thresholds.
+    """
+    bias = torch.where(measured, ep_gap_q - critic_gap, torch.zeros_like(critic_gap))
+    if eps_behavior.numel() == 1:
+        return bias.expand(eps.shape)
+    x = eps.clamp(eps_behavior[0], eps_behavior[-1])
+    hi = torch.searchsorted(eps_behavior, x).clamp(1, eps_behavior.numel() - 1)
+    lo = hi - 1
+    t = (x - eps_behavior[lo]) / (eps_behavior[hi] - eps_behavior[lo])
+    return bias[lo] + t * (bias[hi] - bias[lo])
+
+
+def running_mean(mean: Tensor, count: Tensor, value: Tensor, decay: float, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """`running_cost_gap`'s average where `valid`: the plain mean of the first 1 / decay values, then an
+    exponential moving average with weight `decay`; entries where `valid` is False are left as they are.
+    Returns (mean, count)."""
+    new_mean, new_count = running_cost_gap(mean, count, value, decay)
+    return torch.where(valid, new_mean, mean), torch.where(valid, new_count, count)
+
+
 def behaviour_state_weights(eps: Tensor, collected: Tensor, thresholds: Tensor) -> Tensor:
     """Ours: the weight of each replay transition among the E-step's states at each threshold, by the behaviour
     threshold it was collected at: the linear-combination weights of the two behaviour thresholds around eps (CCPO
@@ -308,6 +348,7 @@ def track_estep_dual(
     c_gap_n: Tensor,
     *,
     gap_decay: float,
+    gap_offset: Tensor | None = None,
     **solver,
 ) -> tuple[Tensor, Tensor]:
     """CCPO slides eq. (10) as solved once per update: this batch's state-level gap folded into the running
@@ -317,12 +358,15 @@ def track_estep_dual(
         q_r, q_c, eps_q, kappa, eta0, lam0: as in `solve_estep_dual`.
         c_gap, c_gap_n: [E] running estimates and their batch counts (`running_cost_gap`).
         gap_decay: a warm estimate's weight of a new batch; 1 = the batch alone.
+        gap_offset: [E] added to the estimate for the solve (`episode_cost_correction`); None = 0.
         solver: further keyword arguments of `solve_estep_dual` (iters, lam_max, reduce, ...).
 
     Returns:
         eta [E], lam [E] (detached).
     """
     gap, _ = running_cost_gap(c_gap, c_gap_n, q_c.mean((1, 2)) - eps_q, gap_decay)
+    if gap_offset is not None:
+        gap = gap + gap_offset
     return solve_estep_dual(q_r, q_c, eps_q, kappa, eta0, lam0, c_gap=gap, **solver)
 
 

@@ -158,6 +158,7 @@ class CCPO(SafeRLModule):
         num_samples: int = 16,
         kappa: float = 0.02,
         action_penalty: float = 0.0,
+        episode_cost_decay: float = 0.0,
         dual: dict | None = None,
         kl_mean_bound: float = 0.005,
         kl_cov_bound: float = 0.0005,
@@ -193,6 +194,10 @@ class CCPO(SafeRLModule):
         # running estimate of the E-step constraint's state-level gap, and the batches averaged into it, per bin
         self.register_buffer("c_gap", torch.zeros(n_bins))
         self.register_buffer("c_gap_n", torch.zeros(n_bins))
+        # running mean episode cost of the training episodes per behaviour threshold (`episode_cost_decay`), and
+        # the collections averaged into it; ordered as eps_behavior
+        self.register_buffer("ep_cost", torch.zeros(len(eps_behavior)))
+        self.register_buffer("ep_cost_n", torch.zeros(len(eps_behavior)))
         # updates and updates with lam at its cap since the last log, per bin (`estep/lam_at_cap/eps_<eps>`)
         self.register_buffer("lam_cap_count", torch.zeros(n_bins, 2), persistent=False)
         if not cvi and self.lagrangian["method"] == "pid":  # PID state of the w/o-CVI multipliers, per bin
@@ -206,6 +211,9 @@ class CCPO(SafeRLModule):
         if estep_states not in ESTEP_STATES:
             raise ValueError(f"algo.estep_states={estep_states!r} is not allowed; use {' or '.join(ESTEP_STATES)}")
         self.register_buffer("collected_eps", torch.tensor(sorted(self.collection_eps())), persistent=False)
+        if not 0.0 <= episode_cost_decay <= 1.0:
+            raise ValueError(f"algo.episode_cost_decay={episode_cost_decay!r} is not allowed; use a weight in [0, 1] "
+                             "(0 = off)")
         if not action_penalty >= 0.0:
             raise ValueError(f"algo.action_penalty={action_penalty!r} is not allowed; use a KL bound >= 0 (0 = off)")
         if estep_precision not in ("auto", "bf16", "fp32"):
@@ -256,9 +264,33 @@ class CCPO(SafeRLModule):
     def fill_state_defaults(self, state_dict: dict) -> None:
         """Adds the buffers a checkpoint without the running cost gap or the action penalty's temperature lacks, at
         their initial values, so that such checkpoints load strictly."""
-        for name in ("c_gap", "c_gap_n"):
+        for name in ("c_gap", "c_gap_n", "ep_cost", "ep_cost_n"):
             state_dict.setdefault(name, torch.zeros_like(getattr(self, name)))
         state_dict.setdefault("eta_pen", torch.full_like(self.eta_pen, float(self.dual["eta_init"])))
+
+    def on_training_episodes(self, episodes: Tensor) -> None:
+        """After every collection, the training episodes that ended in it (`[n_beh, 3]`: count, reward sum, cost
+        sum per behaviour threshold, the same on every rank): their mean cost folded into `ep_cost`."""
+        decay = self.hparams.episode_cost_decay
+        if decay <= 0:
+            return
+        episodes = episodes.to(self.ep_cost)
+        n, cost = episodes[:, 0], episodes[:, 2]
+        valid = n > 0
+        self.ep_cost, self.ep_cost_n = eq.running_mean(self.ep_cost, self.ep_cost_n, cost / n.clamp(min=1e-12),
+                                                       decay, valid)
+
+    def gap_offset(self, eps: Tensor) -> Tensor | None:
+        """`[E]`: the measured episode costs' correction of the E-step's state-level gap at thresholds `eps`
+        (`eq.episode_cost_correction`); None with `episode_cost_decay` = 0."""
+        if self.hparams.episode_cost_decay <= 0:
+            return None
+        hp = self.hparams
+        beh = self.eps_behavior_t.to(eps)
+        order = beh.argsort()
+        beh_q = eq.eps_to_q_units(self.ep_cost - beh, hp.gamma, hp.horizon)
+        critic_gap = self.c_gap[self.bin_index(beh)]
+        return eq.episode_cost_correction(eps, beh[order], beh_q[order], critic_gap[order], self.ep_cost_n[order] > 0)
 
     def on_new_collect(self) -> None:
         """After every collection: the trust-region anchor pi_old becomes the policy that collected it (FSRL)."""
@@ -307,7 +339,8 @@ class CCPO(SafeRLModule):
         out: Objectives = self.objectives_fn(
             batch["observation"], act, nxt["observation"], nxt["reward"].view(-1), nxt["cost"].view(-1),
             nxt["terminated"].view(-1), eps, noise_next, states, noise, self.eta[bins], self.lam[bins],
-            self.eta_pen[bins], self.alpha_mu[bins], self.alpha_sigma[bins], self.c_gap[bins], self.c_gap_n[bins])
+            self.eta_pen[bins], self.alpha_mu[bins], self.alpha_sigma[bins], self.c_gap[bins], self.c_gap_n[bins],
+            self.gap_offset(eps))
         self.check_finite(self.parameter_tensors, can_skip=False, finite=out.params_finite)  # the last update's
         if not self.check_finite({"critic loss": out.loss_critic, "E-step dual eta": out.eta,
                                   "E-step dual lam": out.lam, "action penalty eta_pen": out.eta_pen,
@@ -335,14 +368,15 @@ class CCPO(SafeRLModule):
     def update_objectives(self, obs: Tensor, act: Tensor, next_obs: Tensor, reward: Tensor, cost: Tensor,
                           terminated: Tensor, eps: Tensor, noise_next: Tensor, states: Tensor, noise: Tensor,
                           eta0: Tensor, lam0: Tensor, eta_pen0: Tensor, alpha_mu: Tensor, alpha_sigma: Tensor,
-                          c_gap: Tensor, c_gap_n: Tensor) -> Objectives:
+                          c_gap: Tensor, c_gap_n: Tensor, gap_offset: Tensor | None = None) -> Objectives:
         """The objectives of an update at thresholds `eps [E]`: `td_loss` on the batch, `estep` and
         `mstep_objective` on `states [E, S, obs]` (with the multipliers alpha_mu, alpha_sigma and the running cost
-        gap c_gap of c_gap_n batches), then the multipliers' step on the measured KL (`Objectives`)."""
+        gap c_gap of c_gap_n batches, plus gap_offset in the dual's solve), then the multipliers' step on the measured
+        KL (`Objectives`)."""
         hp = self.hparams
         loss_critic = self.td_loss(obs, act, next_obs, reward, cost, terminated, eps.view(-1, 1, 1), noise_next)
         eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
-        e = self.estep(states, eps, noise, eta0, lam0, c_gap, c_gap_n, eta_pen0)
+        e = self.estep(states, eps, noise, eta0, lam0, c_gap, c_gap_n, eta_pen0, gap_offset)
         loss_actor, kl_mu, kl_sigma = self.mstep_objective(states, eps.view(-1, 1, 1), e.actions, e.weights,
                                                            e.loc_old, e.scale_old, alpha_mu, alpha_sigma)
         stats = torch.cat((torch.stack((kl_mu.detach(), kl_sigma.detach())), e.q_means))
@@ -362,14 +396,14 @@ class CCPO(SafeRLModule):
 
     @torch.no_grad()
     def estep(self, obs: Tensor, eps: Tensor, noise: Tensor, eta0: Tensor, lam0: Tensor, c_gap: Tensor,
-              c_gap_n: Tensor, eta_pen0: Tensor) -> EStep:
+              c_gap_n: Tensor, eta_pen0: Tensor, gap_offset: Tensor | None = None) -> EStep:
         """Conditioned E-step (slides eqs. 7-10) for `obs [E, S, obs]` at thresholds `eps [E]`: K = noise.shape[2]
         actions per state from pi_old(.|s, eps_i), their Q from the target critic, the dual (eta_i, lam_i) warm-
         started at (eta0, lam0) with the constraint's state-level part from the running estimate (c_gap of
-        c_gap_n batches, this batch's folded in), and the weights (eq. 8). With `action_penalty` > 0, MO-MPO's
-        second objective: the weights softmax_k(Q_pen / eta_pen) of `eq.action_penalty`, eta_pen warm-started at
-        eta_pen0, are added (the M-step's weighted likelihood is linear in the weights: the sum of the two
-        objectives' M-steps)."""
+        c_gap_n batches, this batch's folded in, plus `gap_offset` where given), and the weights (eq. 8). With
+        `action_penalty` > 0, MO-MPO's second objective: the weights softmax_k(Q_pen / eta_pen) of
+        `eq.action_penalty`, eta_pen warm-started at eta_pen0, are added (the M-step's weighted likelihood is linear
+        in the weights: the sum of the two objectives' M-steps)."""
         hp = self.hparams
         loc_old, scale_old = self.actor_old(obs, eps.view(-1, 1, 1))  # [E, S, A]
         actions = loc_old.unsqueeze(2) + scale_old.unsqueeze(2) * noise  # [E, S, K, A]
@@ -379,7 +413,7 @@ class CCPO(SafeRLModule):
         eps_q = eq.eps_to_q_units(eps, hp.gamma, hp.horizon)
         q_means = torch.stack((q_r.mean((1, 2)), q_c.mean((1, 2))))
         eta, lam = eq.track_estep_dual(
-            q_r, q_c, eps_q, hp.kappa, eta0, lam0, c_gap, c_gap_n, reduce=self.dual_reduce,
+            q_r, q_c, eps_q, hp.kappa, eta0, lam0, c_gap, c_gap_n, gap_offset=gap_offset, reduce=self.dual_reduce,
             **{k: v for k, v in self.dual.items() if k not in ("eta_init", "lam_init")},
         )
         weights = eq.estep_weights(q_r, q_c, eta, lam)
@@ -546,6 +580,9 @@ class CCPO(SafeRLModule):
                      "trust_region/kl_cov": self.stats[:, 3],
                      "estep/lam_at_cap": counts[:, 1] / counts[:, 0].clamp(min=1.0),
                      "estep/cost_gap": self.c_gap}  # running mean_s E_pi_old[Q_c] - eps_q: > 0 is infeasible
+            offset = self.gap_offset(torch.tensor(self.eps_bins, device=self.c_gap.device))
+            if offset is not None:  # the measured episode costs' correction of that gap
+                cols["estep/episode_gap_correction"] = offset
         return cols
 
     def on_metrics_logged(self) -> None:
