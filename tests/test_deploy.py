@@ -4,6 +4,8 @@ the real BallCircle env."""
 
 from __future__ import annotations
 
+import functools
+
 import io
 import json
 import math
@@ -23,7 +25,7 @@ from ccpo_pl import compat
 from ccpo_pl.algos.registry import ALGOS
 from ccpo_pl.deploy import Policy, policy_metadata, remaining_budget, run_episodes
 from ccpo_pl.errors import ConfigError
-from ccpo_pl.evaluation import EXPLORATION, evaluate_thresholds, load_policy
+from ccpo_pl.evaluation import EXPLORATION, EnvPool, evaluate_thresholds, load_policy
 from ccpo_pl.export import export_policy, policy_bytes
 from ccpo_pl.fit import fit
 from ccpo_pl.nets import make_policy
@@ -256,6 +258,26 @@ def test_sampled_action_episodes_depend_on_the_seed_only_and_leave_the_callers_s
     (r1, c1, _), (r2, c2, _), (r3, _, _) = results
     assert torch.equal(r1, r2) and torch.equal(c1, c2)  # what ran before does not change the episodes
     assert not torch.equal(r1, r3)  # the seed does
+
+
+@pytest.mark.parametrize("exploration", ["deterministic", "stochastic"])
+def test_kept_evaluation_envs_give_the_episodes_of_new_ones(runs, exploration):
+    """An `EnvPool` reseeds and resets its bullet envs instead of rebuilding them: every later call, at any seed,
+    gives the episodes that a call building new envs gives; the pool closes them."""
+    actor, cfg = load_policy(runs["ccpo"] / "checkpoints" / "last.ckpt")
+    run = functools.partial(evaluate_thresholds, make_policy(actor), cfg["env"], [20.0, 50.0], 2, max_steps=200,
+                            batch_envs=3, exploration=EXPLORATION[exploration])
+    pool = EnvPool()
+    try:
+        for seed in (7, 8, 7):
+            kept, new = run(seed=seed, pool=pool), run(seed=seed)
+            for a, b in zip(kept, new):
+                assert torch.equal(a, b)
+        assert len(pool._envs) == 2  # two batches of the grid (3 + 1 sub-envs), built once each
+        envs = list(pool._envs.values())
+    finally:
+        pool.close()
+    assert not pool._envs and all(env.is_closed for env in envs)
 
 
 def test_remaining_budget_schedule_sees_the_accumulated_cost(runs):

@@ -164,9 +164,44 @@ def rollout_episodes(env: EnvBase, policy, max_steps: int,
     return ep_r.cpu(), ep_c.cpu(), (first + 1).cpu()
 
 
+class EnvPool:
+    """Evaluation envs kept from one `evaluate_thresholds` call to the next, for the suites whose envs cost far more
+    to build than to reset: bullet-safety-gym's drone loads its body asset in ~1 s per sub-env (the car ~0.4 s),
+    which a periodic evaluation of 13 thresholds x 2 episodes paid every time.
+
+    A kept env is reseeded and reset instead of rebuilt, and gives the episodes a new one would: the bullet envs
+    draw every random number from numpy's global stream, which `BulletBatchEnv` seeds with the batch's seed both
+    after building and on `set_seed`, and a reset re-places the agent from that stream. Envs of other suites are
+    built anew each time (a `SerialEnv` seeds its sub-envs at construction, seed + i, which `set_seed` does not
+    reproduce). `close()` closes what it keeps.
+    """
+
+    def __init__(self) -> None:
+        self._envs: dict[tuple, EnvBase] = {}
+
+    def env(self, env_cfg: Mapping, eps: Sequence[float], seed: int) -> tuple[EnvBase, bool]:
+        """The env of `len(eps)` sub-envs at the fixed thresholds `eps`, seeded with `seed`, and whether it is kept
+        (the caller closes one that is not)."""
+        if env_cfg["suite"] != "bullet" or env_cfg.get("parallel", False):
+            return make_env(env_cfg, num_envs=len(eps), seed=seed, eps_values=eps, eps_mode="fixed"), False
+        key = (env_cfg["id"], int(env_cfg["max_episode_steps"]), tuple(float(e) for e in eps))
+        env = self._envs.get(key)
+        if env is None:
+            env = self._envs[key] = make_env(env_cfg, num_envs=len(eps), seed=seed, eps_values=eps, eps_mode="fixed")
+        else:
+            env.set_seed(seed)
+        return env, True
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close(raise_if_closed=False)
+        self._envs.clear()
+
+
 def evaluate_thresholds(policy, env_cfg: Mapping, eps: Sequence[float], episodes: int, *, seed: int,
                         max_steps: int, batch_envs: int = 64,
-                        exploration: ExplorationType = ExplorationType.DETERMINISTIC) -> tuple[Tensor, Tensor, Tensor]:
+                        exploration: ExplorationType = ExplorationType.DETERMINISTIC,
+                        pool: EnvPool | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Episode reward, cost and length `[n_eps, episodes]` each of a TorchRL policy (e.g. `make_policy(actor)`):
     `episodes` episodes at each threshold of `eps`.
 
@@ -174,10 +209,12 @@ def evaluate_thresholds(policy, env_cfg: Mapping, eps: Sequence[float], episodes
     threshold; sub-env j (over the whole grid) is seeded with `seed + j`, and the torch stream that samples the
     stochastic policy's actions is seeded with `seed + j` of the batch's first sub-env, so the same call gives the
     same episodes whatever ran before it. The caller's RNG streams (torch, CUDA, and numpy's global one that
-    bullet-safety-gym draws from) are left as they were.
+    bullet-safety-gym draws from) are left as they were. `pool`: an `EnvPool` that keeps the envs for the next call
+    (the same episodes as new envs); None builds and closes them here.
     """
     flat = [float(e) for e in eps for _ in range(episodes)]
     results = []
+    envs = EnvPool() if pool is None else pool
     np_state = np.random.get_state()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
@@ -185,13 +222,16 @@ def evaluate_thresholds(policy, env_cfg: Mapping, eps: Sequence[float], episodes
             for start in range(0, len(flat), batch_envs):
                 torch.manual_seed(seed + start)
                 chunk = flat[start:start + batch_envs]
-                env = make_env(env_cfg, num_envs=len(chunk), seed=seed + start, eps_values=chunk, eps_mode="fixed")
+                env, kept = envs.env(env_cfg, chunk, seed + start)
                 try:
                     results.append(rollout_episodes(env, policy, max_steps, exploration))
                 finally:
-                    env.close(raise_if_closed=False)
+                    if not kept:
+                        env.close(raise_if_closed=False)
     finally:
         np.random.set_state(np_state)
+        if pool is None:
+            envs.close()
     return tuple(torch.cat(parts).view(len(eps), episodes) for parts in zip(*results))
 
 
@@ -215,6 +255,10 @@ class PeriodicEvaluation(Callback):
         self.seed, self.horizon = int(seed), int(horizon)
         self.latest_eval: dict[float, float] = {}
         self.final_metrics: dict[str, float] = {}
+        self.pool = EnvPool()  # the evaluation envs, built at the first evaluation and kept for the run
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.pool.close()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.log_layout(trainer, pl_module)
@@ -230,7 +274,8 @@ class PeriodicEvaluation(Callback):
         start = time.perf_counter()
         ep_r, ep_c, _ = evaluate_thresholds(make_policy(pl_module.actor), self.env_cfg, self.eps_eval, self.episodes,
                                             seed=self.seed + 10_000 * (1 + trainer.global_rank),
-                                            max_steps=self.horizon, batch_envs=len(self.eps_eval) * self.episodes)
+                                            max_steps=self.horizon, batch_envs=len(self.eps_eval) * self.episodes,
+                                            pool=self.pool)
         eps = torch.tensor(self.eps_eval, dtype=torch.float64)
         ep_c = ep_c.double()
         stats = torch.stack([ep_r.double().mean(1), ep_c.mean(1), cost_violation_per_episode(ep_c, eps)], 0)
@@ -455,10 +500,15 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     check_writable(out_dir, "out")
     behavior = [float(b) for b in cfg["eps"]["behavior"]]
     stats, averages, runs = {}, {}, {}
-    for name in POLICIES[policy]:  # the same start states (seed) for every policy
-        runs[name] = evaluate_thresholds(make_policy(actor), cfg["env"], eps, episodes, seed=seed,
-                                         max_steps=int(cfg["env"]["max_episode_steps"]), batch_envs=batch_envs,
-                                         exploration=EXPLORATION[name])
+    pool = EnvPool()  # the second policy runs in the first one's envs
+    try:
+        for name in POLICIES[policy]:  # the same start states (seed) for every policy
+            runs[name] = evaluate_thresholds(make_policy(actor), cfg["env"], eps, episodes, seed=seed,
+                                             max_steps=int(cfg["env"]["max_episode_steps"]), batch_envs=batch_envs,
+                                             exploration=EXPLORATION[name], pool=pool)
+    finally:
+        pool.close()
+    for name in POLICIES[policy]:
         st = per_eps_stats(eps, *runs[name][:2])
         st["seen"] = seen_mask(eps, behavior)
         st["extrapolation"] = outside_range(eps, cfg["eps"]["range"])
