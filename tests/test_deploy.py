@@ -5,7 +5,6 @@ the real BallCircle env."""
 from __future__ import annotations
 
 import functools
-
 import io
 import json
 import math
