@@ -259,21 +259,26 @@ def test_sampled_action_episodes_depend_on_the_seed_only_and_leave_the_callers_s
     assert not torch.equal(r1, r3)  # the seed does
 
 
-@pytest.mark.parametrize("exploration", ["deterministic", "stochastic"])
-def test_kept_evaluation_envs_give_the_episodes_of_new_ones(runs, exploration):
+@pytest.mark.parametrize(("exploration", "max_envs", "kept_batches"),
+                         [("deterministic", 64, 2), ("stochastic", 64, 2), ("deterministic", 3, 1)])
+def test_kept_evaluation_envs_give_the_episodes_of_new_ones(runs, exploration, max_envs, kept_batches):
     """An `EnvPool` reseeds and resets its bullet envs instead of rebuilding them: every later call, at any seed,
-    gives the episodes that a call building new envs gives; the pool closes them."""
+    gives the episodes that a call building new envs gives. It keeps at most `max_envs` sub-envs (the batch of 3
+    is closed to make room for the batch of 1 when 3 is the bound) and closes them with the pool."""
     actor, cfg = load_policy(runs["ccpo"] / "checkpoints" / "last.ckpt")
     run = functools.partial(evaluate_thresholds, make_policy(actor), cfg["env"], [20.0, 50.0], 2, max_steps=200,
                             batch_envs=3, exploration=EXPLORATION[exploration])
-    pool = EnvPool()
+    pool = EnvPool(max_envs)
+    first = None
     try:
         for seed in (7, 8, 7):
             kept, new = run(seed=seed, pool=pool), run(seed=seed)
             for a, b in zip(kept, new):
                 assert torch.equal(a, b)
-        assert len(pool._envs) == 2  # two batches of the grid (3 + 1 sub-envs), built once each
+            first = first or list(pool._envs.values())
+        assert len(pool._envs) == kept_batches  # the grid's two batches (3 + 1 sub-envs), or the last one
         envs = list(pool._envs.values())
+        assert (envs == first) == (kept_batches == 2)  # built once each where both fit
     finally:
         pool.close()
     assert not pool._envs and all(env.is_closed for env in envs)

@@ -173,11 +173,14 @@ class EnvPool:
     draw every random number from numpy's global stream, which `BulletBatchEnv` seeds with the batch's seed both
     after building and on `set_seed`, and a reset re-places the agent from that stream. Envs of other suites are
     built anew each time (a `SerialEnv` seeds its sub-envs at construction, seed + i, which `set_seed` does not
-    reproduce). `close()` closes what it keeps.
+    reproduce). It keeps at most `max_envs` sub-envs, closing the least recently used batches to make room (a drone
+    sub-env holds ~55 MB: 64 of them are what one batch of `evaluate_thresholds` holds anyway); `close()` closes
+    what it keeps.
     """
 
-    def __init__(self) -> None:
-        self._envs: dict[tuple, EnvBase] = {}
+    def __init__(self, max_envs: int = 64) -> None:
+        self.max_envs = int(max_envs)
+        self._envs: dict[tuple, EnvBase] = {}  # oldest use first
 
     def env(self, env_cfg: Mapping, eps: Sequence[float], seed: int) -> tuple[EnvBase, bool]:
         """The env of `len(eps)` sub-envs at the fixed thresholds `eps`, seeded with `seed`, and whether it is kept
@@ -185,11 +188,16 @@ class EnvPool:
         if env_cfg["suite"] != "bullet" or env_cfg.get("parallel", False):
             return make_env(env_cfg, num_envs=len(eps), seed=seed, eps_values=eps, eps_mode="fixed"), False
         key = (env_cfg["id"], int(env_cfg["max_episode_steps"]), tuple(float(e) for e in eps))
-        env = self._envs.get(key)
-        if env is None:
-            env = self._envs[key] = make_env(env_cfg, num_envs=len(eps), seed=seed, eps_values=eps, eps_mode="fixed")
-        else:
+        env = self._envs.pop(key, None)
+        if env is not None:
             env.set_seed(seed)
+        else:
+            while self._envs and sum(e.batch_size.numel() for e in self._envs.values()) + len(eps) > self.max_envs:
+                self._envs.pop(next(iter(self._envs))).close(raise_if_closed=False)
+            env = make_env(env_cfg, num_envs=len(eps), seed=seed, eps_values=eps, eps_mode="fixed")
+            if len(eps) > self.max_envs:
+                return env, False
+        self._envs[key] = env  # now the most recently used
         return env, True
 
     def close(self) -> None:
