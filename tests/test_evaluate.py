@@ -78,11 +78,14 @@ def test_fit_ends_with_the_final_evaluation_files(run_dir):
     assert "python -m ccpo_pl.fit experiment=smoke" in (run_dir / "commands.txt").read_text()
 
 
-def test_training_evaluation_logs_cv_unseen_averages_layout_and_plot(run_dir, tb_events):
+def test_training_evaluation_logs_cv_unseen_averages_layout_and_plot(run_dir, tb_events, tb_scalars):
     acc = tb_events(run_dir)
     tags = acc.Tags()
+    scalars = tb_scalars(run_dir)  # the per-threshold ones from the runs tb/eps_<eps>/
     for name in ("eval/eps_10/cv", "eval/eps_70/cost", "eval/avg_reward_unseen", "eval/avg_cv_unseen",
                  "eval/avg_cv", "eval/avg_cv_per_episode"):
+        assert name in scalars, name
+    for name in ("eval/avg_reward_unseen", "eval/avg_cv_unseen", "eval/avg_cv", "eval/avg_cv_per_episode"):
         assert name in tags["scalars"], name
     assert "eval/curves" in tags["images"]
     assert [e.step for e in acc.Images("eval/curves")] == [e.step for e in acc.Scalars("eval/avg_cv")]

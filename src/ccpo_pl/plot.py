@@ -88,18 +88,13 @@ def read_csv_log(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def read_tensorboard(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Tag -> (frames, values) of a run's TensorBoard scalars (all event files; a resumed run's repeated frames
-    are purged the way TensorBoard shows them)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # heavy: only when plotting
+    """Tag -> (frames, values) of a run's TensorBoard scalars (all event files, the per-threshold runs `tb/eps_*/`
+    under their flat tags: `tb_runs`; a resumed run's repeated frames are purged the way TensorBoard shows them)."""
+    from ccpo_pl.tb_runs import read_scalars
 
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    out = {}
-    for tag in acc.Tags().get("scalars", []):
-        events = acc.Scalars(tag)
-        out[tag] = (np.array([e.step for e in events], dtype=np.float64),
-                    np.array([e.value for e in events], dtype=np.float64))
-    return out
+    return {tag: (np.array([s for s, _ in events], dtype=np.float64), np.array([v for _, v in events],
+                                                                                dtype=np.float64))
+            for tag, events in read_scalars(run_dir / "tb").items()}
 
 
 def mean_std_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
