@@ -121,7 +121,7 @@ def test_each_logger_gets_the_j_eps_figure_as_a_png(logged_run):
 
 @pytest.mark.parametrize("tag, run, tb_tag", [
     ("eval/eps_20/reward", "eps_20", "by_eps/eval_reward"), ("eval/eps_12.5/cost", "eps_12.5", "by_eps/eval_cost"),
-    ("train/eps_40/episode_cost", "eps_40", "by_eps/train_episode_cost"),
+    ("train/eps_40/episode_cost", "eps_40", "by_eps/train_episode_cost"), ("eval/eps_20/cv", "eps_20", "eval/cv"),
     ("multipliers/lam/eps_20", "eps_20", "multipliers/lam"), ("update/j_c/eps_25", "eps_25", "update/j_c"),
     ("eval/avg_reward", None, "eval/avg_reward"), ("train/episode_reward", None, "train/episode_reward"),
     ("multipliers/lam_max", None, "multipliers/lam_max"), ("train/eps_range", None, "train/eps_range")])
@@ -149,11 +149,14 @@ def test_tensorboard_has_one_run_per_threshold_with_reward_and_cost_first(logged
         acc.Reload()
         tags[name] = set(acc.Tags()["scalars"])
     for e in cfg.eps.eval:
-        assert {"by_eps/eval_reward", "by_eps/eval_cost", "by_eps/eval_cv"} <= tags[f"eps_{e:g}"]
+        assert {"by_eps/eval_reward", "by_eps/eval_cost", "eval/cv"} <= tags[f"eps_{e:g}"]
     for e in cfg.eps.behavior:
         assert "multipliers/lam" in tags[f"eps_{e:g}"]
     sections = sorted({t.split("/")[0] for t in set(own).union(*tags.values())})
     assert sections[0] == "by_eps" and {"critic", "estep", "eval", "multipliers"} <= set(sections[1:])
+    first = sorted(t for t in set().union(*tags.values()) if t.startswith("by_eps/"))
+    assert first == ["by_eps/eval_cost", "by_eps/eval_reward", "by_eps/train_episode_cost",
+                     "by_eps/train_episode_reward"]  # Time Series' first cards: reward and cost per threshold
     # Custom Scalars: each chart's regex matches the thresholds' runs' tag (one line per threshold)
     (config,) = [e for e in tb_events(run_dir).Tensors("custom_scalars__config__")]
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])

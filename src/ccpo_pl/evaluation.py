@@ -270,7 +270,7 @@ class PeriodicEvaluation(Callback):
             "eval: one line per threshold": {
                 "J_r(eps): episode reward": multi(f"{first}/eval_reward"),
                 "J_c(eps): episode cost": multi(f"{first}/eval_cost"),
-                "CV(eps) = max(0, J_c - eps)": multi(f"{first}/eval_cv"),
+                "CV(eps) = max(0, J_c - eps)": multi("eval/cv"),
                 "Avg. R and Avg. R-G": ["Multiline", [r"^eval/avg_reward.*"]],
                 "Avg. CV and Avg. CV-G": ["Multiline", [r"^eval/avg_cv.*"]],
             },

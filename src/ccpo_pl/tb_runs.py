@@ -9,15 +9,17 @@ flat tag. A chart then holds one line per threshold, named by its sub-run (`.../
 
 | flat tag (csv, wandb, mlflow, `ccpo_pl.fit`'s metrics) | TensorBoard run | TensorBoard tag |
 |---|---|---|
-| `eval/eps_<e>/{reward,cost,cv}` | `tb/eps_<e>` | `by_eps/eval_{reward,cost,cv}` |
+| `eval/eps_<e>/{reward,cost}` | `tb/eps_<e>` | `by_eps/eval_{reward,cost}` |
 | `train/eps_<e>/episode_{reward,cost}` | `tb/eps_<e>` | `by_eps/train_episode_{reward,cost}` |
+| `eval/eps_<e>/cv` | `tb/eps_<e>` | `eval/cv` |
 | `<group>/<name>/eps_<e>` (`multipliers/lam/eps_20`, ...) | `tb/eps_<e>` | `<group>/<name>` |
 | any other (`eval/avg_reward`, `loss/critic`, ...) | `tb` | the same |
 
-TensorBoard's Time Series sorts its sections by the tag's first segment: `by_eps` comes before every diagnostic
-group (`critic`, `estep`, `eval`, `loss`, `multipliers`, ...), so the reward and cost per threshold against frames
-are what a user sees first. `read_scalars` maps the files back to the flat tags (and reads runs written before
-this layout, which kept the flat tags in `tb/`).
+TensorBoard's Time Series sorts its sections by the tag's first segment, and the cards of a section by tag:
+`by_eps` comes before every diagnostic group (`critic`, `estep`, `eval`, `loss`, `multipliers`, ...), and holds
+only the reward and cost per threshold against frames, the evaluation's first: what a user sees first.
+`read_scalars` maps the files back to the flat tags (and reads runs written before this layout, which kept the
+flat tags in `tb/`).
 
 Imports nothing heavy: `ccpo_pl.plot` and the benchmarks use it.
 """
@@ -31,6 +33,8 @@ from pathlib import Path
 FIRST_SECTION = "by_eps"
 #: the groups whose per-threshold tags have the threshold in the middle (`eval/eps_20/cost`)
 MIDDLE_GROUPS = ("eval", "train")
+#: the names of those tags that go to the first section (the others stay in their group: `eval/cv`)
+FIRST_NAMES = ("reward", "cost", "episode_reward", "episode_cost")
 _EPS = re.compile(r"eps_[-+]?[0-9.]+(e[-+]?[0-9]+)?")
 
 
@@ -43,7 +47,9 @@ def split_tag(tag: str) -> tuple[str | None, str]:
     """(sub-run, TensorBoard tag) of a flat tag; the sub-run is None for a tag of the run itself."""
     parts = tag.split("/")
     if len(parts) == 3 and parts[0] in MIDDLE_GROUPS and is_eps_run(parts[1]):
-        return parts[1], f"{FIRST_SECTION}/{parts[0]}_{parts[2]}"
+        if parts[2] in FIRST_NAMES:
+            return parts[1], f"{FIRST_SECTION}/{parts[0]}_{parts[2]}"
+        return parts[1], f"{parts[0]}/{parts[2]}"
     if len(parts) >= 3 and is_eps_run(parts[-1]):
         return parts[-1], "/".join(parts[:-1])
     return None, tag
@@ -57,6 +63,8 @@ def join_tag(run: str | None, tag: str) -> str:
     if head == FIRST_SECTION:
         group, _, name = rest.partition("_")
         return f"{group}/{run}/{name}"
+    if head in MIDDLE_GROUPS:
+        return f"{head}/{run}/{rest}"
     return f"{tag}/{run}"
 
 
