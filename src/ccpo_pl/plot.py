@@ -6,7 +6,8 @@ runs from their run directories.
   Runs are put on the union of their logged frames by linear interpolation inside each run's own frame range
   (never extrapolated), so runs of different lengths or schedules combine; `n` in the CSV counts the runs behind
   each point.
-- Threshold curves: J_r(eps) and J_c(eps) of each group's final evaluation (`eval/per_eps.csv`, the headline
+- Threshold curves: J_r(eps) and J_c(eps) of each group's final evaluation (`eval/per_eps.csv`, else the run's
+  newest `evaluate` output `eval-<date-time>/per_eps.csv`; the headline
   deterministic policy where evaluated), mean and standard deviation over runs, with the line y = eps, the
   behaviour thresholds and the extrapolated range (eps outside the trained range) shaded.
 
@@ -115,9 +116,15 @@ def mean_std_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str,
 
 
 def read_thresholds(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """The final evaluation's per-eps rows of the headline policy (deterministic where evaluated); None if the run
-    has no `eval/per_eps.csv`."""
+    """The final evaluation's per-eps rows of the headline policy (deterministic where evaluated), of a run without
+    one (`eval/per_eps.csv`) its newest `evaluate` output's (`eval-<date-time>/`, as `ccpo_pl.report` reads it);
+    None if the run has neither."""
+    from ccpo_pl.report import newest_evaluation
+
     path = run_dir / "eval" / "per_eps.csv"
+    if not path.is_file():
+        latest = newest_evaluation(run_dir)
+        path = latest.with_name("per_eps.csv") if latest is not None else path
     if not path.is_file():
         return None
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
@@ -249,8 +256,8 @@ def plot(dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, by: s
                    for name, members in groups.items()}
         written += plot_thresholds({n: threshold_stats(t) for n, t in tables.items() if t}, eps_cfg, out)
     else:
-        print("ccpo_pl.plot: no threshold curves: no run has a final evaluation (eval/per_eps.csv); "
-              "python -m ccpo_pl.evaluate run=<run dir> out=<run dir>/eval makes one", file=sys.stderr)
+        print("ccpo_pl.plot: no threshold curves: no run has an evaluation (eval/per_eps.csv or "
+              "eval-<date-time>/per_eps.csv); python -m ccpo_pl.evaluate run=<run dir> makes one", file=sys.stderr)
     return written
 
 
