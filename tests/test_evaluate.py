@@ -424,3 +424,12 @@ def test_j_eps_plot_shades_the_thresholds_outside_the_trained_range():
         assert spans == [(5.0, 10.0), (70.0, 90.0)]
     inside = plot_curves(stats | {"eps": [10.0, 40.0, 70.0]}, [40.0], eps_range=[10.0, 70.0])
     assert all(not ax.patches for ax in inside.axes)  # nothing extrapolated: nothing shaded
+
+
+@pytest.mark.parametrize("command, key", [("evaluate", "episodes: 10"), ("export", "format: onnx")])
+def test_help_lists_the_commands_own_keys_not_fits_groups(command, key):
+    proc = subprocess.run([sys.executable, "-m", f"ccpo_pl.{command}", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"python -m ccpo_pl.{command} run=")
+    assert key in proc.stdout.splitlines()
+    assert not any(line.startswith(("algo:", "env:", "trainer:", "logger:")) for line in proc.stdout.splitlines())
