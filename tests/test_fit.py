@@ -264,3 +264,20 @@ def test_the_readme_order_default_run_then_smoke_run_trains_both(tmp_path, monke
     check_resumable(Path(smoke.log_dir) / smoke.run_name, smoke_plain)  # a new run: nothing to refuse
     with pytest.raises(ConfigError, match="exists with a different config"):  # what sharing a directory did
         check_resumable(default_dir, smoke_plain)
+
+
+def test_a_finished_fit_says_where_its_run_is_and_what_comes_next(tmp_path, smoke_config):
+    from ccpo_pl.fit import finished_lines
+
+    cfg = smoke_config(tmp_path, "run_name=r")
+    metrics = {"eval/avg_reward": 17.4, "eval/avg_cv": 0.0, "eval/avg_reward_unseen": 20.7, "train/frames": 1600.0,
+               "time/loop_s": 12.97, "time/eval_s": 5.7, "time/update_s": 4.2, "time/updates": 400.0,
+               "time/steady_env_steps_per_s": 268.6, "time/steady_update_ms": 10.9, "eval/eps_10/cost": 3.0}
+    lines = finished_lines(cfg, metrics)
+    run = tmp_path / "r"
+    assert lines[0] == f"ccpo_pl.fit: run {run} at 1600 frames: checkpoints/, tb/"
+    assert lines[1] == "train/frames=1600 eval/avg_reward=17.4 eval/avg_cv=0"
+    assert lines[2:] == [f"next: python -m ccpo_pl.evaluate run={run}", f"      tensorboard --logdir {run}"]
+    assert all(len(line.replace(str(run), "logs/<run>")) <= 80 for line in lines)  # not a 300-character dump
+    csv = finished_lines(smoke_config(tmp_path, "run_name=r", "logger=csv"), metrics)
+    assert csv[0].endswith("checkpoints/, csv/") and len(csv) == 3

@@ -440,7 +440,25 @@ def _hydra_main(cfg: DictConfig) -> None:
         print("ccpo_pl.fit: interrupted (SIGINT); the last complete checkpoint, if any, is kept", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
     if metrics and _rank() == 0:
-        print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/eps_" not in k))
+        print("\n".join(finished_lines(cfg, metrics)))
+
+
+#: the metrics of the line `fit` ends with (all of them are in the logger and the final evaluation's files)
+FINISHED_KEYS = ("train/frames", "eval/avg_reward", "eval/avg_cv", "final/avg_reward", "final/avg_cv")
+
+
+def finished_lines(cfg: DictConfig, metrics: dict[str, float]) -> list[str]:
+    """What `fit` prints at the end: where the run is, its headline numbers, and the commands that come next."""
+    run_dir = Path(cfg.log_dir) / cfg.run_name
+    logs = LOGGER_DIRS.get(cfg.logger.name, cfg.logger.name)
+    final = ", the final evaluation in eval/" if (run_dir / "eval" / "summary.json").is_file() else ""
+    lines = [f"ccpo_pl.fit: run {run_dir} at {int(metrics.get('train/frames', 0))} frames: checkpoints/, {logs}/"
+             f"{final}",
+             " ".join(f"{k}={metrics[k]:.4g}" for k in FINISHED_KEYS if k in metrics),
+             f"next: python -m ccpo_pl.evaluate run={run_dir}"]
+    if cfg.logger.name == "tensorboard":
+        lines.append(f"      tensorboard --logdir {run_dir}")
+    return lines
 
 
 def _quiet_disk_errors_in_threads(args) -> None:
