@@ -207,11 +207,14 @@ def make_env(env_cfg, **kwargs):
     return make_env(env_cfg, **kwargs)
 
 
-def env_sizes(cfg: DictConfig) -> tuple[int, int]:
-    """Observation and action sizes, read from the env's specs (never from YAML)."""
+def env_sizes(cfg: DictConfig) -> tuple[int, int, tuple[float, float]]:
+    """Observation and action sizes and the action box every action is clipped to, read from the env's specs (never
+    from YAML)."""
     env = make_env(cfg.env, num_envs=1, seed=cfg.seed, eps_values=list(cfg.eps.behavior))
     try:
-        return int(env.observation_spec["observation"].shape[-1]), int(env.action_spec.shape[-1])
+        space = env.action_spec.space
+        box = (float(space.low.min()), float(space.high.max()))
+        return int(env.observation_spec["observation"].shape[-1]), int(env.action_spec.shape[-1]), box
     finally:
         env.close(raise_if_closed=False)
 
@@ -242,7 +245,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
 
     frames_per_epoch = cfg.collect.frames_per_collect * cfg.collect.collects_per_epoch * n_ranks
     max_epochs = math.ceil(cfg.total_frames / frames_per_epoch)
-    obs_dim, act_dim = env_sizes(cfg)
+    obs_dim, act_dim, action_box = env_sizes(cfg)
     module = build_module(cfg, obs_dim, act_dim)
     ckpt, ckpt_frames = resume_point(cfg, run_dir, module)
     if ckpt_frames is not None and ckpt_frames >= cfg.total_frames:
@@ -250,7 +253,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
               f"{cfg.total_frames}); raise total_frames to continue it")
         return {"train/frames": float(ckpt_frames)}
 
-    record = RecordRun(run_dir, plain, command)
+    record = RecordRun(run_dir, plain, command, action_box=action_box)
     evaluation = build_evaluation(cfg)
     created = not run_dir.exists()
     try:
