@@ -89,6 +89,9 @@ def export_policy(run: str | Path, fmt: str, out: str | Path | None = None, *, s
 @hydra.main(config_path=CONF_PATH, config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """The command line: `export_policy` with the config's settings; errors are one line and exit status 2."""
+    from ccpo_pl import quiet
+
+    quiet.install()  # third-party messages no user acts on (each named in ccpo_pl/quiet.py)
     try:
         if not cfg.run:
             raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")

@@ -431,6 +431,9 @@ def hydra_group_options(group: str) -> list[str]:
 
 @hydra.main(config_path=CONF_PATH, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    from ccpo_pl import quiet
+
+    quiet.install()  # again here: a launcher's job process (submitit) runs this function without `main`
     try:
         metrics = fit(cfg, command=" ".join(["python -m ccpo_pl.fit", *HydraConfig.get().overrides.task]))
     except ConfigError as err:
