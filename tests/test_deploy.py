@@ -356,6 +356,7 @@ def test_load_reads_the_action_box_from_the_checkpoint_without_the_simulator(run
     assert proc.returncode == 0, proc.stderr[-2000:]
     box, simulators = json.loads(proc.stdout.strip().splitlines()[-1])
     assert box == [-1.0, 1.0] and simulators == []
+    assert "AdroitHand" not in proc.stderr and "LeafSpec" not in proc.stderr  # notices ccpo_pl.quiet names
     ckpt = torch.load(runs["ccpo"] / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["action_box"] == [-1.0, 1.0]
 

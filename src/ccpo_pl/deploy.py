@@ -140,6 +140,9 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> Policy:
     stores (`hyper_parameters.action_box`): no env is built and the simulator is not imported; for a checkpoint
     written before it was stored, one env of the task is built to read it. A missing or foreign file is a
     `ValueError` (`ccpo_pl.errors.ConfigError`) naming it."""
+    from ccpo_pl import quiet
+
+    quiet.drop_notices()  # gymnasium-robotics' notice on import (ccpo_pl.quiet); the warning filters stay as they are
     from ccpo_pl.evaluation import actor_sizes, load_run
 
     _, _, ckpt, actor, cfg = load_run(run, device)
