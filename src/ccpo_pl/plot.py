@@ -43,7 +43,8 @@ SCALAR_FILES = ("tb", "csv/metrics.csv")
 
 def find_runs(dirs: Sequence[str | Path]) -> list[Path]:
     """Every run directory (`config.yaml` beside `tb/` or `csv/metrics.csv`) at or under `dirs`, sorted, each once;
-    a run with neither (logged to W&B or MLflow only) is refused in one line."""
+    a run with neither (logged to W&B or MLflow only) is skipped with a warning, and refused in one line when no run
+    is left."""
     runs = set()
     for d in dirs:
         root = Path(d)
@@ -55,10 +56,13 @@ def find_runs(dirs: Sequence[str | Path]) -> list[Path]:
         raise ConfigError(f"no run directories (config.yaml and tb/) under {', '.join(map(str, dirs))}; pass the "
                           f"log_dir of ccpo_pl.fit runs")
     unread = [run for run in sorted(runs) if not any((run / f).exists() for f in SCALAR_FILES)]
-    if unread:
+    if len(unread) == len(runs):
         raise ConfigError(f"run {str(unread[0])!r} has no TensorBoard or CSV logs (tb/, csv/metrics.csv); plot reads "
                           f"runs trained with logger=tensorboard (the default) or logger=csv")
-    return sorted(runs)
+    for run in unread:  # beside runs it reads (e.g. a logger=wandb smoke run in the same log_dir)
+        print(f"ccpo_pl.plot: warning: skipping {str(run)!r}: no TensorBoard or CSV logs (tb/, csv/metrics.csv), "
+              f"logged to W&B or MLflow only", file=sys.stderr)
+    return sorted(runs.difference(unread))
 
 
 def group_of(run_dir: Path, by: str) -> str:
