@@ -281,3 +281,22 @@ def test_a_finished_fit_says_where_its_run_is_and_what_comes_next(tmp_path, smok
     assert all(len(line.replace(str(run), "logs/<run>")) <= 80 for line in lines)  # not a 300-character dump
     csv = finished_lines(smoke_config(tmp_path, "run_name=r", "logger=csv"), metrics)
     assert csv[0].endswith("checkpoints/, csv/") and len(csv) == 3
+
+
+def test_the_python_training_api_returns_the_run_directory_and_its_policy(tmp_path):
+    import numpy as np
+
+    import ccpo_pl
+
+    with pytest.raises(ConfigError, match=r"^unknown env 'nope'; allowed: "):
+        ccpo_pl.train(["env=nope"])
+    trained = ccpo_pl.train(["experiment=smoke", f"log_dir={tmp_path}", "total_frames=400", "threads=1",
+                             "collect.collects_per_epoch=1"])
+    assert trained.run_dir == tmp_path / "ball_circle-ccpo-s0"
+    assert (trained.run_dir / "checkpoints" / "last.ckpt").is_file() and trained.metrics["train/frames"] == 400
+    assert "ccpo_pl.train experiment=smoke" in (trained.run_dir / "commands.txt").read_text()
+    action = trained.policy.predict(np.zeros(8, dtype=np.float32), 40.0)
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+    again = ccpo_pl.train(["experiment=smoke", f"log_dir={tmp_path}", "total_frames=400", "threads=1",
+                           "collect.collects_per_epoch=1"])  # the same command resumes: the run is finished
+    assert again.run_dir == trained.run_dir and again.metrics == {"train/frames": 400.0}

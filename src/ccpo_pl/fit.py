@@ -1,6 +1,7 @@
 """`python -m ccpo_pl.fit [overrides]`: train a threshold-conditioned safe-RL policy (Hydra entry point).
 
-`fit(cfg)` does the work and is what tests call; `main()` is the thin command-line wrapper. The run directory is
+`fit(cfg)` does the work and is what tests call; `main()` is the thin command-line wrapper, and `train(overrides)`
+(`ccpo_pl.train`) the same from Python. The run directory is
 `<log_dir>/<run_name>/` with `config.yaml`, `checkpoints/` (last.ckpt, periodic ones, per-rank buffer sidecars) and
 `tb/` (TensorBoard; `logger=` picks another: `loggers`). Re-running the same `run_name` resumes from
 `checkpoints/last.ckpt`; a different config against an existing run is refused, and nothing of an earlier run is
@@ -27,6 +28,8 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -282,6 +285,38 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         metrics |= {f"final/{k}": v for k, v in summary["by_policy"][summary["policy"]].items()}  # the headline
         metrics |= {f"final/{policy}/{k}": v for policy, avg in summary["by_policy"].items() for k, v in avg.items()}
     return metrics
+
+
+@dataclass
+class Trained:
+    """What `train` returns: the run directory, the metrics `fit` returned, and the trained policy."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+
+    @property
+    def policy(self):
+        """The run's policy, `ccpo_pl.load(run_dir)` (`predict(obs, eps)`, `metadata`)."""
+        from ccpo_pl.deploy import load
+
+        return load(self.run_dir)
+
+
+def train(overrides: Sequence[str] = ()) -> Trained:
+    """`python -m ccpo_pl.fit <overrides>` from Python: the same checks, the same run directory (re-running resumes
+    it), the same training; returns the run directory, the metrics and the policy (`Trained`). A refused override
+    is a `ConfigError` (a `ValueError`) with the command line's one-line message; `-m` sweeps are the command
+    line's."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [str(o) for o in overrides]
+    if "-m" in overrides or "--multirun" in overrides:
+        raise ConfigError("ccpo_pl.train runs one run; sweep with python -m ccpo_pl.fit -m ... or call it per job")
+    _check_group_overrides(overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    metrics = fit(cfg, command=" ".join(["ccpo_pl.train", *overrides]))
+    return Trained(Path(cfg.log_dir) / cfg.run_name, metrics)
 
 
 #: errors of a full, over-quota or read-only disk, from whatever writes (TensorBoard's writer thread, say)
