@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from ccpo_pl.conf import CONF_PATH
 from ccpo_pl.errors import ConfigError
+from ccpo_pl.extras import require
 
 if TYPE_CHECKING:
     from ccpo_pl.deploy import Policy
@@ -69,6 +70,7 @@ def export_policy(run: str | Path, fmt: str, out: str | Path | None = None, *, s
     `policy.pt`); returns the path written. Bad values are one-line `ConfigError`s."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}; allowed: {', '.join(FORMATS)}")
+    require(f"format={fmt}")  # the onnx extra
     if not isinstance(std, bool) or not isinstance(overwrite, bool):
         raise ConfigError(f"std={std!r} and overwrite={overwrite!r} must be true or false")
     # here, not at the top: these import Lightning and TorchRL, which a refused format or flag does without

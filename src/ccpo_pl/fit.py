@@ -41,6 +41,7 @@ from ccpo_pl import compat, validation
 from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.conf import CONF_DIR, CONF_PATH, LOGGER_DIRS
 from ccpo_pl.errors import ConfigError, refuse_or_run
+from ccpo_pl.extras import require
 from ccpo_pl.faults import INTERRUPTED_EXIT, RunStopped, StorageError
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
@@ -231,6 +232,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     `<run dir>/commands.txt` when training starts.
     """
     validate(cfg)
+    require(f"logger={cfg.logger.name}")  # the wandb and mlflow extras
     run_dir = Path(cfg.log_dir) / cfg.run_name
     plain = OmegaConf.to_container(cfg, resolve=True)
     predates = check_resumable(run_dir, plain)
@@ -449,6 +451,7 @@ def _check_group_overrides(argv: list[str]) -> None:
                     allowed = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
                     raise ConfigError(f"unknown {key} {name!r}; allowed: {', '.join(allowed)}")
         elif sep and key.startswith("hydra/"):  # Hydra's own groups, e.g. hydra/launcher=submitit_slurm
+            require(f"{key}={value}")  # the slurm extra
             allowed = hydra_group_options(key)
             if value not in allowed:
                 raise ConfigError(f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
