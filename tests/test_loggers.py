@@ -187,6 +187,24 @@ def test_a_resumed_tensorboard_run_continues_each_thresholds_curve_in_its_own_ru
     assert scalars["eval/avg_cv"] == [(400, 0.0), (800, 0.0), (1200, 1.0)]
 
 
+def test_a_run_logged_before_the_per_threshold_runs_reads_back_as_one_curve_when_resumed(tmp_path):
+    """A run from before this layout keeps its flat tags in tb/; resumed, its thresholds go to tb/eps_<eps>/, and
+    reading the run gives one curve per flat tag, in frame order."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    old = SummaryWriter(str(tmp_path / "run" / "tb"))
+    for step in (400, 800):
+        old.add_scalar("eval/eps_20/cost", step / 100, global_step=step)
+    old.close()
+    loggers.after_earlier_event_files(tmp_path / "run" / "tb")
+    resumed = loggers.ThresholdRunsTensorBoardLogger(save_dir=tmp_path, name="run", version="tb",
+                                                     default_hp_metric=False, purge_step=801)
+    resumed.log_metrics({"eval/eps_20/cost": 12.0}, step=1200)
+    resumed.finalize("success")
+    assert tb_runs.read_scalars(tmp_path / "run" / "tb")["eval/eps_20/cost"] == [(400, 4.0), (800, 8.0),
+                                                                                (1200, 12.0)]
+
+
 @pytest.mark.parametrize("logged_run", ["tensorboard"], indirect=True)  # TensorBoard's HPARAMS tab
 def test_tensorboard_has_the_flattened_config_as_hparams_with_the_eval_metrics(logged_run, tb_events):
     name, cfg, run_dir, _, _ = logged_run
