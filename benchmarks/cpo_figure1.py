@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import REPO, commit, log  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from ccpo_pl.tb_runs import read_scalars  # noqa: E402
 
 ORDER = ("cpo", "pdo", "trpo", "fpo")
 COLORS = {"cpo": "tab:blue", "pdo": "tab:orange", "trpo": "tab:green", "fpo": "tab:red"}
@@ -40,14 +41,12 @@ def read_run(run_dir: Path) -> dict | None:
     """(algo, env id, limit, seed, iterations, returns, costs) of one run, or None without curves yet."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     limit = float(cfg.eps.behavior[0])
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
+    scalars = read_scalars(run_dir / "tb")  # flat tags, also from the per-threshold runs tb/eps_<eps>/
     tag = f"train/eps_{limit:g}/episode_"
-    tags = acc.Tags()["scalars"]
-    if f"{tag}reward" not in tags or f"{tag}cost" not in tags:
+    if f"{tag}reward" not in scalars or f"{tag}cost" not in scalars:
         return None
-    rewards = {e.step: e.value for e in acc.Scalars(f"{tag}reward")}
-    costs = {e.step: e.value for e in acc.Scalars(f"{tag}cost")}
+    rewards = dict(scalars[f"{tag}reward"])
+    costs = dict(scalars[f"{tag}cost"])
     frames = sorted(set(rewards) & set(costs))
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     per_iteration = int(cfg.collect.frames_per_collect) * devices

@@ -54,14 +54,13 @@ def relative_paths(value, root: str):
 def learning_curve(run_dir: Path, title: str) -> bytes | None:
     """PNG of Avg. R / Avg. CV of the periodic evaluations and the training episodes against frames (None: no
     events)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from ccpo_pl.tb_runs import read_scalars
 
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    tags = acc.Tags().get("scalars", [])
+    scalars = read_scalars(run_dir / "tb")  # flat tags, also from the per-threshold runs tb/eps_<eps>/
+    tags = list(scalars)
     if "eval/avg_reward" not in tags:
         return None
-    series = lambda tag: ([e.step for e in acc.Scalars(tag)], [e.value for e in acc.Scalars(tag)])  # noqa: E731
+    series = lambda tag: ([s for s, _ in scalars[tag]], [v for _, v in scalars[tag]])  # noqa: E731
     fig = Figure(figsize=(11, 4), dpi=100, layout="constrained")
     ax_r, ax_c = fig.subplots(1, 2)
     ax_r.plot(*series("eval/avg_reward"), color="k", linewidth=2, label="Avg. R (eval grid, deterministic)")

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ccpo_pl.conf import CONF_DIR
+from ccpo_pl.tb_runs import read_scalars
 
 
 def _compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
@@ -24,7 +25,7 @@ def _compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
 
 
 def _events(run_dir: Path, kinds: tuple[str, ...] = ("scalars", "images", "tensors")) -> EventAccumulator:
-    """The run's TensorBoard events of `kinds`, every one of them (no sampling)."""
+    """The run's own TensorBoard events of `kinds` (`tb/`, not its per-threshold runs), every one of them."""
     acc = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance=dict.fromkeys(kinds, 0))
     acc.Reload()
     return acc
@@ -50,10 +51,10 @@ def tb_events() -> Callable[[Path], EventAccumulator]:
 
 @pytest.fixture(scope="session")
 def tb_scalars() -> Callable[[Path], dict[str, list[tuple[int, float]]]]:
-    """`tb_scalars(run_dir)`: tag -> [(step, value), ...] of every scalar the run logged."""
+    """`tb_scalars(run_dir)`: flat tag -> [(step, value), ...] of every scalar the run logged (`tb/` and its
+    per-threshold runs `tb/eps_<eps>/`: `ccpo_pl.tb_runs`)."""
     def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-        acc = _events(run_dir, ("scalars",))
-        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+        return read_scalars(Path(run_dir) / "tb")  # the run's own tags and its per-threshold runs' flat tags
 
     return scalars
 

@@ -59,3 +59,13 @@ def test_fit_info_prints_it_and_refuses_an_unknown_option_in_one_line(tmp_path, 
     printed = capsys.readouterr()
     assert stop.value.code == 2 and printed.out == ""
     assert printed.err.startswith("ccpo_pl.fit: error: unknown algo 'nope'") and printed.err.count("\n") == 1
+
+
+def test_a_value_set_on_the_command_line_is_marked_as_such():
+    lines = describe(["env=car_circle", "seed=3", "eps.eval=[20,30]"]).splitlines()
+    seed = next(line for line in lines if line.startswith("seed: 3"))
+    assert seed.endswith("[command line]")
+    (evaluation,) = [line for line in lines if line.startswith("  eval: [20, 30]")]
+    assert evaluation.endswith("[command line]")
+    (name,) = [line for line in lines if line.startswith("  name: car_circle")]  # from the group's file, not marked
+    assert "[command line]" not in name

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -350,3 +351,44 @@ def test_run_episodes_reads_the_cost_of_a_safety_gymnasium_step(tmp_path, smoke_
 def test_remaining_budget_rejects_bad_values(args, match):
     with pytest.raises(ValueError, match=match):
         remaining_budget(*args)
+
+
+def test_predict_outside_the_trained_range_warns_once(smoke_config, tmp_path):
+    cfg = OmegaConf.to_container(smoke_config(tmp_path, *DEPLOY), resolve=True)
+    policy = Policy(ALGOS["ccpo"].make_actor(cfg, OBS_DIM, ACT_DIM).eval(),
+                    policy_metadata(cfg, OBS_DIM, ACT_DIM, (-1.0, 1.0)))
+    obs = np.zeros(OBS_DIM, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.predict(obs, 40.0)  # inside [10, 70]: no warning
+        policy.predict(np.zeros((2, OBS_DIM)), np.array([10.0, 70.0]))
+    with pytest.warns(UserWarning, match=r"^eps=500 is outside the trained range \[10, 70\]: the policy extrapolates"):
+        policy.predict(obs, 500.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.predict(obs, 500.0)  # once per policy
+        policy.predict(np.zeros((2, OBS_DIM)), np.array([5.0, 40.0]))
+
+
+def test_load_reads_the_action_box_from_the_checkpoint_without_the_simulator(runs):
+    """A deployed policy loads without building an env: the checkpoint stores the action box."""
+    code = textwrap.dedent(f"""
+        import json, sys, ccpo_pl
+        policy = ccpo_pl.load({str(runs['ccpo'])!r})
+        box = [policy.metadata["action_low"], policy.metadata["action_high"]]
+        print(json.dumps([box, [m for m in ("bullet_safety_gym", "safety_gymnasium", "pybullet") if m in sys.modules]]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    box, simulators = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert box == [-1.0, 1.0] and simulators == []
+    assert "AdroitHand" not in proc.stderr and "LeafSpec" not in proc.stderr  # notices ccpo_pl.quiet names
+    ckpt = torch.load(runs["ccpo"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["action_box"] == [-1.0, 1.0]
+
+
+def test_load_of_a_checkpoint_without_the_action_box_reads_it_from_the_env():
+    run = REPO / "tests" / "fixtures" / "checkpoints_main" / "ball_circle-ccpo-s0"
+    assert "action_box" not in torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    policy = ccpo_pl.load(run)
+    assert (policy.metadata["action_low"], policy.metadata["action_high"]) == (-1.0, 1.0)

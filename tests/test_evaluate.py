@@ -78,11 +78,14 @@ def test_fit_ends_with_the_final_evaluation_files(run_dir):
     assert "python -m ccpo_pl.fit experiment=smoke" in (run_dir / "commands.txt").read_text()
 
 
-def test_training_evaluation_logs_cv_unseen_averages_layout_and_plot(run_dir, tb_events):
+def test_training_evaluation_logs_cv_unseen_averages_layout_and_plot(run_dir, tb_events, tb_scalars):
     acc = tb_events(run_dir)
     tags = acc.Tags()
+    scalars = tb_scalars(run_dir)  # the per-threshold ones from the runs tb/eps_<eps>/
     for name in ("eval/eps_10/cv", "eval/eps_70/cost", "eval/avg_reward_unseen", "eval/avg_cv_unseen",
                  "eval/avg_cv", "eval/avg_cv_per_episode"):
+        assert name in scalars, name
+    for name in ("eval/avg_reward_unseen", "eval/avg_cv_unseen", "eval/avg_cv", "eval/avg_cv_per_episode"):
         assert name in tags["scalars"], name
     assert "eval/curves" in tags["images"]
     assert [e.step for e in acc.Images("eval/curves")] == [e.step for e in acc.Scalars("eval/avg_cv")]
@@ -421,3 +424,12 @@ def test_j_eps_plot_shades_the_thresholds_outside_the_trained_range():
         assert spans == [(5.0, 10.0), (70.0, 90.0)]
     inside = plot_curves(stats | {"eps": [10.0, 40.0, 70.0]}, [40.0], eps_range=[10.0, 70.0])
     assert all(not ax.patches for ax in inside.axes)  # nothing extrapolated: nothing shaded
+
+
+@pytest.mark.parametrize("command, key", [("evaluate", "episodes: 10"), ("export", "format: onnx")])
+def test_help_lists_the_commands_own_keys_not_fits_groups(command, key):
+    proc = subprocess.run([sys.executable, "-m", f"ccpo_pl.{command}", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"python -m ccpo_pl.{command} run=")
+    assert key in proc.stdout.splitlines()
+    assert not any(line.startswith(("algo:", "env:", "trainer:", "logger:")) for line in proc.stdout.splitlines())

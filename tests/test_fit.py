@@ -264,3 +264,39 @@ def test_the_readme_order_default_run_then_smoke_run_trains_both(tmp_path, monke
     check_resumable(Path(smoke.log_dir) / smoke.run_name, smoke_plain)  # a new run: nothing to refuse
     with pytest.raises(ConfigError, match="exists with a different config"):  # what sharing a directory did
         check_resumable(default_dir, smoke_plain)
+
+
+def test_a_finished_fit_says_where_its_run_is_and_what_comes_next(tmp_path, smoke_config):
+    from ccpo_pl.fit import finished_lines
+
+    cfg = smoke_config(tmp_path, "run_name=r")
+    metrics = {"eval/avg_reward": 17.4, "eval/avg_cv": 0.0, "eval/avg_reward_unseen": 20.7, "train/frames": 1600.0,
+               "time/loop_s": 12.97, "time/eval_s": 5.7, "time/update_s": 4.2, "time/updates": 400.0,
+               "time/steady_env_steps_per_s": 268.6, "time/steady_update_ms": 10.9, "eval/eps_10/cost": 3.0}
+    lines = finished_lines(cfg, metrics)
+    run = tmp_path / "r"
+    assert lines[0] == f"ccpo_pl.fit: run {run} at 1600 frames: checkpoints/, tb/"
+    assert lines[1] == "train/frames=1600 eval/avg_reward=17.4 eval/avg_cv=0"
+    assert lines[2:] == [f"next: python -m ccpo_pl.evaluate run={run}", f"      tensorboard --logdir {run}"]
+    assert all(len(line.replace(str(run), "logs/<run>")) <= 80 for line in lines)  # not a 300-character dump
+    csv = finished_lines(smoke_config(tmp_path, "run_name=r", "logger=csv"), metrics)
+    assert csv[0].endswith("checkpoints/, csv/") and len(csv) == 3
+
+
+def test_the_python_training_api_returns_the_run_directory_and_its_policy(tmp_path):
+    import numpy as np
+
+    import ccpo_pl
+
+    with pytest.raises(ConfigError, match=r"^unknown env 'nope'; allowed: "):
+        ccpo_pl.train(["env=nope"])
+    trained = ccpo_pl.train(["experiment=smoke", f"log_dir={tmp_path}", "total_frames=400", "threads=1",
+                             "collect.collects_per_epoch=1"])
+    assert trained.run_dir == tmp_path / "ball_circle-ccpo-s0"
+    assert (trained.run_dir / "checkpoints" / "last.ckpt").is_file() and trained.metrics["train/frames"] == 400
+    assert "ccpo_pl.train experiment=smoke" in (trained.run_dir / "commands.txt").read_text()
+    action = trained.policy.predict(np.zeros(8, dtype=np.float32), 40.0)
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+    again = ccpo_pl.train(["experiment=smoke", f"log_dir={tmp_path}", "total_frames=400", "threads=1",
+                           "collect.collects_per_epoch=1"])  # the same command resumes: the run is finished
+    assert again.run_dir == trained.run_dir and again.metrics == {"train/frames": 400.0}

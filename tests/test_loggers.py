@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import struct
 import time
 from collections import defaultdict
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ccpo_pl import loggers, plot
+from ccpo_pl import loggers, plot, tb_runs
 from ccpo_pl.conf import CONF_DIR, LOGGER_DIRS
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.fit import _check_group_overrides, fit
@@ -116,6 +117,92 @@ def test_each_logger_gets_the_j_eps_figure_as_a_png(logged_run):
     assert [step for step, _ in figures] == [FRAMES], name
     image = Image.open(io.BytesIO(figures[0][1]))
     assert image.format == "PNG" and image.width >= 500 and len(set(image.convert("L").getdata())) > 2
+
+
+@pytest.mark.parametrize("tag, run, tb_tag", [
+    ("eval/eps_20/reward", "eps_20", "by_eps/eval_reward"), ("eval/eps_12.5/cost", "eps_12.5", "by_eps/eval_cost"),
+    ("train/eps_40/episode_cost", "eps_40", "by_eps/train_episode_cost"), ("eval/eps_20/cv", "eps_20", "eval/cv"),
+    ("multipliers/lam/eps_20", "eps_20", "multipliers/lam"), ("update/j_c/eps_25", "eps_25", "update/j_c"),
+    ("eval/avg_reward", None, "eval/avg_reward"), ("train/episode_reward", None, "train/episode_reward"),
+    ("multipliers/lam_max", None, "multipliers/lam_max"), ("train/eps_range", None, "train/eps_range")])
+def test_each_per_threshold_tag_goes_to_its_thresholds_tensorboard_run_and_back(tag, run, tb_tag):
+    assert tb_runs.split_tag(tag) == (run, tb_tag)
+    assert tb_runs.join_tag(run, tb_tag) == tag
+
+
+@pytest.mark.parametrize("logged_run", ["tensorboard"], indirect=True)
+def test_tensorboard_has_one_run_per_threshold_with_reward_and_cost_first(logged_run, tb_events):
+    """Each threshold is its own TensorBoard run (its own colour and legend entry) under the run's tb/; the run
+    itself keeps no per-threshold tag; Time Series sorts sections by the first tag segment: by_eps is first."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    _, cfg, run_dir, _, _ = logged_run
+    thresholds = {f"eps_{e:g}" for e in [*cfg.eps.eval, *cfg.eps.behavior]}
+    subruns = {p.name for p in (run_dir / "tb").iterdir() if p.is_dir()}
+    assert thresholds <= subruns and all(tb_runs.is_eps_run(name) for name in subruns)
+    own = tb_events(run_dir).Tags()["scalars"]
+    assert "eval/avg_reward" in own and not any(tb_runs.is_eps_run(part) for tag in own for part in tag.split("/"))
+    tags = {}
+    for name in subruns:
+        acc = EventAccumulator(str(run_dir / "tb" / name), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags[name] = set(acc.Tags()["scalars"])
+    for e in cfg.eps.eval:
+        assert {"by_eps/eval_reward", "by_eps/eval_cost", "eval/cv"} <= tags[f"eps_{e:g}"]
+    for e in cfg.eps.behavior:
+        assert "multipliers/lam" in tags[f"eps_{e:g}"]
+    sections = sorted({t.split("/")[0] for t in set(own).union(*tags.values())})
+    assert sections[0] == "by_eps" and {"critic", "estep", "eval", "multipliers"} <= set(sections[1:])
+    first = sorted(t for t in set().union(*tags.values()) if t.startswith("by_eps/"))
+    assert first == ["by_eps/eval_cost", "by_eps/eval_reward", "by_eps/train_episode_cost",
+                     "by_eps/train_episode_reward"]  # Time Series' first cards: reward and cost per threshold
+    # Custom Scalars: each chart's regex matches the thresholds' runs' tag (one line per threshold)
+    (config,) = [e for e in tb_events(run_dir).Tensors("custom_scalars__config__")]
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    for title, tag in (("J_r(eps): episode reward", "by_eps/eval_reward"), ("J_c(eps): episode cost",
+                                                                           "by_eps/eval_cost"),
+                       ("multipliers/lam", "multipliers/lam")):
+        assert any(re.match(p, tag) for p in charts[title]), title
+        assert not any(re.match(p, tag + "_unseen") for p in charts[title]), title
+    assert [c.title for c in layout.category[0].chart][:2] == ["J_r(eps): episode reward", "J_c(eps): episode cost"]
+
+
+def test_a_resumed_tensorboard_run_continues_each_thresholds_curve_in_its_own_run(tmp_path):
+    def logger(purge_step):
+        return loggers.ThresholdRunsTensorBoardLogger(save_dir=tmp_path, name="run", version="tb",
+                                                      default_hp_metric=False, purge_step=purge_step)
+
+    first = logger(0)
+    for step in (400, 800, 1200):  # 1200: logged after the checkpoint at 800, then killed
+        first.log_metrics({"eval/eps_20/cost": step / 100, "eval/avg_cv": 0.0}, step=step)
+    first.finalize("failed")
+    again = logger(801)
+    again.log_metrics({"eval/eps_20/cost": 99.0, "eval/avg_cv": 1.0}, step=1200)
+    again.finalize("success")
+    assert sorted(p.name for p in (tmp_path / "run" / "tb").iterdir() if p.is_dir()) == ["eps_20"]
+    scalars = tb_runs.read_scalars(tmp_path / "run" / "tb")
+    assert scalars["eval/eps_20/cost"] == [(400, 4.0), (800, 8.0), (1200, 99.0)]
+    assert scalars["eval/avg_cv"] == [(400, 0.0), (800, 0.0), (1200, 1.0)]
+
+
+def test_a_run_logged_before_the_per_threshold_runs_reads_back_as_one_curve_when_resumed(tmp_path):
+    """A run from before this layout keeps its flat tags in tb/; resumed, its thresholds go to tb/eps_<eps>/, and
+    reading the run gives one curve per flat tag, in frame order."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    old = SummaryWriter(str(tmp_path / "run" / "tb"))
+    for step in (400, 800):
+        old.add_scalar("eval/eps_20/cost", step / 100, global_step=step)
+    old.close()
+    loggers.after_earlier_event_files(tmp_path / "run" / "tb")
+    resumed = loggers.ThresholdRunsTensorBoardLogger(save_dir=tmp_path, name="run", version="tb",
+                                                     default_hp_metric=False, purge_step=801)
+    resumed.log_metrics({"eval/eps_20/cost": 12.0}, step=1200)
+    resumed.finalize("success")
+    assert tb_runs.read_scalars(tmp_path / "run" / "tb")["eval/eps_20/cost"] == [(400, 4.0), (800, 8.0),
+                                                                                (1200, 12.0)]
 
 
 @pytest.mark.parametrize("logged_run", ["tensorboard"], indirect=True)  # TensorBoard's HPARAMS tab

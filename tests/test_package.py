@@ -15,7 +15,7 @@ import pytest
 from ccpo_pl.conf import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("ccpo-fit", "ccpo-evaluate", "ccpo-report", "ccpo-export")
+SCRIPTS = ("ccpo-fit", "ccpo-evaluate", "ccpo-report", "ccpo-plot", "ccpo-export")
 
 
 def _uv() -> str:
@@ -87,4 +87,5 @@ def test_console_scripts_are_the_module_commands():
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"ccpo-fit": "ccpo_pl.fit:main", "ccpo-evaluate": "ccpo_pl.evaluate:main",
-                       "ccpo-report": "ccpo_pl.report:main", "ccpo-export": "ccpo_pl.export:main"}
+                       "ccpo-report": "ccpo_pl.report:main", "ccpo-plot": "ccpo_pl.plot:main",
+                       "ccpo-export": "ccpo_pl.export:main"}

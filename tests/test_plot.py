@@ -136,3 +136,25 @@ def test_plot_reads_real_runs_of_two_seeds(tmp_path):
     thresholds = read_csv(out / "thresholds.csv")
     assert [(float(r["eps"]), r["n"], r["extrapolation"]) for r in thresholds] == [(10, "2", "0"), (40, "2", "0"),
                                                                                    (90, "2", "1")]
+
+
+def test_a_run_without_a_final_evaluation_plots_its_newest_evaluate_output(tmp_path):
+    """experiment=smoke trains with eval.final_episodes=0: the thresholds come from the newest eval-<date-time>/."""
+    run = fake_run(tmp_path, "smoke", "ccpo", 0, {400: 1.0}, per_eps=[("deterministic", 20, 5.0, 1.0)])
+    (run / "eval").rename(run / "eval-20261208-010000")
+    (run / "eval-20261208-020000").mkdir()  # newer, but no summary.json: incomplete
+    (run / "eval-20261208-020000" / "per_eps.csv").write_text("policy,eps\n")
+    assert plot.read_thresholds(run) is None  # the older output has no summary.json either
+    (run / "eval-20261208-010000" / "summary.json").write_text("{}")
+    assert plot.read_thresholds(run)["reward"].tolist() == [5.0]
+
+
+def test_a_run_logged_to_mlflow_only_beside_readable_runs_is_skipped_with_a_warning(tmp_path, capsys):
+    """`plot logs` after the guide's logger=mlflow smoke run: the other runs are still plotted."""
+    run = fake_run(tmp_path / "logs", "tb-run", "ccpo", 0, {400: 1.0})
+    other = tmp_path / "logs" / "smoke-mlflow"
+    (other / "mlruns").mkdir(parents=True)
+    (other / "config.yaml").write_text("seed: 0\n")
+    assert plot.find_runs([tmp_path / "logs"]) == [run.resolve()]
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith("ccpo_pl.plot: warning: skipping ") and "smoke-mlflow" in warning

@@ -103,3 +103,22 @@ def test_the_adroit_notice_is_dropped_and_other_notices_kept():
         assert notifications["another_package"] == {"1.0": "another notice"}
     finally:
         notifications.pop("another_package")
+
+
+#: a launcher's job process (submitit): Hydra's task function runs without `main()` having run
+JOB_WITHOUT_MAIN = """
+import sys
+import ccpo_pl.fit as f
+sys.argv = ["ccpo_pl.fit", *sys.argv[1:]]
+f._hydra_main()
+"""
+
+
+def test_a_launcher_job_running_the_task_function_alone_prints_none_of_the_silenced_messages(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("CCPO_PL_VERBOSE", None)
+    run = subprocess.run([sys.executable, "-c", JOB_WITHOUT_MAIN, "experiment=smoke", "threads=1",
+                          f"log_dir={tmp_path / 'logs'}", "collect.collects_per_epoch=1", "eps.eval=[40]",
+                          "total_frames=200"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [s for s in SILENCED if s in run.stdout + run.stderr] == []

@@ -77,3 +77,22 @@ def test_an_extrapolated_evaluation_without_its_per_threshold_file_is_skipped_wi
     (warning,) = capsys.readouterr().err.splitlines()
     assert "wide" in warning and "per_eps.csv' is needed to leave out the extrapolated thresholds" in warning
     assert "| ball_circle | seeds | 1 |" in text
+
+
+def test_a_run_without_a_final_evaluation_is_reported_from_its_newest_evaluate_output(tmp_path, capsys):
+    """experiment=smoke trains with eval.final_episodes=0: after `evaluate` (eval-<date-time>/), report reads that."""
+    run = fake_run(tmp_path / "logs", "smoke", evaluated_at=None)
+    base = {"task": "ball_circle", "algo": "ccpo", "label": "ccpo", "seed": 0, "episodes": 2, "eps": [25, 35],
+            "frames": 1000, "train_wall_s": 60.0, "avg_cv": 0.0}
+    for name, reward in (("eval-20261208-010000", 1.0), ("eval-20261208-020000", 2.0),
+                         ("eval-20261208-020000-2", 3.0), ("eval-20261208-030000", None)):  # the last: incomplete
+        (run / name).mkdir()
+        if reward is not None:
+            (run / name / "summary.json").write_text(json.dumps(base | {"avg_reward": reward}))
+    assert report_module.newest_evaluation(run) == run / "eval-20261208-020000-2" / "summary.json"
+    text = report_module.report([tmp_path / "logs"])
+    assert "| ball_circle | Avg. R ↑ | 3.00 |" in text
+    err = capsys.readouterr().err
+    assert "has no final evaluation (eval/): using its newest evaluation eval-20261208-020000-2/" in err
+    assert "warning" not in err
+    assert report_module.newest_evaluation(fake_run(tmp_path / "logs", "none", evaluated_at=None)) is None

@@ -30,6 +30,15 @@ def test_every_env_config_passes_the_table(env, compose_config):
     validate(compose_config(f"env={env}"))
 
 
+@pytest.mark.parametrize("env", ENVS)
+def test_the_smoke_experiment_takes_its_thresholds_from_every_task(env, compose_config):
+    """`fit experiment=smoke env=<any task>` as the guide promises: the evaluation grid follows the task."""
+    cfg = compose_config("experiment=smoke", f"env={env}")
+    validate(cfg)
+    lo, hi = cfg.eps.range
+    assert list(cfg.eps.eval) == [lo, sorted(cfg.eps.behavior)[1], hi]
+
+
 def test_the_cpo_family_refuses_a_ccpo_experiments_thresholds(compose_config):
     with pytest.raises(ConfigError, match="trains at one cost limit"):
         validate(compose_config("algo=cpo", "experiment=paper_table1"))

@@ -134,3 +134,19 @@ def test_a_renderer_that_fails_to_start_is_one_line_naming_the_env(monkeypatch):
         record_clips(actor, cfg, [20.0], seed=0, length=2)
     assert str(err.value) == ("video: SafetyBallCircle-v0 does not render here (an OpenGL platform library has not "
                               "been loaded)")
+
+
+def test_the_periodic_video_counts_its_rendering_time_in_the_evaluation_time(monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    from ccpo_pl import video
+    from ccpo_pl.timing import WallClock
+
+    monkeypatch.setattr(video, "record_clips", lambda *args, **kwargs: (time.sleep(0.2), [np.zeros((1, 2, 2, 3))])[1])
+    monkeypatch.setattr(video, "log_gif", lambda *args: None)
+    module = SimpleNamespace(logger=SimpleNamespace(experiment=SimpleNamespace(_get_file_writer=None)),
+                             actor=None, global_frames=400, clock=WallClock())
+    trainer = SimpleNamespace(current_epoch=0, global_rank=0, max_epochs=1)
+    video.PeriodicVideo({}, 40.0, length=4, every_epochs=1, seed=0).on_train_epoch_end(trainer, module)
+    assert module.clock.totals["eval_s"] >= 0.2

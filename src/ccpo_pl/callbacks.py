@@ -330,10 +330,14 @@ class FlushLogs(Callback):
 class RecordRun(Callback):
     """When training really starts (rank 0): write `config.yaml` atomically (fsync, rename) and append the command
     line to `commands.txt`. A run that failed before this point has not claimed its name. Every checkpoint carries
-    the resolved config as plain data (`hyper_parameters.run_config`), which `load_policy` and resumes read."""
+    the resolved config as plain data (`hyper_parameters.run_config`), which `load_policy` and resumes read, and the
+    task's action box (`hyper_parameters.action_box`, [low, high]), which `ccpo_pl.load` reads without building an
+    env."""
 
-    def __init__(self, run_dir: Path, plain: dict, command: str | None):
+    def __init__(self, run_dir: Path, plain: dict, command: str | None,
+                 action_box: tuple[float, float] | None = None):
         self.run_dir, self.plain, self.command = run_dir, plain, command
+        self.action_box = None if action_box is None else [float(x) for x in action_box]
         self.started = False
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -347,3 +351,5 @@ class RecordRun(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint.setdefault("hyper_parameters", {})["run_config"] = self.plain
+        if self.action_box is not None:
+            checkpoint["hyper_parameters"]["action_box"] = self.action_box

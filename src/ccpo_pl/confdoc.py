@@ -4,7 +4,8 @@ The comments of `conf/` are the documentation of every setting (meaning, source,
 `--cfg job` print the composed config without them; `describe(overrides)` prints it with them: the config composed
 as `ccpo_pl.fit` would (interpolations resolved), each key followed by the comment of the last file (in the
 composition order: `config.yaml`, then the chosen `env/`, `algo/` (with the files it includes), `algo_run/`,
-`trainer/`, `experiment/`) that comments it, and `[<file>]` where a later file than that one sets the value.
+`trainer/`, `experiment/`) that comments it, and `[<file>]` where a later file than that one sets the value
+(`[command line]` where an override does: the comment then describes the key, not that value).
 """
 
 from __future__ import annotations
@@ -126,5 +127,11 @@ def describe(overrides: list[str]) -> str:
     plain = OmegaConf.to_container(cfg, resolve=True)
     dump = yaml.dump(plain, Dumper=_Dumper, sort_keys=False, width=10_000, allow_unicode=True)
     head = (f"# python -m ccpo_pl.fit {' '.join(overrides)}".rstrip() + ": the run config, each key with the comment "
-            "of its file in conf/ ([file]: the value comes from a later file)\n")
-    return head + annotate(dump, key_docs(choices))
+            "of its file in conf/ ([file]: the value comes from a later file; [command line]: from an override)\n")
+    docs = key_docs(choices)
+    for arg in overrides:  # key=value on the command line: its value is not the one the comment's file gives
+        key, sep, _ = arg.lstrip("+").partition("=")
+        if sep and key not in GROUP_ORDER and "/" not in key and not key.startswith("hydra"):
+            comment, commented_in, _ = docs.get(key, ("", "", ""))
+            docs[key] = (comment, commented_in, "command line")
+    return head + annotate(dump, docs)

@@ -1,6 +1,7 @@
 """Deploy one policy pi(a|s, eps) and pick the threshold eps at run time.
 
-`load` turns a run directory or checkpoint of any algorithm into a `Policy` whose `predict(observation, eps)` takes
+`load` turns a run directory or checkpoint of any algorithm into a `Policy` (without building an env or importing
+the simulator: the checkpoint stores the action box) whose `predict(observation, eps)` takes
 numpy or torch, one observation or a batch, and returns the action the env receives: the deterministic mean action
 clipped to the task's action box (what `ccpo_pl.envs.make_env`'s `ClipTransform` does to every action in training
 and evaluation). Observations are used as the env gives them: the env pipeline has no observation normalisation
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,7 @@ class Policy:
         self._meta = dict(metadata)
         self.device = torch.device(device)
         self._module = DeployedPolicy(actor, self._meta["action_low"], self._meta["action_high"])
+        self._warned_outside = False  # `predict` at a threshold outside the trained range: warned once
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -79,7 +82,8 @@ class Policy:
         Args:
             observation: one observation `[obs_dim]` or a batch `[B, obs_dim]`; a numpy array (or list) or a tensor.
             eps: the threshold in episode-cost units: a float, a 0-d array, or one per observation `[B]`; finite
-                and > 0. Outside the trained `metadata["eps_range"]` the policy extrapolates.
+                and > 0. Outside the trained `metadata["eps_range"]` the policy extrapolates: the first such call
+                of a policy warns (`UserWarning`).
             deterministic: the mean action (the evaluation protocol); False samples N(mean, std^2) before clipping.
 
         Returns:
@@ -120,18 +124,34 @@ class Policy:
             bad = e.item() if e.ndim == 0 else e[~ok].tolist()
             raise ValueError(f"eps={bad} is not allowed; eps must be finite and > 0 (trained range "
                              f"{self._meta['eps_range']}; outside it the policy extrapolates)")
+        low, high = self._meta["eps_range"]
+        outside = (e < low) | (e > high)
+        if not self._warned_outside and bool(outside.any()):
+            self._warned_outside = True
+            first = e.item() if e.ndim == 0 else e[outside][0].item()
+            warnings.warn(f"eps={first:g} is outside the trained range [{low:g}, {high:g}]: the policy "
+                          f"extrapolates there (said once per policy)", UserWarning, stacklevel=3)
         return batch, e.to(self.device, torch.float32).expand(batch.shape[0])
 
 
 def load(run: str | Path, device: str | torch.device = "cpu") -> Policy:
     """The policy of a `ccpo_pl.fit` run directory (its `checkpoints/last.ckpt`) or checkpoint file, of any
-    algorithm; only the policy's weights are read (`weights_only=True`). Builds one env of the task to read its
-    action box. A missing or foreign file is a `ValueError` (`ccpo_pl.errors.ConfigError`) naming it."""
-    from ccpo_pl.envs import action_bounds
+    algorithm; only the policy's weights are read (`weights_only=True`). The action box is the one the checkpoint
+    stores (`hyper_parameters.action_box`): no env is built and the simulator is not imported; for a checkpoint
+    written before it was stored, one env of the task is built to read it. A missing or foreign file is a
+    `ValueError` (`ccpo_pl.errors.ConfigError`) naming it."""
+    from ccpo_pl import quiet
+
+    quiet.drop_notices()  # gymnasium-robotics' notice on import (ccpo_pl.quiet); the warning filters stay as they are
     from ccpo_pl.evaluation import actor_sizes, load_run
 
     _, _, ckpt, actor, cfg = load_run(run, device)
-    return Policy(actor, policy_metadata(cfg, *actor_sizes(ckpt), action_bounds(cfg["env"])), device)
+    box = ckpt["hyper_parameters"].get("action_box")
+    if box is None:  # a checkpoint without the action box: the env's
+        from ccpo_pl.envs import action_bounds
+
+        box = action_bounds(cfg["env"])
+    return Policy(actor, policy_metadata(cfg, *actor_sizes(ckpt), (float(box[0]), float(box[1]))), device)
 
 
 @dataclass

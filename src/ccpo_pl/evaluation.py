@@ -8,7 +8,7 @@ with `seed + j`, the caller's RNG streams left as they were). Two callers use it
 evaluation): the logger's `eval/eps_<eps>/{reward,cost,cv}`, the paper's averages `eval/avg_{reward,cv}` and over
 unseen thresholds `eval/avg_{reward,cv}_unseen`, the J(eps) plot `eval/curves` (in each logger's form:
 `loggers.log_figure`), and in TensorBoard a custom-scalar layout that puts all thresholds' curves of a quantity on
-one chart.
+one chart, one colour per threshold.
 
 `evaluate_run` is what `python -m ccpo_pl.evaluate` and the end of `ccpo_pl.fit` call: it loads the policy of a
 checkpoint (no training state), runs episodes on a threshold grid in batched envs with the deterministic (mean
@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
+from ccpo_pl import tb_runs
 from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
 from ccpo_pl.checkpointing import READABLE_FORMATS, atomic_write_bytes, check_checkpoint, training_state
 from ccpo_pl.envs import make_env
@@ -54,7 +55,6 @@ from ccpo_pl.metrics import (
     summarize,
 )
 from ccpo_pl.nets import EpsActor, make_policy
-from ccpo_pl.training_log import PER_EPS_PATTERN
 from ccpo_pl.validation import current_run_config
 
 #: the algorithms whose policy is the linear combination of per-threshold policies (`extrapolation=` applies)
@@ -311,25 +311,27 @@ class PeriodicEvaluation(Callback):
 
     @staticmethod
     def log_layout(trainer, pl_module) -> None:
-        """TensorBoard custom scalars: every threshold's curve of a quantity on one chart (rank 0 only)."""
+        """TensorBoard custom scalars: every threshold's curve of a quantity on one chart, one colour and legend
+        entry per threshold (each threshold is its own TensorBoard run: `tb_runs`; rank 0 only)."""
         writer = getattr(pl_module.logger, "experiment", None)
         if trainer.global_rank != 0 or not hasattr(writer, "add_custom_scalars"):
             return
-        multi = lambda pattern: ["Multiline", [pattern]]  # noqa: E731 - a TensorBoard regex over tags
+        multi = lambda tag: ["Multiline", [f"^{re.escape(tag)}$"]]  # noqa: E731 - a TensorBoard regex over tags
         per_eps = getattr(pl_module, "per_eps_metrics", dict)()
+        first = tb_runs.FIRST_SECTION
         layout = {
-            "eval: all thresholds": {
-                "J_c(eps): episode cost": multi(r"eval/eps_[^/]+/cost"),
-                "J_r(eps): episode reward": multi(r"eval/eps_[^/]+/reward"),
-                "CV(eps) = max(0, J_c - eps)": multi(r"eval/eps_[^/]+/cv"),
-                "Avg. CV and Avg. CV-G": multi(r"eval/avg_cv.*"),
-                "Avg. R and Avg. R-G": multi(r"eval/avg_reward.*"),
+            "eval: one line per threshold": {
+                "J_r(eps): episode reward": multi(f"{first}/eval_reward"),
+                "J_c(eps): episode cost": multi(f"{first}/eval_cost"),
+                "CV(eps) = max(0, J_c - eps)": multi("eval/cv"),
+                "Avg. R and Avg. R-G": ["Multiline", [r"^eval/avg_reward.*"]],
+                "Avg. CV and Avg. CV-G": ["Multiline", [r"^eval/avg_cv.*"]],
             },
-            "train: behaviour thresholds": {
-                "episode cost": multi(r"train/eps_[^/]+/episode_cost"),
-                "episode reward": multi(r"train/eps_[^/]+/episode_reward"),
+            "train: one line per behaviour threshold": {
+                "episode reward": multi(f"{first}/train_episode_reward"),
+                "episode cost": multi(f"{first}/train_episode_cost"),
             },
-            "per threshold bin": {name: multi(re.escape(name) + PER_EPS_PATTERN) for name in per_eps},
+            "per threshold bin": {name: multi(name) for name in per_eps},
         }
         writer.add_custom_scalars(layout)
 

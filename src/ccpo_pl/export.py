@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from ccpo_pl.conf import CONF_PATH
 from ccpo_pl.errors import ConfigError
+from ccpo_pl.extras import require
 
 if TYPE_CHECKING:
     from ccpo_pl.deploy import Policy
@@ -69,6 +70,7 @@ def export_policy(run: str | Path, fmt: str, out: str | Path | None = None, *, s
     `policy.pt`); returns the path written. Bad values are one-line `ConfigError`s."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}; allowed: {', '.join(FORMATS)}")
+    require(f"format={fmt}")  # the onnx extra
     if not isinstance(std, bool) or not isinstance(overwrite, bool):
         raise ConfigError(f"std={std!r} and overwrite={overwrite!r} must be true or false")
     # here, not at the top: these import Lightning and TorchRL, which a refused format or flag does without
@@ -89,6 +91,9 @@ def export_policy(run: str | Path, fmt: str, out: str | Path | None = None, *, s
 @hydra.main(config_path=CONF_PATH, config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """The command line: `export_policy` with the config's settings; errors are one line and exit status 2."""
+    from ccpo_pl import quiet
+
+    quiet.install()  # third-party messages no user acts on (each named in ccpo_pl/quiet.py)
     try:
         if not cfg.run:
             raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")

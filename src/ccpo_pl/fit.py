@@ -1,6 +1,7 @@
 """`python -m ccpo_pl.fit [overrides]`: train a threshold-conditioned safe-RL policy (Hydra entry point).
 
-`fit(cfg)` does the work and is what tests call; `main()` is the thin command-line wrapper. The run directory is
+`fit(cfg)` does the work and is what tests call; `main()` is the thin command-line wrapper, and `train(overrides)`
+(`ccpo_pl.train`) the same from Python. The run directory is
 `<log_dir>/<run_name>/` with `config.yaml`, `checkpoints/` (last.ckpt, periodic ones, per-rank buffer sidecars) and
 `tb/` (TensorBoard; `logger=` picks another: `loggers`). Re-running the same `run_name` resumes from
 `checkpoints/last.ckpt`; a different config against an existing run is refused, and nothing of an earlier run is
@@ -27,6 +28,8 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +41,7 @@ from ccpo_pl import compat, validation
 from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.conf import CONF_DIR, CONF_PATH, LOGGER_DIRS
 from ccpo_pl.errors import ConfigError, refuse_or_run
+from ccpo_pl.extras import require
 from ccpo_pl.faults import INTERRUPTED_EXIT, RunStopped, StorageError
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
@@ -207,11 +211,14 @@ def make_env(env_cfg, **kwargs):
     return make_env(env_cfg, **kwargs)
 
 
-def env_sizes(cfg: DictConfig) -> tuple[int, int]:
-    """Observation and action sizes, read from the env's specs (never from YAML)."""
+def env_sizes(cfg: DictConfig) -> tuple[int, int, tuple[float, float]]:
+    """Observation and action sizes and the action box every action is clipped to, read from the env's specs (never
+    from YAML)."""
     env = make_env(cfg.env, num_envs=1, seed=cfg.seed, eps_values=list(cfg.eps.behavior))
     try:
-        return int(env.observation_spec["observation"].shape[-1]), int(env.action_spec.shape[-1])
+        space = env.action_spec.space
+        box = (float(space.low.min()), float(space.high.max()))
+        return int(env.observation_spec["observation"].shape[-1]), int(env.action_spec.shape[-1]), box
     finally:
         env.close(raise_if_closed=False)
 
@@ -225,6 +232,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     `<run dir>/commands.txt` when training starts.
     """
     validate(cfg)
+    require(f"logger={cfg.logger.name}")  # the wandb and mlflow extras
     run_dir = Path(cfg.log_dir) / cfg.run_name
     plain = OmegaConf.to_container(cfg, resolve=True)
     predates = check_resumable(run_dir, plain)
@@ -242,7 +250,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
 
     frames_per_epoch = cfg.collect.frames_per_collect * cfg.collect.collects_per_epoch * n_ranks
     max_epochs = math.ceil(cfg.total_frames / frames_per_epoch)
-    obs_dim, act_dim = env_sizes(cfg)
+    obs_dim, act_dim, action_box = env_sizes(cfg)
     module = build_module(cfg, obs_dim, act_dim)
     ckpt, ckpt_frames = resume_point(cfg, run_dir, module)
     if ckpt_frames is not None and ckpt_frames >= cfg.total_frames:
@@ -250,7 +258,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
               f"{cfg.total_frames}); raise total_frames to continue it")
         return {"train/frames": float(ckpt_frames)}
 
-    record = RecordRun(run_dir, plain, command)
+    record = RecordRun(run_dir, plain, command, action_box=action_box)
     evaluation = build_evaluation(cfg)
     created = not run_dir.exists()
     try:
@@ -279,6 +287,38 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         metrics |= {f"final/{k}": v for k, v in summary["by_policy"][summary["policy"]].items()}  # the headline
         metrics |= {f"final/{policy}/{k}": v for policy, avg in summary["by_policy"].items() for k, v in avg.items()}
     return metrics
+
+
+@dataclass
+class Trained:
+    """What `train` returns: the run directory, the metrics `fit` returned, and the trained policy."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+
+    @property
+    def policy(self):
+        """The run's policy, `ccpo_pl.load(run_dir)` (`predict(obs, eps)`, `metadata`)."""
+        from ccpo_pl.deploy import load
+
+        return load(self.run_dir)
+
+
+def train(overrides: Sequence[str] = ()) -> Trained:
+    """`python -m ccpo_pl.fit <overrides>` from Python: the same checks, the same run directory (re-running resumes
+    it), the same training; returns the run directory, the metrics and the policy (`Trained`). A refused override
+    is a `ConfigError` (a `ValueError`) with the command line's one-line message; `-m` sweeps are the command
+    line's."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [str(o) for o in overrides]
+    if "-m" in overrides or "--multirun" in overrides:
+        raise ConfigError("ccpo_pl.train runs one run; sweep with python -m ccpo_pl.fit -m ... or call it per job")
+    _check_group_overrides(overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    metrics = fit(cfg, command=" ".join(["ccpo_pl.train", *overrides]))
+    return Trained(Path(cfg.log_dir) / cfg.run_name, metrics)
 
 
 #: errors of a full, over-quota or read-only disk, from whatever writes (TensorBoard's writer thread, say)
@@ -411,6 +451,7 @@ def _check_group_overrides(argv: list[str]) -> None:
                     allowed = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
                     raise ConfigError(f"unknown {key} {name!r}; allowed: {', '.join(allowed)}")
         elif sep and key.startswith("hydra/"):  # Hydra's own groups, e.g. hydra/launcher=submitit_slurm
+            require(f"{key}={value}")  # the slurm extra
             allowed = hydra_group_options(key)
             if value not in allowed:
                 raise ConfigError(f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
@@ -428,6 +469,9 @@ def hydra_group_options(group: str) -> list[str]:
 
 @hydra.main(config_path=CONF_PATH, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    from ccpo_pl import quiet
+
+    quiet.install()  # again here: a launcher's job process (submitit) runs this function without `main`
     try:
         metrics = fit(cfg, command=" ".join(["python -m ccpo_pl.fit", *HydraConfig.get().overrides.task]))
     except ConfigError as err:
@@ -440,7 +484,25 @@ def _hydra_main(cfg: DictConfig) -> None:
         print("ccpo_pl.fit: interrupted (SIGINT); the last complete checkpoint, if any, is kept", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
     if metrics and _rank() == 0:
-        print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/eps_" not in k))
+        print("\n".join(finished_lines(cfg, metrics)))
+
+
+#: the metrics of the line `fit` ends with (all of them are in the logger and the final evaluation's files)
+FINISHED_KEYS = ("train/frames", "eval/avg_reward", "eval/avg_cv", "final/avg_reward", "final/avg_cv")
+
+
+def finished_lines(cfg: DictConfig, metrics: dict[str, float]) -> list[str]:
+    """What `fit` prints at the end: where the run is, its headline numbers, and the commands that come next."""
+    run_dir = Path(cfg.log_dir) / cfg.run_name
+    logs = LOGGER_DIRS.get(cfg.logger.name, cfg.logger.name)
+    final = ", the final evaluation in eval/" if (run_dir / "eval" / "summary.json").is_file() else ""
+    lines = [f"ccpo_pl.fit: run {run_dir} at {int(metrics.get('train/frames', 0))} frames: checkpoints/, {logs}/"
+             f"{final}",
+             " ".join(f"{k}={metrics[k]:.4g}" for k in FINISHED_KEYS if k in metrics),
+             f"next: python -m ccpo_pl.evaluate run={run_dir}"]
+    if cfg.logger.name == "tensorboard":
+        lines.append(f"      tensorboard --logdir {run_dir}")
+    return lines
 
 
 def _quiet_disk_errors_in_threads(args) -> None:

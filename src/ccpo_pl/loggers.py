@@ -2,7 +2,10 @@
 each writing under the run directory, each receiving the same scalars (tags such as `eval/eps_10/cost`, x-axis =
 environment frames), the J(eps) plot `eval/curves` and the run's flattened config as hyperparameters.
 
-- tensorboard: `<run>/tb/events.out.tfevents.*`; the config in the HPARAMS tab; the plot as the image `eval/curves`.
+- tensorboard: `<run>/tb/events.out.tfevents.*`, and each threshold's scalars in its own TensorBoard run
+  `<run>/tb/eps_<eps>/` under a threshold-free tag (`eval/eps_10/cost` is `by_eps/eval_cost` of run `eps_10`:
+  `tb_runs`), so that each threshold has its own colour and legend entry; the config in the HPARAMS tab; the plot
+  as the image `eval/curves`.
 - csv: `<run>/csv/metrics.csv` (column `step` = frames, one column per tag); the plot as
   `<run>/csv/eval/curves_<frames>.png`; the config in `<run>/csv/hparams.yaml`.
 - wandb: `<run>/wandb/offline-run-<time>-<id>/` (or `run-...` online); the plot as the image `eval/curves`; the
@@ -16,7 +19,7 @@ what a killed process logged after its last checkpoint, so a resumed run has eac
 keep every value they were sent: those frames appear twice there (W&B plots both against `trainer/global_step`;
 MLflow keeps both points of a metric at that step).
 
-The three subclasses below change one behaviour each, named in their docstrings; everything else is Lightning's.
+The four subclasses below change one behaviour each, named in their docstrings; everything else is Lightning's.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import io
 import os
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -36,6 +40,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
+
+from ccpo_pl.tb_runs import split_tag
 
 #: the metrics TensorBoard's HPARAMS tab shows beside each run's config (read from these scalar tags)
 HPARAM_METRICS = ("eval/avg_reward", "eval/avg_cv")
@@ -57,8 +63,8 @@ def make_logger(cfg: DictConfig, run_dir: Path, purge_step: int) -> Logger:
 
 def _tensorboard(run_dir: Path, run_name: str, purge_step: int) -> TensorBoardLogger:
     after_earlier_event_files(run_dir / "tb")
-    return TensorBoardLogger(save_dir=run_dir.parent, name=run_dir.name, version="tb", default_hp_metric=False,
-                             purge_step=purge_step)
+    return ThresholdRunsTensorBoardLogger(save_dir=run_dir.parent, name=run_dir.name, version="tb",
+                                          default_hp_metric=False, purge_step=purge_step)
 
 
 def _csv(run_dir: Path, run_name: str, purge_step: int) -> CSVLogger:
@@ -109,6 +115,57 @@ def after_earlier_event_files(tb_dir: Path) -> None:
                if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
     if seconds and max(seconds) >= int(time.time()):
         time.sleep(max(seconds) + 1 - time.time())
+
+
+class ThresholdRunsTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoardLogger, with every per-threshold scalar written into the threshold's own TensorBoard
+    run `<log dir>/eps_<eps>/` under its threshold-free tag (`tb_runs.split_tag`), as `SummaryWriter.add_scalars`
+    does: one colour and legend entry per threshold. Each sub-run's writer is made when its first scalar comes,
+    with the logger's `purge_step` (a resumed run drops there, too, what a killed process logged after its
+    checkpoint)."""
+
+    def __init__(self, *args, purge_step: int = 0, **kwargs):
+        super().__init__(*args, purge_step=purge_step, **kwargs)
+        self._purge_step = purge_step
+        self._threshold_writers: dict = {}
+
+    def threshold_writer(self, run: str):
+        """The `SummaryWriter` of sub-run `run` (`eps_20`), made on first use."""
+        writer = self._threshold_writers.get(run)
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            folder = Path(self.log_dir) / run
+            folder.mkdir(parents=True, exist_ok=True)
+            after_earlier_event_files(folder)
+            writer = self._threshold_writers[run] = SummaryWriter(log_dir=str(folder), purge_step=self._purge_step)
+        return writer
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        own, per_run = {}, defaultdict(dict)
+        for tag, value in metrics.items():
+            run, name = split_tag(tag)
+            (own if run is None else per_run[run])[name] = value
+        if own:
+            super().log_metrics(own, step)
+        for run, values in per_run.items():
+            writer = self.threshold_writer(run)
+            for name, value in values.items():
+                writer.add_scalar(name, value.item() if hasattr(value, "item") else value, step)
+
+    @rank_zero_only
+    def save(self) -> None:
+        super().save()
+        for writer in self._threshold_writers.values():
+            writer.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        for writer in self._threshold_writers.values():
+            writer.close()
+        self._threshold_writers = {}
 
 
 class ResumableCSVLogger(CSVLogger):

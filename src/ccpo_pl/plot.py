@@ -6,7 +6,8 @@ runs from their run directories.
   Runs are put on the union of their logged frames by linear interpolation inside each run's own frame range
   (never extrapolated), so runs of different lengths or schedules combine; `n` in the CSV counts the runs behind
   each point.
-- Threshold curves: J_r(eps) and J_c(eps) of each group's final evaluation (`eval/per_eps.csv`, the headline
+- Threshold curves: J_r(eps) and J_c(eps) of each group's final evaluation (`eval/per_eps.csv`, else the run's
+  newest `evaluate` output `eval-<date-time>/per_eps.csv`; the headline
   deterministic policy where evaluated), mean and standard deviation over runs, with the line y = eps, the
   behaviour thresholds and the extrapolated range (eps outside the trained range) shaded.
 
@@ -42,7 +43,8 @@ SCALAR_FILES = ("tb", "csv/metrics.csv")
 
 def find_runs(dirs: Sequence[str | Path]) -> list[Path]:
     """Every run directory (`config.yaml` beside `tb/` or `csv/metrics.csv`) at or under `dirs`, sorted, each once;
-    a run with neither (logged to W&B or MLflow only) is refused in one line."""
+    a run with neither (logged to W&B or MLflow only) is skipped with a warning, and refused in one line when no run
+    is left."""
     runs = set()
     for d in dirs:
         root = Path(d)
@@ -54,10 +56,13 @@ def find_runs(dirs: Sequence[str | Path]) -> list[Path]:
         raise ConfigError(f"no run directories (config.yaml and tb/) under {', '.join(map(str, dirs))}; pass the "
                           f"log_dir of ccpo_pl.fit runs")
     unread = [run for run in sorted(runs) if not any((run / f).exists() for f in SCALAR_FILES)]
-    if unread:
+    if len(unread) == len(runs):
         raise ConfigError(f"run {str(unread[0])!r} has no TensorBoard or CSV logs (tb/, csv/metrics.csv); plot reads "
                           f"runs trained with logger=tensorboard (the default) or logger=csv")
-    return sorted(runs)
+    for run in unread:  # beside runs it reads (e.g. a logger=wandb smoke run in the same log_dir)
+        print(f"ccpo_pl.plot: warning: skipping {str(run)!r}: no TensorBoard or CSV logs (tb/, csv/metrics.csv), "
+              f"logged to W&B or MLflow only", file=sys.stderr)
+    return sorted(runs.difference(unread))
 
 
 def group_of(run_dir: Path, by: str) -> str:
@@ -88,18 +93,13 @@ def read_csv_log(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def read_tensorboard(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Tag -> (frames, values) of a run's TensorBoard scalars (all event files; a resumed run's repeated frames
-    are purged the way TensorBoard shows them)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # heavy: only when plotting
+    """Tag -> (frames, values) of a run's TensorBoard scalars (all event files, the per-threshold runs `tb/eps_*/`
+    under their flat tags: `tb_runs`; a resumed run's repeated frames are purged the way TensorBoard shows them)."""
+    from ccpo_pl.tb_runs import read_scalars
 
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    out = {}
-    for tag in acc.Tags().get("scalars", []):
-        events = acc.Scalars(tag)
-        out[tag] = (np.array([e.step for e in events], dtype=np.float64),
-                    np.array([e.value for e in events], dtype=np.float64))
-    return out
+    return {tag: (np.array([s for s, _ in events], dtype=np.float64), np.array([v for _, v in events],
+                                                                                dtype=np.float64))
+            for tag, events in read_scalars(run_dir / "tb").items()}
 
 
 def mean_std_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -120,9 +120,15 @@ def mean_std_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str,
 
 
 def read_thresholds(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """The final evaluation's per-eps rows of the headline policy (deterministic where evaluated); None if the run
-    has no `eval/per_eps.csv`."""
+    """The final evaluation's per-eps rows of the headline policy (deterministic where evaluated), of a run without
+    one (`eval/per_eps.csv`) its newest `evaluate` output's (`eval-<date-time>/`, as `ccpo_pl.report` reads it);
+    None if the run has neither."""
+    from ccpo_pl.report import newest_evaluation
+
     path = run_dir / "eval" / "per_eps.csv"
+    if not path.is_file():
+        latest = newest_evaluation(run_dir)
+        path = latest.with_name("per_eps.csv") if latest is not None else path
     if not path.is_file():
         return None
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
@@ -254,8 +260,8 @@ def plot(dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, by: s
                    for name, members in groups.items()}
         written += plot_thresholds({n: threshold_stats(t) for n, t in tables.items() if t}, eps_cfg, out)
     else:
-        print("ccpo_pl.plot: no threshold curves: no run has a final evaluation (eval/per_eps.csv); "
-              "python -m ccpo_pl.evaluate run=<run dir> out=<run dir>/eval makes one", file=sys.stderr)
+        print("ccpo_pl.plot: no threshold curves: no run has an evaluation (eval/per_eps.csv or "
+              "eval-<date-time>/per_eps.csv); python -m ccpo_pl.evaluate run=<run dir> makes one", file=sys.stderr)
     return written
 
 

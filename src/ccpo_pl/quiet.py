@@ -1,9 +1,10 @@
 """The third-party messages that every run printed and no user acts on, silenced one by one.
 
-`install()` is called first thing by the command-line entry points (`ccpo_pl.fit`, `ccpo_pl.evaluate`); importing
-ccpo_pl as a library changes nothing. Each silencer matches one message by its text and where it comes from (a
-warning's category and module, or the one logger that prints it): every other warning, ours included, still
-shows. To see them all again, set `CCPO_PL_VERBOSE=1`.
+`install()` is called first thing by the command-line entry points (`ccpo_pl.fit`, also where a launcher's job runs
+its task function alone, `ccpo_pl.evaluate`, `ccpo_pl.export`); `ccpo_pl.load` drops only the import notices
+(`drop_notices`); importing ccpo_pl as a library changes nothing. Each silencer matches one message by its text
+and where it comes from (a warning's category and module, or the one logger that prints it): every other warning,
+ours included, still shows. To see them all again, set `CCPO_PL_VERBOSE=1`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ class _DropPrefixes(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
-def _drop_notices() -> None:
+def drop_notices() -> None:
+    """Drop the `NOTICES` before their packages are imported (also what `ccpo_pl.load` does, as a library call);
+    nothing when `CCPO_PL_VERBOSE` is set."""
+    if os.environ.get("CCPO_PL_VERBOSE"):
+        return
     try:
         from farama_notifications import notifications
     except ImportError:
@@ -84,4 +89,4 @@ def install() -> None:
             logger.addFilter(_DropPrefixes(prefixes))
     for name in OWN_HANDLERS:
         logging.getLogger(name).propagate = False
-    _drop_notices()
+    drop_notices()

@@ -1,8 +1,9 @@
 """`python -m ccpo_pl.report <sweep dir> ... [--out FILE.md] [--notes FILE] [--section]`: the CCPO paper's Table 1.
 
 Collects every evaluated run under the given directories (each `<run>/eval/summary.json`: the final evaluation
-written at the end of `ccpo_pl.fit`, or by `python -m ccpo_pl.evaluate out=<run>/eval`; the evaluate command's own
-`<run>/eval-<date-time>/` folders are not read) and aggregates them per task and per run label
+written at the end of `ccpo_pl.fit`, or by `python -m ccpo_pl.evaluate out=<run>/eval`; a run without one, e.g.
+trained with `eval.final_episodes=0` as `experiment=smoke` is, by its newest `python -m ccpo_pl.evaluate` output
+`<run>/eval-<date-time>/`, saying so) and aggregates them per task and per run label
 (`label`, by default the algorithm's name): Avg. R, Avg. CV, Avg. R-G and Avg. CV-G as mean ± std over seeds, one
 column per label, the lowest CV of each row in bold. CV both of the mean episode cost and per episode (`ccpo_pl.
 metrics`), for the deterministic policy (the paper's protocol) and, where it was evaluated, the stochastic one.
@@ -155,15 +156,22 @@ def find_runs(dirs: Sequence[str | Path], extrapolated: bool = False) -> list[tu
         root = Path(d)
         if not root.is_dir():
             raise ConfigError(f"{str(d)!r} is not a directory; pass a sweep or run directory")
+        latest = []  # runs without a final evaluation: their newest `evaluate` output
         for run in sorted(p.parent.parent for p in root.rglob("checkpoints/last.ckpt")):
             summary = run / "eval" / "summary.json"
             if not summary.is_file():
-                _warn(f"skipping {str(run)!r}: not evaluated (no eval/summary.json); python -m ccpo_pl.evaluate "
-                      f"run={run} out={run / 'eval'} evaluates it")
-            elif summary.stat().st_mtime < (run / "checkpoints" / "last.ckpt").stat().st_mtime:
+                summary = newest_evaluation(run)
+                if summary is None:
+                    _warn(f"skipping {str(run)!r}: not evaluated (no eval/summary.json) and no evaluate output "
+                          f"(eval-<date-time>/); python -m ccpo_pl.evaluate run={run} evaluates it")
+                    continue
+                latest.append(summary)
+                print(f"ccpo_pl.report: {str(run)!r} has no final evaluation (eval/): using its newest evaluation "
+                      f"{summary.parent.name}/", file=sys.stderr)
+            if summary.stat().st_mtime < (run / "checkpoints" / "last.ckpt").stat().st_mtime:
                 _warn(f"{str(run)!r}: its evaluation is older than checkpoints/last.ckpt (the run trained on "
                       f"after it); python -m ccpo_pl.evaluate run={run} out={run / 'eval'} re-evaluates it")
-        for path in sorted(root.rglob("eval/summary.json")):
+        for path in sorted(root.rglob("eval/summary.json")) + latest:
             try:
                 summary = json.loads(path.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -178,9 +186,20 @@ def find_runs(dirs: Sequence[str | Path], extrapolated: bool = False) -> list[tu
                 continue
             runs[path.parent.parent.resolve()] = (path.parent.parent, summary)
     if not runs:
-        raise ConfigError(f"no evaluated runs (eval/summary.json) under {', '.join(map(str, dirs))}; "
-                          f"run python -m ccpo_pl.evaluate run=<run dir> first")
+        raise ConfigError(f"no evaluated runs (eval/summary.json or eval-<date-time>/summary.json) under "
+                          f"{', '.join(map(str, dirs))}; run python -m ccpo_pl.evaluate run=<run dir> first")
     return [runs[k] for k in sorted(runs)]
+
+
+def newest_evaluation(run: Path) -> Path | None:
+    """The `summary.json` of the newest complete `python -m ccpo_pl.evaluate` output of `run`
+    (`eval-<UTC date-time>[-n]/`, whose names sort by time), or None."""
+    stamps = {}
+    for path in run.glob("eval-*/summary.json"):
+        match = re.fullmatch(r"eval-(\d{8})-(\d{6})(?:-(\d+))?", path.parent.name)
+        if match:
+            stamps[path] = (match[1], match[2], int(match[3] or 1))
+    return max(stamps, key=stamps.get) if stamps else None
 
 
 def aggregate(summaries: Sequence[dict]) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:

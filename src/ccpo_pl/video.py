@@ -239,5 +239,5 @@ class PeriodicVideo(Callback):
             start = time.perf_counter()
             clip, = record_clips(pl_module.actor, self.run_cfg, [self.eps], seed=self.seed, length=self.length)
             log_gif(writer, "eval/video", clip, pl_module.global_frames)
-            if hasattr(pl_module, "timing"):
-                pl_module.timing["eval_s"] += time.perf_counter() - start
+            if hasattr(pl_module, "clock"):  # the rendering is part of the evaluation's time (`time/eval_s`)
+                pl_module.clock.add_eval(time.perf_counter() - start)
