@@ -37,7 +37,7 @@ def main() -> None:
     from torchrl.envs.utils import ExplorationType
 
     from ccpo_pl.checkpointing import training_state
-    from ccpo_pl.evaluation import EnvPool, evaluate_thresholds, load_run
+    from ccpo_pl.evaluation import evaluate_thresholds, load_run
     from ccpo_pl.metrics import outside_range, sweep_grid, sweep_summary
     from ccpo_pl.nets import make_policy
 
@@ -52,11 +52,9 @@ def main() -> None:
     if args.policy != "both":
         policies = {args.policy: policies[args.policy]}
     result = {"task": cfg["env"]["name"], "frames": frames}
-    pool = EnvPool()  # the sampled policy runs in the mean action's envs
     for name, exploration in policies.items():
         ep_r, ep_c, ep_len = evaluate_thresholds(make_policy(actor), cfg["env"], grid, args.episodes,
-                                                 seed=args.seed, max_steps=horizon, exploration=exploration,
-                                                 pool=pool)
+                                                 seed=args.seed, max_steps=horizon, exploration=exploration)
         for i, e in enumerate(grid):
             j_c = float(ep_c[i].double().mean())
             log(f"{name:<8} eps={e:<6g} J_r={float(ep_r[i].double().mean()):8.1f} J_c={j_c:7.1f} "
@@ -67,7 +65,6 @@ def main() -> None:
         summary["early"] = float((ep_len < horizon).double().mean())
         summary["avg_reward"] = float(ep_r[inside].double().mean())
         result |= {f"{name}_{k}": v for k, v in summary.items()}
-    pool.close()
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={str(v).lower()}" for k, v in result.items()))
 
 

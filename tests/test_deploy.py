@@ -263,9 +263,9 @@ def test_sampled_action_episodes_depend_on_the_seed_only_and_leave_the_callers_s
 @pytest.mark.parametrize(("exploration", "max_envs", "kept_batches"),
                          [("deterministic", 64, 2), ("stochastic", 64, 2), ("deterministic", 3, 1)])
 def test_kept_evaluation_envs_give_the_episodes_of_new_ones(runs, exploration, max_envs, kept_batches):
-    """An `EnvPool` reseeds and resets its bullet envs instead of rebuilding them: every later call, at any seed,
-    gives the episodes that a call building new envs gives. It keeps at most `max_envs` sub-envs (the batch of 3
-    is closed to make room for the batch of 1 when 3 is the bound) and closes them with the pool."""
+    """An `EnvPool` reseeds and resets its bullet envs instead of rebuilding them: on BallCircle every later call,
+    at any seed, gives the episodes that a call building new envs gives. It keeps at most `max_envs` sub-envs (the
+    batch of 3 is closed to make room for the batch of 1 when 3 is the bound) and closes them with the pool."""
     actor, cfg = load_policy(runs["ccpo"] / "checkpoints" / "last.ckpt")
     run = functools.partial(evaluate_thresholds, make_policy(actor), cfg["env"], [20.0, 50.0], 2, max_steps=200,
                             batch_envs=3, exploration=EXPLORATION[exploration])

@@ -165,17 +165,20 @@ def rollout_episodes(env: EnvBase, policy, max_steps: int,
 
 
 class EnvPool:
-    """Evaluation envs kept from one `evaluate_thresholds` call to the next, for the suites whose envs cost far more
-    to build than to reset: bullet-safety-gym's drone loads its body asset in ~1 s per sub-env (the car ~0.4 s),
-    which a periodic evaluation of 13 thresholds x 2 episodes paid every time.
+    """Evaluation envs kept from one `evaluate_thresholds` call to the next, for the suites whose envs cost far more to
+    build than to reset: bullet-safety-gym's drone and car load their body assets for about a second and half a second
+    per sub-env, which a periodic evaluation of 13 thresholds x 2 episodes paid every time (docs/performance.md).
 
-    A kept env is reseeded and reset instead of rebuilt, and gives the episodes a new one would: the bullet envs
-    draw every random number from numpy's global stream, which `BulletBatchEnv` seeds with the batch's seed both
-    after building and on `set_seed`, and a reset re-places the agent from that stream. Envs of other suites are
-    built anew each time (a `SerialEnv` seeds its sub-envs at construction, seed + i, which `set_seed` does not
-    reproduce). It keeps at most `max_envs` sub-envs, closing the least recently used batches to make room (a drone
-    sub-env holds ~55 MB: 64 of them are what one batch of `evaluate_thresholds` holds anyway); `close()` closes
-    what it keeps.
+    A kept env is reseeded and reset instead of rebuilt, from the same start states: the bullet envs draw every
+    random number from numpy's global stream, which `BulletBatchEnv` seeds with the batch's seed both after building
+    and on `set_seed`, and a reset re-places the agent from that stream. The episodes are those of new envs on
+    BallCircle (tested); the drone carries simulator state across a reset, so its episodes differ from new envs' at
+    round-off level (docs/performance.md). So only the
+    periodic evaluation keeps its envs (a training-time measurement, deterministic within a run); `evaluate_run`,
+    whose files must be reproducible by any later `evaluate`, builds new ones. Envs of other suites are built anew
+    each time (a `SerialEnv` seeds its sub-envs at construction, seed + i, which `set_seed` does not reproduce). It
+    keeps at most `max_envs` sub-envs, closing the least recently used batches to make room (a drone sub-env holds
+    ~55 MB: 64 of them are what one batch of `evaluate_thresholds` holds anyway); `close()` closes what it keeps.
     """
 
     def __init__(self, max_envs: int = 64) -> None:
@@ -510,14 +513,10 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     check_writable(out_dir, "out")
     behavior = [float(b) for b in cfg["eps"]["behavior"]]
     stats, averages, runs = {}, {}, {}
-    pool = EnvPool()  # the second policy runs in the first one's envs
-    try:
-        for name in POLICIES[policy]:  # the same start states (seed) for every policy
-            runs[name] = evaluate_thresholds(make_policy(actor), cfg["env"], eps, episodes, seed=seed,
-                                             max_steps=int(cfg["env"]["max_episode_steps"]), batch_envs=batch_envs,
-                                             exploration=EXPLORATION[name], pool=pool)
-    finally:
-        pool.close()
+    for name in POLICIES[policy]:  # the same start states (seed) for every policy
+        runs[name] = evaluate_thresholds(make_policy(actor), cfg["env"], eps, episodes, seed=seed,
+                                         max_steps=int(cfg["env"]["max_episode_steps"]), batch_envs=batch_envs,
+                                         exploration=EXPLORATION[name])
     for name in POLICIES[policy]:
         st = per_eps_stats(eps, *runs[name][:2])
         st["seen"] = seen_mask(eps, behavior)
