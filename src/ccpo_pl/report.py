@@ -23,6 +23,7 @@ Over 300 lines: the paper's Table 1 figures (the comparison columns) and the Mar
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -32,8 +33,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from ccpo_pl import outputs
 from ccpo_pl.errors import ConfigError, OneLineParser, check_writable
 from ccpo_pl.metrics import mean_std, outside_range, summarize
+from ccpo_pl.outputs import is_run_dir
 
 #: the CCPO paper's task order (Table 1); other tasks follow alphabetically
 PAPER_TASKS = ("ball_circle", "car_circle", "drone_circle", "drone_run", "ant_run")
@@ -162,7 +165,8 @@ def find_runs(dirs: Sequence[str | Path], extrapolated: bool = False) -> list[tu
                       f"run={run} out={run / 'eval'} evaluates it")
             elif summary.stat().st_mtime < (run / "checkpoints" / "last.ckpt").stat().st_mtime:
                 _warn(f"{str(run)!r}: its evaluation is older than checkpoints/last.ckpt (the run trained on "
-                      f"after it); python -m ccpo_pl.evaluate run={run} out={run / 'eval'} re-evaluates it")
+                      f"after it); python -m ccpo_pl.evaluate run={run} out={run / 'eval'} overwrite=true "
+                      f"re-evaluates it")
         for path in sorted(root.rglob("eval/summary.json")):
             try:
                 summary = json.loads(path.read_text())
@@ -287,18 +291,18 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
     return "\n".join(lines) + "\n"
 
 
-def write_csv(table: dict, path: Path) -> None:
+def csv_text(table: dict) -> str:
     """One row per (task, label): mean, std and count of every metric."""
     metrics = [m for m, *_ in STATS] + ["frames", "train_wall_s"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["task", "label", "runs"] + [f"{m}_{x}" for m in metrics for x in ("mean", "std")])
-        for task in _order({t for t, _ in table}):
-            for label in _labels(table):
-                if (task, label) in table:
-                    row = table[(task, label)]
-                    w.writerow([task, label, row["runs"][2]]
-                               + [f"{v:.6g}" for m in metrics for v in row[m][:2]])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["task", "label", "runs"] + [f"{m}_{x}" for m in metrics for x in ("mean", "std")])
+    for task in _order({t for t, _ in table}):
+        for label in _labels(table):
+            if (task, label) in table:
+                row = table[(task, label)]
+                w.writerow([task, label, row["runs"][2]] + [f"{v:.6g}" for m in metrics for v in row[m][:2]])
+    return buf.getvalue()
 
 
 def default_out(first: Path) -> Path:
@@ -325,25 +329,45 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str
             raise ConfigError(f"--notes {str(notes)!r} does not exist")
         text += "\n" + Path(notes).read_text()
     check_writable(out.parent, "--out")
-    if section:
-        slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-        begin, end = f"<!-- report section: {slug} -->", f"<!-- end of report section: {slug} -->"
-        block = f"{begin}\n{text.replace('# ', '## ', 1)}{end}\n"
-        old = out.read_text() if out.is_file() else ""
-        if begin in old and end in old:
-            head, rest = old.split(begin, 1)
-            new_text = head + block + rest.split(end, 1)[1].removeprefix("\n")
+    inputs = [Path(notes)] if notes is not None else []
+    host = next((run for run, _ in runs if _inside(out, run)), out.parent if is_run_dir(out.parent) else None)
+    if host is not None:
+        raise ConfigError(f"--out={str(out)!r} is inside the run directory {str(host)!r}; a report is never written "
+                          f"into a run: give a file outside it")
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    table_path = out.with_name(f"{out.stem}-{slug}.csv") if section else out.with_suffix(".csv")
+    if table_path == out:
+        raise ConfigError(f"--out={str(out)!r} ends in .csv, the name of its table; give a .md file")
+    # a report updates its own file (a section, or its main part keeping the sections); a file that is not a
+    # report is refused (a section goes into any Markdown text file, replacing nothing of it)
+    md_kind = outputs.SECTION_HOST if section else outputs.REPORT
+    with (outputs.claim(out, md_kind, update=True, name="--out", inputs=inputs) as md,
+          outputs.claim(table_path, outputs.REPORT_CSV, update=True, name="--out", inputs=inputs) as tab):
+        old = _text_of(out)
+        if section:
+            begin, end = f"<!-- report section: {slug} -->", f"<!-- end of report section: {slug} -->"
+            block = f"{begin}\n{text.replace('# ', '## ', 1)}{end}\n"
+            if begin in old and end in old:
+                head, rest = old.split(begin, 1)
+                new_text = head + block + rest.split(end, 1)[1].removeprefix("\n")
+            else:
+                new_text = old + ("\n" if old and not old.endswith("\n\n") else "") + block
         else:
-            new_text = old + ("\n" if old and not old.endswith("\n\n") else "") + block
-        out.write_text(new_text)
-        write_csv(table, out.with_name(f"{out.stem}-{slug}.csv"))
-        return text
-    old = out.read_text() if out.is_file() else ""
-    marker = "<!-- report section: "
-    sections = old[old.index(marker):] if marker in old else ""  # the generated sections after the main part stay
-    out.write_text(text + ("\n" + sections if sections else ""))
-    write_csv(table, out.with_suffix(".csv"))
+            marker = "<!-- report section: "
+            sections = old[old.index(marker):] if marker in old else ""  # the generated sections stay
+            new_text = text + ("\n" + sections if sections else "")
+        tab.write_file(csv_text(table).encode())
+        md.write_file(new_text.encode())
     return text
+
+
+def _text_of(path: Path) -> str:
+    """The text of the existing report file `path` ('' when there is none)."""
+    return path.read_text() if path.is_file() else ""
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(Path(folder).resolve())
 
 
 def main(argv: list[str] | None = None) -> None:
