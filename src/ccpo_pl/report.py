@@ -99,9 +99,14 @@ def metric_value(summary: dict, key: str):
     return summary.get(key)
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def summary_problem(summary) -> str | None:
     """Why `summary` (a parsed `eval/summary.json`) cannot be reported, or None: it must be an object with the
-    task, the algorithm or label, the seed, and numbers (or null) for the averages the report reads."""
+    task, the algorithm or label, the seed, the episodes and thresholds, and finite numbers (or null) for the
+    averages the report reads; the field is named."""
     if not isinstance(summary, dict):
         return f"not a JSON object but {type(summary).__name__}"
     missing = [k for k in ("task", "seed", "episodes", "eps") if k not in summary]
@@ -113,10 +118,24 @@ def summary_problem(summary) -> str | None:
         return "task, label and algo must be strings"
     if not isinstance(summary["eps"], list) or not isinstance(summary.get("by_policy", {}), dict):
         return "eps must be a list and by_policy an object"
+    if not summary["eps"] or not all(_finite(e) and e > 0 for e in summary["eps"]):
+        return f"eps is {summary['eps']!r}, not a non-empty list of finite thresholds > 0"
+    if not all(isinstance(v, dict) for v in summary.get("by_policy", {}).values()):
+        return "by_policy must map each policy to an object of averages"
+    for key in ("seed", "episodes"):
+        if not isinstance(summary[key], int) or isinstance(summary[key], bool) or summary[key] < 0:
+            return f"{key} is {summary[key]!r}, not an integer >= 0"
+    eps_range = summary.get("eps_range")
+    if eps_range is not None and not (isinstance(eps_range, list) and len(eps_range) == 2
+                                      and all(_finite(x) for x in eps_range) and eps_range[0] < eps_range[1]):
+        return f"eps_range is {eps_range!r}, not [low, high] with low < high, both finite"
+    for key in ("frames", "train_wall_s"):
+        if summary.get(key) is not None and not (_finite(summary[key]) and summary[key] >= 0):
+            return f"{key} is {summary[key]!r}, not a finite number >= 0"
     for key, *_ in STATS:
         value = metric_value(summary, key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return f"{key} is {value!r}, not a number"
+        if value is not None and not _finite(value):
+            return f"{key} is {value!r}, not a finite number (or null)"
     return None
 
 
@@ -131,16 +150,30 @@ def without_extrapolation(summary: dict, per_eps: Path) -> dict | str:
     eps_range = summary.get("eps_range")
     if not eps_range or not any(outside_range(summary["eps"], eps_range)):
         return summary
+    def cell(row: dict, column: str) -> float:
+        value = row.get(column)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"{column}={value!r} is not a finite number")
+        return number
+
     try:
-        rows = list(csv.DictReader(per_eps.open()))
-        rows = [r for r in rows if not outside_range([float(r["eps"])], eps_range)[0]]
+        with per_eps.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        rows = [r for r in rows if not outside_range([cell(r, "eps")], eps_range)[0]]
         by_policy = {}
         for policy in dict.fromkeys(r["policy"] for r in rows):
             mine = [r for r in rows if r["policy"] == policy]
-            by_policy[policy] = summarize([float(r["reward_mean"]) for r in mine], [float(r["cv"]) for r in mine],
-                                          [r["seen"] == "1" for r in mine], [float(r["cv_per_episode"]) for r in mine])
-    except (OSError, KeyError, ValueError) as err:
-        return f"{str(per_eps)!r} is needed to leave out the extrapolated thresholds ({type(err).__name__}: {err})"
+            by_policy[policy] = summarize([cell(r, "reward_mean") for r in mine], [cell(r, "cv") for r in mine],
+                                          [r["seen"] == "1" for r in mine], [cell(r, "cv_per_episode") for r in mine])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return f"{str(per_eps)!r} is needed to leave out the extrapolated thresholds ({type(err).__name__})"
+    except (KeyError, ValueError) as err:
+        what = f"no column {err}" if isinstance(err, KeyError) else str(err)
+        return f"{str(per_eps)!r} is needed to leave out the extrapolated thresholds: {what}"
     headline = summary.get("policy", "deterministic")
     if headline not in by_policy:
         return f"{str(per_eps)!r} has no {headline} thresholds inside eps_range {eps_range}"
