@@ -33,6 +33,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
     if not cfg.run:
         raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")
+    if not isinstance(cfg.run, str):
+        raise ConfigError(f"run={cfg.run!r} is not allowed; run must be a ccpo_pl.fit run directory or a .ckpt file")
     threads = rule_for("threads")  # the same setting as fit's
     if not threads.ok(cfg.threads):
         raise ConfigError(f"threads={cfg.threads!r} is not allowed; threads must be {threads.allowed_text()}")

@@ -77,15 +77,35 @@ def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tu
     checkpoint (unreadable, not written by `ccpo_pl.fit`, a format this version does not read, non-finite policy
     weights) is one `ConfigError` line (`checkpointing.check_checkpoint`).
     """
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device={device!r} is not a torch device; give e.g. cpu, cuda or cuda:1") from None
+    device = check_device(device)
     try:
         checked = check_checkpoint(ckpt_path, name="ckpt_path", prefix="actor.")
     except ConfigError as err:
         raise ConfigError(f"{str(ckpt_path)!r} is not a ccpo_pl.fit checkpoint that loads: {err}") from None
     return policy_from_checkpoint(checked, ckpt_path, device)
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch device this machine has: cpu, or cuda / cuda:<index> where CUDA has that device; a
+    one-line `ConfigError` (a ValueError) naming it otherwise, a TypeError for what is not a device name."""
+    if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
+        raise TypeError(f"device={device!r} ({type(device).__name__}) is not allowed; give a device name (cpu, "
+                        f"cuda or cuda:1) or a torch.device")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device={device!r} is not a torch device; give e.g. cpu, cuda or cuda:1") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r} is not allowed; give cpu, cuda or cuda:1 (a CUDA device this machine "
+                          f"has)")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={device!r} is not available: this machine has no CUDA device; give cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device={device!r} is not available: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}; give one of them or cpu")
+    return dev
 
 
 def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path, device: str | torch.device = "cpu",
@@ -132,6 +152,7 @@ def load_run(run: str | Path, device: str | torch.device = "cpu",
     """(checkpoint path, run directory, checkpoint dict, actor, run config) of a run directory or checkpoint file
     (`algo_overrides`: as in `policy_from_checkpoint`); a missing, unreadable or foreign file is one `ConfigError`
     line naming `run` and the reason."""
+    device = check_device(device)
     ckpt, run_dir = resolve_checkpoint(run)
     data = check_checkpoint(ckpt, name="run", prefix="actor.")  # readable, ccpo_pl's, a finite policy: one line
     try:
@@ -387,6 +408,9 @@ def eval_files(stats: Mapping[str, Mapping[str, Sequence]], episodes: Mapping[st
 
 def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:
     """(checkpoint, run directory) of `run`: a run directory (its `checkpoints/last.ckpt`) or a checkpoint file."""
+    if not isinstance(run, (str, os.PathLike)):
+        raise TypeError(f"run={run!r} ({type(run).__name__}) is not allowed; allowed: a run directory or a .ckpt "
+                        f"file, as a str or a Path")
     path = Path(run)
     if path.is_dir():
         ckpt = path / "checkpoints" / "last.ckpt"

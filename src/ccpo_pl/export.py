@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from ccpo_pl.conf import CONF_PATH
-from ccpo_pl.errors import ConfigError
+from ccpo_pl.errors import ConfigError, check_environment
 
 if TYPE_CHECKING:
     from ccpo_pl.deploy import Policy
@@ -91,8 +91,12 @@ def export_policy(run: str | Path, fmt: str, out: str | Path | None = None, *, s
 def main(cfg: DictConfig) -> None:
     """The command line: `export_policy` with the config's settings; errors are one line and exit status 2."""
     try:
+        check_environment()
         if not cfg.run:
             raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")
+        if not isinstance(cfg.run, str):
+            raise ConfigError(f"run={cfg.run!r} is not allowed; run must be a ccpo_pl.fit run directory or a .ckpt "
+                              f"file")
         path = export_policy(cfg.run, cfg.format, cfg.out, std=cfg.std, overwrite=cfg.overwrite)
     except ConfigError as err:
         print(f"ccpo_pl.export: error: {err}", file=sys.stderr)

@@ -481,7 +481,8 @@ def hydra_group_options(group: str) -> list[str]:
 @hydra.main(config_path=CONF_PATH, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        metrics = fit(cfg, command=" ".join(["python -m ccpo_pl.fit", *HydraConfig.get().overrides.task]))
+        overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # as typed: `${...}` too
+        metrics = fit(cfg, command=" ".join(["python -m ccpo_pl.fit", *overrides]))
     except ConfigError as err:
         print(f"ccpo_pl.fit: error: {err}", file=sys.stderr)
         sys.exit(2)
