@@ -120,7 +120,7 @@ class Policy:
         ok = torch.isfinite(e) & (e > 0) & (e.float() > 0) & torch.isfinite(e.float())  # in float32, as the policy
         if not bool(ok.all()):
             bad = e.item() if e.ndim == 0 else e[~ok].tolist()
-            raise ValueError(f"eps={bad} is not allowed; eps must be > 0 and finite in float32 (trained range "
+            raise ValueError(f"eps={bad} is not allowed; eps must be finite and > 0 as a float32 (trained range "
                              f"{self._meta['eps_range']}; outside it the policy extrapolates)")
         return batch, e.to(self.device, torch.float32).expand(batch.shape[0])
 
