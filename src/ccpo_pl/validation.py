@@ -410,7 +410,11 @@ def validate(cfg: DictConfig) -> None:
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # noqa: BLE001 - an interpolation to a missing key, a bad resolver, ...
-        raise ConfigError(f"the config does not resolve: {str(err).splitlines()[0]}") from None
+        key = getattr(err, "full_key", None)
+        raw = _raw_value(cfg, key) if key else None
+        where = f"{key}={raw} " if key else ""
+        raise ConfigError(f"the config does not resolve: {where}({str(err).splitlines()[0]}); give a value or an "
+                          f"interpolation to another key, e.g. seed=1 or label=${{algo.name}}") from None
     plain.pop("hydra", None)
     for key, value in _leaves(plain):
         rule = rule_for(key)
@@ -435,6 +439,16 @@ def validate(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"logger.{missing[0]} is missing from the config; restore it "
                           f"(conf/logger/{name}.yaml has it)")
+
+
+def _raw_value(cfg: DictConfig, key: str):
+    """The value of dotted `key` as written (an interpolation unresolved), or None."""
+    node = OmegaConf.to_container(cfg, resolve=False)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def logger_keys(name: str | None) -> list[str]:
