@@ -133,8 +133,8 @@ def check_target(path: Path, kind: Kind, *, overwrite: bool = False, inputs: Ite
         if path.is_dir() and any(path.iterdir()):
             foreign = foreign_entries(path, kind)
             if foreign:
-                raise ConfigError(f"{shown} holds {foreign[0]!r}, which is not a {kind.name} file; it is never "
-                                  f"replaced: give a new or empty folder")
+                raise ConfigError(f"{shown} holds {foreign[0]!r}, which is not one of the {kind.name} files; it is "
+                                  f"never replaced: give a new or empty folder")
             if not overwrite:
                 raise ConfigError(f"{shown} already holds {kind.name} files; pass {asked} to replace them, "
                                   f"or another {another}")
@@ -143,7 +143,7 @@ def check_target(path: Path, kind: Kind, *, overwrite: bool = False, inputs: Ite
         raise ConfigError(f"{shown} is a directory; give a file name")
     if path.exists() or path.is_symlink():
         if not path.is_file() or not kind.recognise(path):
-            raise ConfigError(f"{shown} exists and is not a {kind.name} written by ccpo_pl; it is never replaced: "
+            raise ConfigError(f"{shown} exists and is not a {kind.name} that ccpo_pl wrote; it is never replaced: "
                               f"give another {another}")
         if not (overwrite or update):
             raise ConfigError(f"{shown} exists; pass another {another} or {asked} to replace it")
