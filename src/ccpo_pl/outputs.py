@@ -117,7 +117,10 @@ def check_target(path: Path, kind: Kind, *, overwrite: bool = False, inputs: Ite
                  name: str = "out", update: bool = False, asked: str = "overwrite=true") -> None:
     """The checks of `claim` (see the module docstring); `update`: an existing output of the kind is updated
     (a report's own file), so `overwrite` is not needed; `asked`: how the command line says overwrite."""
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"overwrite={overwrite!r} is not allowed; overwrite must be true or false")
     shown, another = f"{name}={str(path)!r}", name if name.startswith("-") else f"{name}="
+    article = "an" if kind.name[0] in "aeiou" else "a"
     for inp in inputs:
         inp = Path(inp)
         if path.exists() and inp.exists() and (os.path.samefile(path, inp) or (path.is_dir() and _inside(inp, path))):
@@ -143,8 +146,8 @@ def check_target(path: Path, kind: Kind, *, overwrite: bool = False, inputs: Ite
         raise ConfigError(f"{shown} is a directory; give a file name")
     if path.exists() or path.is_symlink():
         if not path.is_file() or not kind.recognise(path):
-            raise ConfigError(f"{shown} exists and is not a {kind.name} that ccpo_pl wrote; it is never replaced: "
-                              f"give another {another}")
+            raise ConfigError(f"{shown} exists and is not {article} {kind.name} that ccpo_pl wrote; it is never "
+                              f"replaced: give another {another}")
         if not (overwrite or update):
             raise ConfigError(f"{shown} exists; pass another {another} or {asked} to replace it")
 
@@ -296,8 +299,6 @@ def claim(path: str | os.PathLike, kind: Kind, *, overwrite: bool = False, input
     writer's leftovers; yields the `Claim` to write it with; the lock is released (and its file removed) at the
     end. Every refusal is one `ConfigError` line, raised before anything is written."""
     path = Path(path)
-    if not isinstance(overwrite, bool):
-        raise ConfigError(f"overwrite={overwrite!r} is not allowed; overwrite must be true or false")
     inputs = [Path(p) for p in inputs]
     checks = dict(overwrite=overwrite, inputs=inputs, name=name, update=update, asked=asked)
     check_target(path, kind, **checks)

@@ -152,14 +152,14 @@ def mean_std_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str,
 
 def read_thresholds(run_dir: Path) -> dict[str, np.ndarray] | None:
     """The final evaluation's per-eps rows of the headline policy (deterministic where evaluated); None if the run
-    has no `eval/per_eps.csv`."""
+    has no `eval/per_eps.csv`; a damaged one is a one-line error naming the file and the column."""
     path = run_dir / "eval" / "per_eps.csv"
     if not path.is_file():
         return None
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text())))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        return _skip(path, f"unreadable ({type(err).__name__})")
+        _refuse(path, f"unreadable ({type(err).__name__})")
     policies = [r.get("policy", "deterministic") for r in rows]
     headline = "deterministic" if "deterministic" in policies else (policies[0] if policies else None)
     rows = [r for r in rows if r.get("policy", "deterministic") == headline]
@@ -172,22 +172,22 @@ def read_thresholds(run_dir: Path) -> dict[str, np.ndarray] | None:
             table[key] = np.zeros(len(rows))
             continue
         values = []
-        for line, r in enumerate(rows, start=2):
+        for r in rows:
             try:
                 values.append(float(r.get(name)))
             except (TypeError, ValueError):
-                return _skip(path, f"{name}={r.get(name)!r} (a row of policy {headline}) is not a number")
+                _refuse(path, f"{name}={r.get(name)!r} (a row of policy {headline}) is not a number")
             if not math.isfinite(values[-1]) or (key == "eps" and values[-1] <= 0):
-                return _skip(path, f"{name}={r.get(name)!r} is not a finite number{' > 0' if key == 'eps' else ''}")
+                _refuse(path, f"{name}={r.get(name)!r} is not a finite number{' > 0' if key == 'eps' else ''}")
         table[key] = np.array(values)
     if len(set(table["eps"].tolist())) != len(rows):
-        return _skip(path, "eps has a threshold twice")
+        _refuse(path, "eps has a threshold twice")
     return table
 
 
-def _skip(path: Path, why: str) -> None:
-    print(f"ccpo_pl.plot: warning: skipping {str(path)!r}: {why}", file=sys.stderr)
-    return None
+def _refuse(path: Path, why: str) -> None:
+    raise ConfigError(f"{str(path)!r}: {why}; restore the file (python -m ccpo_pl.evaluate ... overwrite=true writes "
+                      f"it again) or leave the run out")
 
 
 def threshold_stats(tables: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -134,7 +134,9 @@ def summary_problem(summary) -> str | None:
             return f"{key} is {summary[key]!r}, not a finite number >= 0"
     for key, *_ in STATS:
         value = metric_value(summary, key)
-        if value is not None and not _finite(value):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{key} is {value!r}, not a number"
+        if value is not None and not math.isfinite(value):
             return f"{key} is {value!r}, not a finite number (or null)"
     return None
 
@@ -186,7 +188,7 @@ def without_extrapolation(summary: dict, per_eps: Path) -> dict | str:
 def find_runs(dirs: Sequence[str | Path], extrapolated: bool = False) -> list[tuple[Path, dict]]:
     """(run directory, summary) of every `eval/summary.json` under `dirs`, sorted by path; without `extrapolated`,
     each summary's averages over the thresholds inside its trained range (`without_extrapolation`)."""
-    runs = {}
+    runs, skipped = {}, []
     for d in dirs:
         root = Path(d)
         if not root.is_dir():
@@ -211,9 +213,15 @@ def find_runs(dirs: Sequence[str | Path], extrapolated: bool = False) -> list[tu
                 summary = without_extrapolation(summary, path.with_name("per_eps.csv"))
                 problem = summary if isinstance(summary, str) else None
             if problem is not None:
-                _warn(f"skipping {str(path)!r}: {problem}")
+                skipped.append(f"{str(path)!r}: {problem}")
                 continue
             runs[path.parent.parent.resolve()] = (path.parent.parent, summary)
+    if not runs and skipped:  # one line: the first damaged file is what to fix
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise ConfigError(f"no report: every summary is damaged, e.g. {skipped[0]}{more}; re-evaluate with "
+                          f"python -m ccpo_pl.evaluate run=<run dir> out=<run dir>/eval overwrite=true")
+    for line in skipped:
+        _warn(f"skipping {line}")
     if not runs:
         raise ConfigError(f"no evaluated runs (eval/summary.json) under {', '.join(map(str, dirs))}; "
                           f"run python -m ccpo_pl.evaluate run=<run dir> first")
