@@ -1,5 +1,7 @@
-"""One table of bad inputs across the four entry points: `ccpo_pl.fit`, `ccpo_pl.evaluate`, `ccpo_pl.report` (their
-command lines) and `load_policy` (the Python API).
+"""One table of bad inputs across the entry points: `ccpo_pl.fit`, `ccpo_pl.evaluate`, `ccpo_pl.report`,
+`ccpo_pl.plot`, `ccpo_pl.export` (their command lines) and `load_policy` (the Python API); a second table for the
+deployment API (`load`, `predict`, `run_episodes`, `remaining_budget`), and property-based tests (Hypothesis) that
+feed generated config values, damaged eval files and run configs, and predict inputs.
 
 For every row: the bad command exits with status 2 (the API raises `ConfigError`), prints exactly one line that
 names the bad value and what is allowed, no traceback; a reference run's files (checkpoint, sidecar, config,
@@ -13,6 +15,8 @@ command. A corrected `evaluate`, `report` or `load_policy` command runs to its e
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -24,7 +28,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import ccpo_pl.evaluate as evaluate_module
+import ccpo_pl.export as export_module
 import ccpo_pl.fit as fit_module
+import ccpo_pl.plot as plot_module
 import ccpo_pl.report as report_module
 from ccpo_pl.checkpointing import safe_load
 from ccpo_pl.errors import ConfigError
@@ -42,11 +48,12 @@ EVALUATE = ("run={run}", "out={tmp}/eval", "episodes=1", "eps=[10]", "policy=det
 class Case:
     """A bad command, what its one line must name (`value`, `allowed`), and the corrected command."""
 
-    tool: str  # fit | evaluate | report | load_policy
+    tool: str  # fit | evaluate | report | plot | export | load_policy
     args: tuple[str, ...]
     value: str
     allowed: str
     fixed: tuple[str, ...]
+    environ: tuple[tuple[str, str], ...] = ()  # environment variables of the bad command only
 
     @property
     def id(self) -> str:
@@ -135,6 +142,71 @@ CASES = [
          ("{logs}", "--out", "{tmp}/report.md")),
     Case("report", ("{logs}", "--ouut", "{tmp}/report.md"), "unrecognized arguments: --ouut", "did you mean --out?",
          ("{logs}", "--out", "{tmp}/report.md")),
+    # ---- numbers in the precision they are used in, bounded counts, thresholds once
+    fit_case("seed=${{seed}}", "seed=${{seed}}", "give a value", "seed=1"),
+    fit_case("eps.range=[10,1e39]", "eps.range=[10, 1e+39]", "both finite", "eps.range=[10,70]"),
+    fit_case("eps.range=[1e-46,70]", "eps.range=[1e-46, 70]", "0 < low", "eps.range=[1,70]"),
+    fit_case("eps.range=[70,10]", "eps.range=[70, 10]", "low < high", "eps.range=[10,70]"),
+    fit_case("eps.eval=[20,20]", "eps.eval has 20 more than once", "each once", "eps.eval=[20,30]"),
+    fit_case("eval.final_episodes=1000000000", "eval.final_episodes=1000000000", "at most 100000",
+             "eval.final_episodes=1"),
+    fit_case("collect.num_envs=1000000", "collect.num_envs=1000000", "at most 4096", "collect.num_envs=2"),
+    evaluate_case("eps=[10,inf]", "eps has [inf]", "finite in float32", "eps=[10,70]"),
+    evaluate_case("eps=[10,1e39]", "eps has [1e+39]", "finite in float32", "eps=[10,70]"),
+    evaluate_case("episodes=1000000000", "episodes=1000000000", "at most 100000", "episodes=1"),
+    evaluate_case("eps=[40,40,10]", "eps has 40 more than once", "give each threshold once", "eps=[40,10]"),
+    evaluate_case("batch_envs=true", "batch_envs=True", "a positive integer", "batch_envs=2"),
+    evaluate_case("run=5", "run=5", "a ccpo_pl.fit run directory or a .ckpt file"),
+    Case("evaluate", (*EVALUATE, "video=true"), "MUJOCO_GL='bogus'", "egl, osmesa or glfw", EVALUATE,
+         (("MUJOCO_GL", "bogus"),)),
+    # ---- outputs: never the input, another kind of file, or an existing output unless asked; one unit
+    evaluate_case("out={run}", "out='{run}'", "which this command reads", "out={tmp}/eval"),
+    evaluate_case("out={run}/checkpoints", "out='{run}/checkpoints'", "which this command reads"),
+    evaluate_case("out={run}/eval", "already holds evaluation files", "pass overwrite=true"),
+    evaluate_case(("out={run}/eval", "overwrite=maybe"), "overwrite='maybe'", "true or false", "overwrite=true"),
+    Case("report", ("{logs}", "--out", "{run}/config.yaml"), "--out='{run}/config.yaml'",
+         "a report is never written into a run", ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{logs}", "--out", "{text}"), "--out='{text}' exists and is not a report",
+         "it is never replaced", ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{logs}", "--out", "{nan}"), "--out='{nan}' exists and is not a report", "never replaced",
+         ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{logs}", "--out", "{empty}"), "--out='{empty}' is a directory", "give a file name",
+         ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{logs}", "--section", "--out", "{text}"), "is not a Markdown text file", "never replaced",
+         ("{logs}", "--section", "--out", "{tmp}/report.md")),
+    Case("report", ("{logs}", "--notes", "{root}/notes.md", "--out", "{root}/notes.md"),
+         "--out='{root}/notes.md' is what this command reads", "give another --out",
+         ("{logs}", "--notes", "{root}/notes.md", "--out", "{tmp}/report.md")),
+    Case("plot", ("{logs}", "--out", "{run}"), "--out='{run}' is inside the run directory",
+         "never written into a run", ("{logs}", "--out", "{tmp}/plots")),
+    Case("plot", ("{logs}", "--out", "{run}/plots"), "is inside the run directory", "give a folder outside it",
+         ("{logs}", "--out", "{tmp}/plots")),
+    Case("plot", ("{logs}", "--out", "{plots}"), "--out='{plots}' already holds plot files", "--overwrite",
+         ("{logs}", "--out", "{tmp}/plots")),
+    Case("plot", ("{logs}", "--out", "{empty}/.."), "holds", "not one of the plot files",
+         ("{logs}", "--out", "{tmp}/plots")),
+    Case("export", ("run={run}", "out={ckpt}", "overwrite=true"), "out='{ckpt}' is what this command reads",
+         "give another out=", ("run={run}", "out={tmp}/p.onnx")),
+    Case("export", ("run={run}", "out={run}/config.yaml", "overwrite=true"),
+         "out='{run}/config.yaml' exists and is not an exported policy", "never replaced",
+         ("run={run}", "out={tmp}/p.onnx")),
+    Case("export", ("run={run}", "out={nan}", "overwrite=true"), "not an exported policy", "give another out=",
+         ("run={run}", "format=torchscript", "out={tmp}/p.pt")),
+    Case("export", ("run={run}", "out=/proc/p.onnx"), "out='/proc/p.onnx'", "give a writable directory",
+         ("run={run}", "out={tmp}/p.onnx")),
+    # ---- damaged files read by report and plot: refused naming the file and the field, before any write
+    Case("report", ("{damaged}/eps_range", "--out", "{tmp}/report.md"), "eval/summary.json': eps_range is [10]",
+         "not [low, high]", ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{damaged}/eps", "--out", "{tmp}/report.md"), "eval/summary.json': eps is ['a', 'b']",
+         "finite thresholds > 0", ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{damaged}/nan_reward", "--out", "{tmp}/report.md"), "avg_reward is nan",
+         "not a finite number", ("{logs}", "--out", "{tmp}/report.md")),
+    Case("report", ("{damaged}/per_eps_text", "--out", "{tmp}/report.md"), "per_eps.csv",
+         "reward_mean='abc' is not a finite number", ("{logs}", "--out", "{tmp}/report.md")),
+    Case("plot", ("{damaged}/per_eps_text", "--out", "{tmp}/plots"), "per_eps.csv': reward_mean='abc'",
+         "is not a number", ("{logs}", "--out", "{tmp}/plots")),
+    Case("plot", ("{damaged}/yaml", "--out", "{tmp}/plots"), "config.yaml' is not readable YAML",
+         "restore the run's config.yaml", ("{logs}", "--out", "{tmp}/plots")),
     # ---- load_policy (the Python API: a ConfigError, no exit status)
     Case("load_policy", ("{text}",), "{text}", "a ccpo_pl.fit checkpoint", ("{ckpt}",)),
     Case("load_policy", ("{nan}",), "NaN or inf in actor.", "an earlier checkpoint", ("{ckpt}",)),
@@ -142,6 +214,9 @@ CASES = [
     Case("load_policy", ("{trunc}",), "{trunc}", "a ccpo_pl.fit checkpoint", ("{ckpt}",)),
     Case("load_policy", ("{run}",), "{run}' is a directory", "give a checkpoint file", ("{ckpt}",)),
     Case("load_policy", ("{ckpt}", "device=tpu"), "device='tpu'", "cpu, cuda or cuda:1", ("{ckpt}", "device=cpu")),
+    Case("load_policy", ("{ckpt}", "device=meta"), "device='meta'", "cpu, cuda or cuda:1", ("{ckpt}", "device=cpu")),
+    Case("load_policy", ("{ckpt}", "device=cuda:99"), "device='cuda:99' is not available", "give",
+         ("{ckpt}", "device=cpu")),
 ]
 
 
@@ -165,31 +240,57 @@ def places(tmp_path_factory) -> dict[str, str]:
     trunc.write_bytes(ckpt.read_bytes()[:4096])
     empty = root / "empty"
     empty.mkdir()
+    (root / "notes.md").write_text("# What was learnt\n")
+    (run / "tb").mkdir()  # what plot looks for beside config.yaml (no scalars: the threshold curves only)
+    plot_module.main([str(logs), "--out", str(root / "plots")])
+    damaged = root / "damaged"
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    for name, change in DAMAGED.items():
+        copy = damaged / name / RUN
+        shutil.copytree(run, copy)
+        if name == "yaml":
+            (copy / "config.yaml").write_text("seed: [0\nenv: {name: ball_circle\n")
+            continue
+        if name == "per_eps_text":
+            lines = (copy / "eval" / "per_eps.csv").read_text().splitlines()
+            cells = lines[1].split(",")
+            cells[2] = "abc"  # reward_mean of the first row
+            (copy / "eval" / "per_eps.csv").write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+        (copy / "eval" / "summary.json").write_text(json.dumps(summary | change))
     return {"root": str(root), "logs": str(logs), "run": str(run), "ckpt": str(ckpt), "text": str(text),
-            "nan": str(nan), "trunc": str(trunc), "empty": str(empty)}
+            "nan": str(nan), "trunc": str(trunc), "empty": str(empty), "plots": str(root / "plots"),
+            "damaged": str(damaged)}
+
+
+#: the damaged copies of the reference run: what their summary.json says instead (yaml: an invalid config.yaml;
+#: per_eps_text: text in per_eps.csv, read by report because 40 is outside the range it says)
+DAMAGED = {"eps_range": {"eps_range": [10]}, "eps": {"eps": ["a", "b"]}, "nan_reward": {"avg_reward": math.nan},
+           "per_eps_text": {"eps_range": [10.0, 30.0]}, "yaml": {}}
 
 
 def files_of(directory: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def _child(tool: str, args: list[str], output: str) -> None:
+def _child(tool: str, args: list[str], output: str, environ: dict[str, str]) -> None:
     out = open(output, "w", buffering=1)  # noqa: SIM115 - lives as long as the forked process
     os.dup2(out.fileno(), 1)
     os.dup2(out.fileno(), 2)
     sys.stdout = sys.stderr = out
-    if tool == "report":
-        sys.argv = ["ccpo_pl.report", *args]
-        report_module.main(args)
+    os.environ.update(environ)
+    if tool in ("report", "plot"):
+        sys.argv = [f"ccpo_pl.{tool}", *args]
+        (report_module if tool == "report" else plot_module).main(args)
     else:
-        module = fit_module if tool == "fit" else evaluate_module
+        module = {"fit": fit_module, "evaluate": evaluate_module, "export": export_module}[tool]
         sys.argv = [f"ccpo_pl.{tool}", *args]
         module.main()
 
 
-def command_line(tool: str, args: list[str], output: Path) -> tuple[int, list[str]]:
-    """Exit status and output lines of `python -m ccpo_pl.<tool> <args>`, run as a forked child."""
-    proc = multiprocessing.get_context("fork").Process(target=_child, args=(tool, args, str(output)))
+def command_line(tool: str, args: list[str], output: Path, environ=()) -> tuple[int, list[str]]:
+    """Exit status and output lines of `python -m ccpo_pl.<tool> <args>`, run as a forked child (with the
+    environment variables `environ` set)."""
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(tool, args, str(output), dict(environ)))
     proc.start()
     proc.join(300)
     if proc.exitcode is None:
@@ -232,7 +333,7 @@ def test_a_bad_input_is_refused_in_one_line_touching_nothing_and_the_corrected_c
             load_policy(path, **kwargs)
         lines = [str(err.value)]
     else:
-        status, lines = command_line(case.tool, args, tmp_path / "output.txt")
+        status, lines = command_line(case.tool, args, tmp_path / "output.txt", case.environ)
         assert status == 2, lines
         assert len(lines) == 1 and lines[0].startswith(f"ccpo_pl.{case.tool}: error: "), lines
     assert value in lines[0] and allowed in lines[0], lines[0]
@@ -250,6 +351,9 @@ def test_a_bad_input_is_refused_in_one_line_touching_nothing_and_the_corrected_c
     else:
         status, lines = command_line(case.tool, fixed, tmp_path / "fixed.txt")
         assert status == 0, lines
-        written = tmp_path / "scratch" / ("eval/summary.json" if case.tool == "evaluate" else "report.md")
-        assert written.is_file()
+        written = {"evaluate": "eval/summary.json", "report": "report.md", "plot": "plots/thresholds.png"}
+        if case.tool in written:
+            assert (tmp_path / "scratch" / written[case.tool]).is_file()
+        else:  # export: the policy file
+            assert [p.suffix for p in (tmp_path / "scratch").iterdir()] in ([".onnx"], [".pt"])
     assert files_of(Path(places["root"])) == before

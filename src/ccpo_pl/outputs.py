@@ -40,6 +40,7 @@ class Kind:
     folder: bool
     patterns: tuple[str, ...] = ()
     recognise: Callable[[Path], bool] | None = None
+    ours: bool = True  # False: a file of the user's that the command may add to (a report section)
 
 
 EVALUATION = Kind("evaluation", True, ("per_eps.csv", "per_episode.csv", "table.md", "curves.png", "summary.json",
@@ -87,7 +88,7 @@ def _is_markdown(path: Path) -> bool:
 
 REPORT = Kind("report", False, recognise=_is_report)
 #: a file a report section goes into: any Markdown text (the section replaces nothing else of it)
-SECTION_HOST = Kind("Markdown text file", False, recognise=_is_markdown)
+SECTION_HOST = Kind("Markdown text file", False, recognise=_is_markdown, ours=False)
 REPORT_CSV = Kind("report table", False, recognise=_is_report_csv)
 POLICY = Kind("exported policy", False, recognise=_is_policy)
 
@@ -146,8 +147,9 @@ def check_target(path: Path, kind: Kind, *, overwrite: bool = False, inputs: Ite
         raise ConfigError(f"{shown} is a directory; give a file name")
     if path.exists() or path.is_symlink():
         if not path.is_file() or not kind.recognise(path):
-            raise ConfigError(f"{shown} exists and is not {article} {kind.name} that ccpo_pl wrote; it is never "
-                              f"replaced: give another {another}")
+            whose = " that ccpo_pl wrote" if kind.ours else ""
+            raise ConfigError(f"{shown} exists and is not {article} {kind.name}{whose}; it is never replaced: give "
+                              f"another {another}")
         if not (overwrite or update):
             raise ConfigError(f"{shown} exists; pass another {another} or {asked} to replace it")
 
