@@ -23,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -33,6 +34,7 @@ import ccpo_pl.fit as fit_module
 import ccpo_pl.plot as plot_module
 import ccpo_pl.report as report_module
 from ccpo_pl.checkpointing import safe_load
+from ccpo_pl.deploy import load, remaining_budget, run_episodes
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import evaluate_run, load_policy
 from ccpo_pl.validation import CONF_DIR
@@ -357,3 +359,100 @@ def test_a_bad_input_is_refused_in_one_line_touching_nothing_and_the_corrected_c
         else:  # export: the policy file
             assert [p.suffix for p in (tmp_path / "scratch").iterdir()] in ([".onnx"], [".pt"])
     assert files_of(Path(places["root"])) == before
+
+
+# ---------------------------------------------------------------- the deployment API: ValueError / TypeError
+class FakeEnv:
+    """A gymnasium-like env of the reference task's sizes: episodes of 3 steps without cost."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        self.obs_dim, self.act_dim, self.t = obs_dim, act_dim, 0
+
+    def reset(self, seed=None):
+        self.t = 0
+        return np.zeros(self.obs_dim, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(self.obs_dim, np.float32), 1.0, 0.0, False, self.t >= 3, {}
+
+
+@pytest.fixture(scope="module")
+def policy(places):
+    return load(places["run"])
+
+
+def _obs(policy, *shape) -> np.ndarray:
+    return np.zeros((*shape, policy.metadata["obs_dim"]))
+
+
+API_CASES = [
+    ("load device=meta", lambda p, pl: load(p["run"], device="meta"), ValueError, "device='meta'", "cpu, cuda"),
+    ("load device=cuda:99", lambda p, pl: load(p["run"], device="cuda:99"), ValueError, "device='cuda:99'",
+     "is not available"),
+    ("load device=3", lambda p, pl: load(p["run"], device=3), TypeError, "device=3", "a device name"),
+    ("load None", lambda p, pl: load(None), TypeError, "run=None", "a run directory or a .ckpt file"),
+    ("predict eps=1e39", lambda p, pl: pl.predict(_obs(pl), 1e39), ValueError, "eps has 1e+39", "float32"),
+    ("predict eps=1e-50", lambda p, pl: pl.predict(_obs(pl), 1e-50), ValueError, "eps=1e-50", "as a float32"),
+    ("predict eps=True", lambda p, pl: pl.predict(_obs(pl), True), TypeError, "eps=True", "real numbers"),
+    ("predict eps='40'", lambda p, pl: pl.predict(_obs(pl), "40"), TypeError, "eps='40'", "real numbers"),
+    ("predict deterministic='no'", lambda p, pl: pl.predict(_obs(pl), 40.0, deterministic="no"), TypeError,
+     "deterministic='no'", "True or False"),
+    ("predict obs str", lambda p, pl: pl.predict("abc", 40.0), TypeError, "observation='abc'", "real numbers"),
+    ("predict obs None", lambda p, pl: pl.predict(None, 40.0), TypeError, "observation=None", "real numbers"),
+    ("predict obs dict", lambda p, pl: pl.predict({"x": 1}, 40.0), TypeError, "observation={'x': 1}",
+     "real numbers"),
+    ("predict obs object", lambda p, pl: pl.predict(object(), 40.0), TypeError, "observation holds objects",
+     "real numbers"),
+    ("predict obs complex", lambda p, pl: pl.predict(_obs(pl).astype(complex), 40.0), TypeError,
+     "observation holds complex numbers", "real numbers"),
+    ("predict obs complex tensor", lambda p, pl: pl.predict(torch.zeros(3, dtype=torch.complex64), 40.0), TypeError,
+     "complex64", "real numbers"),
+    ("predict obs 1e39", lambda p, pl: pl.predict(_obs(pl) + 1e39, 40.0), ValueError, "observation has 1e+39",
+     "float32"),
+    ("remaining_budget eps_range=[70, 10]", lambda p, pl: remaining_budget(25, 100, [70, 10]), ValueError,
+     "eps_range=[70, 10]", "0 < low < high"),
+    ("remaining_budget eps_range=[nan, 70]", lambda p, pl: remaining_budget(25, 100, [math.nan, 70]), ValueError,
+     "eps_range=[nan, 70]", "both finite"),
+    ("remaining_budget eps_range=[0, 70]", lambda p, pl: remaining_budget(25, 100, [0, 70]), ValueError,
+     "eps_range=[0, 70]", "0 < low"),
+    ("remaining_budget '25'", lambda p, pl: remaining_budget("25", 100), TypeError, "total_budget='25'",
+     "a finite number > 0"),
+    ("remaining_budget horizon=True", lambda p, pl: remaining_budget(25, True), ValueError, "horizon=True",
+     "a positive integer"),
+    ("run_episodes episodes=True", lambda p, pl: run_episodes(pl, FakeEnv(1, 1), lambda s, f: 40.0, episodes=True),
+     ValueError, "episodes=True", "a positive integer"),
+    ("run_episodes episodes=1e9", lambda p, pl: run_episodes(pl, FakeEnv(1, 1), lambda s, f: 40.0,
+                                                             episodes=10**9), ValueError, "episodes=1000000000",
+     "at most 100000"),
+    ("run_episodes eps_fn=40", lambda p, pl: run_episodes(pl, FakeEnv(1, 1), 40), TypeError, "eps_fn=40",
+     "a function (step, so_far) -> eps"),
+    ("run_episodes eps_fn -> True", lambda p, pl: run_episodes(pl, FakeEnv(pl.metadata["obs_dim"], 2),
+                                                               lambda s, f: True), TypeError,
+     "eps_fn returned True", "a real number > 0"),
+    ("run_episodes deterministic='no'", lambda p, pl: run_episodes(pl, FakeEnv(1, 1), lambda s, f: 40.0,
+                                                                   deterministic="no"), TypeError,
+     "deterministic='no'", "True or False"),
+    ("run_episodes policy='p'", lambda p, pl: run_episodes("p", FakeEnv(1, 1), lambda s, f: 40.0), TypeError,
+     "policy (str)", "a Policy"),
+]
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c[0] for c in API_CASES])
+def test_a_bad_api_argument_is_a_one_line_value_or_type_error_naming_it(case, places, policy):
+    _, call, error, value, allowed = case
+    before = files_of(Path(places["root"]))
+    with pytest.raises(error) as err:
+        call(places, policy)
+    assert type(err.value) in (error, ConfigError) and "\n" not in str(err.value)
+    assert value in str(err.value) and allowed in str(err.value), str(err.value)
+    assert files_of(Path(places["root"])) == before
+
+
+def test_numpy_scalars_are_numbers_to_the_api(policy):
+    schedule = remaining_budget(np.float32(25), np.int64(100), np.array([10.0, 70.0]))
+    assert schedule(0, {"episode_cost": 0.0}) == 25.0
+    assert policy.predict(_obs(policy), np.float32(40)).shape == (2,)
+    episodes = run_episodes(policy, FakeEnv(policy.metadata["obs_dim"], 2), lambda s, f: np.float64(40),
+                            episodes=np.int64(2), seed=np.int64(3))
+    assert [e.length for e in episodes] == [3, 3] and all(np.all(e.eps == 40.0) for e in episodes)
