@@ -14,21 +14,27 @@ command. A corrected `evaluate`, `report` or `load_policy` command runs to its e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import multiprocessing
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ccpo_pl.evaluate as evaluate_module
+import ccpo_pl.evaluation as evaluation_module
 import ccpo_pl.export as export_module
 import ccpo_pl.fit as fit_module
 import ccpo_pl.plot as plot_module
@@ -456,3 +462,217 @@ def test_numpy_scalars_are_numbers_to_the_api(policy):
     episodes = run_episodes(policy, FakeEnv(policy.metadata["obs_dim"], 2), lambda s, f: np.float64(40),
                             episodes=np.int64(2), seed=np.int64(3))
     assert [e.length for e in episodes] == [3, 3] and all(np.all(e.eps == 40.0) for e in episodes)
+
+
+# ---------------------------------------------------------------- properties (Hypothesis): success or one line
+PROPERTY = settings(max_examples=30, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SCALARS = st.one_of(st.integers(-2**40, 2**40), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                    st.none(), st.sampled_from(["abc", "${seed}", "${nope}", "1e39", "", "10"]),
+                    st.sampled_from([1e39, -1e39, 1e-46, 3.5e38, 0.0, -0.0, 2**31, 2**63, 1e12 + 1]))
+VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=4))
+FIT_KEYS = ("seed", "total_frames", "eps.range", "eps.eval", "eps.behavior", "eps.bin", "eval.final_episodes",
+            "eval.episodes", "collect.num_envs", "collect.updates_per_frame", "algo.gamma", "algo.kappa", "threads",
+            "check_sync", "label")
+
+
+def hydra_text(value) -> str:
+    """`value` as a command-line override value (what a user types)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, str):
+        return value if value.startswith("${") or value == "" else f"'{value}'"
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_text(v) for v in value) + "]"
+    return str(value)
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err)
+    assert "\n" not in text and text and "Traceback" not in text, text
+    return text
+
+
+@PROPERTY
+@given(key=st.sampled_from(FIT_KEYS), value=VALUES)
+def test_property_a_generated_fit_value_reaches_training_or_is_refused_in_one_line(places, key, value):
+    override = f"{key}={hydra_text(value)}"
+    before = files_of(Path(places["root"]))
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        args = [*FIT[:2], f"log_dir={tmp}", f"run_name={RUN}", override]
+        try:
+            corrected_fit(args, mp)
+        except ConfigError as err:
+            assert key.split(".")[-1] in one_line(err) or "does not resolve" in str(err), (override, str(err))
+        assert not any(Path(tmp).iterdir())  # a refused or stopped run leaves nothing
+    assert files_of(Path(places["root"])) == before
+
+
+class ReachedEpisodes(Exception):
+    """Raised instead of running the episodes: every check of `evaluate_run` passed."""
+
+
+def _reached(*args, **kwargs):
+    raise ReachedEpisodes
+
+
+@PROPERTY
+@given(episodes=VALUES, eps=VALUES, batch_envs=VALUES, seed=VALUES,
+       policy=st.sampled_from(["deterministic", "stochastic", "both", "greedy", None, 1]))
+def test_property_generated_evaluate_values_are_checked_before_anything_is_written(places, episodes, eps, batch_envs,
+                                                                                 seed, policy):
+    before = files_of(Path(places["root"]))
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluation_module, "_evaluate", _reached)
+        try:
+            evaluate_run(places["run"], eps=eps, episodes=episodes, seed=seed, policy=policy, batch_envs=batch_envs,
+                         out=Path(tmp) / "eval")
+        except ConfigError as err:
+            one_line(err)
+        except ReachedEpisodes:
+            pass
+        assert not (Path(tmp) / "eval").exists() and not any(Path(tmp).iterdir())
+    assert files_of(Path(places["root"])) == before
+
+
+JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(), st.text(max_size=5)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                            st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+                    max_leaves=6)
+SUMMARY_KEYS = ("eps", "eps_range", "avg_reward", "avg_cv", "avg_reward_unseen", "seed", "episodes", "task", "label",
+                "algo", "by_policy", "frames", "train_wall_s", "policy", "behavior")
+
+
+def _in_process(module, args: list[str]) -> tuple[int, list[str]]:
+    """Exit status and stderr lines of a command line's `main(args)`, called in this process."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            module.main(args)
+            status = 0
+        except SystemExit as done:
+            status = done.code
+    return status, err.getvalue().splitlines()
+
+
+def _damaged_logs(places, tmp: Path, summary: bytes | None, per_eps: bytes | None, config: bytes | None) -> Path:
+    """`tmp/logs`: a good copy of the reference run (without its checkpoints) and a copy with files replaced."""
+    logs = tmp / "logs"
+    for name in ("good", "bad"):
+        shutil.copytree(places["run"], logs / name, ignore=shutil.ignore_patterns("checkpoints"))
+    for rel, data in (("eval/summary.json", summary), ("eval/per_eps.csv", per_eps), ("config.yaml", config)):
+        if data is not None:
+            (logs / "bad" / rel).write_bytes(data)
+    return logs
+
+
+@st.composite
+def damaged_summary(draw, reference: dict) -> bytes:
+    """The reference summary with a field replaced or dropped, or any bytes instead of it."""
+    kind = draw(st.sampled_from(["field", "field", "drop", "bytes"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=40) | st.text(max_size=40).map(str.encode))
+    summary, key = dict(reference), draw(st.sampled_from(SUMMARY_KEYS))
+    if kind == "drop":
+        summary.pop(key, None)
+    else:
+        summary[key] = draw(JSON)
+    return json.dumps(summary).encode()
+
+
+def damaged_csv(path: Path, cells) -> bytes:
+    """`path` (a CSV) with the (row, column) cells replaced by the texts of `cells`."""
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    for row, col, text in cells:
+        if row < len(rows) and col < len(rows[row]):
+            rows[row][col] = text.replace("\n", " ").replace("\r", " ")
+    return ("\n".join(",".join(r) for r in rows) + "\n").encode()
+
+
+CELLS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 9), st.text(max_size=6)), max_size=3)
+REFERENCE_SUMMARY = {"task": "ball_circle", "algo": "ccpo", "label": "ccpo", "seed": 0, "episodes": 1,
+                     "eps": [10.0, 40.0], "eps_range": [10.0, 70.0], "avg_reward": 1.0, "avg_cv": 0.0,
+                     "policy": "deterministic", "by_policy": {"deterministic": {"avg_reward": 1.0, "avg_cv": 0.0}},
+                     "frames": 1600, "train_wall_s": 1.0}
+
+
+@PROPERTY
+@given(summary=damaged_summary(REFERENCE_SUMMARY), narrow=st.booleans(), cells=CELLS)
+def test_property_report_skips_or_refuses_damaged_eval_files_in_one_line_changing_none(places, summary, narrow,
+                                                                                     cells):
+    if narrow and summary.startswith(b"{"):  # 40 outside the range: report reads per_eps.csv too
+        with contextlib.suppress(ValueError, TypeError):
+            summary = json.dumps(json.loads(summary) | {"eps_range": [10.0, 30.0]}).encode()
+    per_eps = damaged_csv(Path(places["run"]) / "eval" / "per_eps.csv", cells)
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = _damaged_logs(places, Path(tmp), summary, per_eps, None)
+        inputs = files_of(logs)
+        status, lines = _in_process(report_module, [str(logs), "--out", str(Path(tmp) / "report.md")])
+        assert status in (0, 2) and "Traceback" not in "\n".join(lines), lines
+        if status == 0:  # the good run is reported; the damaged one, if it is, is skipped in one warning
+            assert (Path(tmp) / "report.md").is_file() and len(lines) <= 1, lines
+            assert all(ln.startswith("ccpo_pl.report: warning: skipping '") and "bad/eval" in ln for ln in lines)
+        else:
+            assert len(lines) == 1 and lines[0].startswith("ccpo_pl.report: error: "), lines
+        assert files_of(logs) == inputs
+
+
+@PROPERTY
+@given(config=st.one_of(st.none(), st.text(max_size=60).map(str.encode), st.sampled_from(
+           [b"seed: [0\n", b"- a\n- b\n", b"eps: {range: [10]}\n", b"eps: {behavior: [a]}\n", b"\xff\xfe", b""])),
+       cells=CELLS)
+def test_property_plot_refuses_damaged_files_in_one_line_before_writing_anything(places, config, cells):
+    per_eps = damaged_csv(Path(places["run"]) / "eval" / "per_eps.csv", cells)
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = _damaged_logs(places, Path(tmp), None, per_eps, config)
+        inputs = files_of(logs)
+        out = Path(tmp) / "plots"
+        status, lines = _in_process(plot_module, [str(logs), "--out", str(out)])
+        assert status in (0, 2) and "Traceback" not in "\n".join(lines), lines
+        if status == 0:
+            assert (out / "thresholds.png").is_file()
+        else:
+            assert len(lines) == 1 and lines[0].startswith("ccpo_pl.plot: error: "), lines
+            assert not out.exists()
+        assert files_of(logs) == inputs
+
+
+OBS_DIM = 8  # ball_circle's observations
+OBS_ELEMENTS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6),
+                         st.sampled_from([1e39, -1e39, 1e-46]))
+EPS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-100, 100), st.booleans(), st.none(),
+                st.text(max_size=3), st.sampled_from([1e39, 1e-50, 40.0, np.float32(40), np.int64(40)]),
+                st.lists(st.floats(1, 70), min_size=1, max_size=3).map(np.array))
+
+
+@st.composite
+def observations(draw):
+    kind = draw(st.sampled_from(["array", "array", "list", "tensor", "other"]))
+    if kind == "other":
+        return draw(st.sampled_from(["abc", None, {"x": 1}, object(), 1 + 2j, [[1, 2], [3]], True]))
+    dim = draw(st.sampled_from([OBS_DIM, OBS_DIM, OBS_DIM - 1]))
+    shape = draw(st.sampled_from([(dim,), (2, dim), (1, dim), (2, 2, dim)]))
+    values = draw(st.lists(OBS_ELEMENTS, min_size=math.prod(shape), max_size=math.prod(shape)))
+    array = np.array(values, dtype=np.float64).reshape(shape)
+    if draw(st.booleans()):
+        with np.errstate(all="ignore"):
+            array = array.astype(draw(st.sampled_from([np.float32, np.complex64, np.int16, np.bool_])))
+    return array.tolist() if kind == "list" else torch.as_tensor(array) if kind == "tensor" else array
+
+
+@PROPERTY
+@given(obs=observations(), eps=EPS, deterministic=st.sampled_from([True, False, "no", 1, None, np.bool_(True)]))
+def test_property_predict_acts_in_the_box_or_raises_one_line_value_or_type_error(policy, obs, eps, deterministic):
+    assert policy.metadata["obs_dim"] == OBS_DIM
+    try:
+        action = policy.predict(obs, eps, deterministic=deterministic)
+    except (ValueError, TypeError) as err:
+        one_line(err)
+        return
+    action = np.asarray(action.cpu() if isinstance(action, torch.Tensor) else action)
+    assert action.shape[-1] == policy.metadata["act_dim"] and np.isfinite(action).all()
+    assert (action >= policy.metadata["action_low"]).all() and (action <= policy.metadata["action_high"]).all()
