@@ -508,6 +508,10 @@ def test_property_a_generated_fit_value_reaches_training_or_is_refused_in_one_li
             corrected_fit(args, mp)
         except ConfigError as err:
             assert key.split(".")[-1] in one_line(err) or "does not resolve" in str(err), (override, str(err))
+        else:  # trained with it: a number that float32 holds, a count within its bound
+            assert not any(isinstance(v, float) and not (math.isfinite(v) and abs(v) <= 3.4e38)
+                           for v in (value if isinstance(value, list) else [value])), override
+            assert not (isinstance(value, int) and not isinstance(value, bool) and value > 10**12), override
         assert not any(Path(tmp).iterdir())  # a refused or stopped run leaves nothing
     assert files_of(Path(places["root"])) == before
 
@@ -533,8 +537,10 @@ def test_property_generated_evaluate_values_are_checked_before_anything_is_writt
                          out=Path(tmp) / "eval")
         except ConfigError as err:
             one_line(err)
-        except ReachedEpisodes:
-            pass
+        except ReachedEpisodes:  # what runs is sane: bounded counts, float32 thresholds, each once
+            assert type(episodes) is int and 0 < episodes <= 100_000 and type(batch_envs) is int
+            grid = eps if isinstance(eps, list) else [] if eps is None else [eps]  # None: the run's own grid
+            assert all(abs(e) <= 3.4e38 for e in grid) and len(set(grid)) == len(grid)
         assert not (Path(tmp) / "eval").exists() and not any(Path(tmp).iterdir())
     assert files_of(Path(places["root"])) == before
 

@@ -125,6 +125,9 @@ def summary_problem(summary) -> str | None:
     for key in ("seed", "episodes"):
         if not isinstance(summary[key], int) or isinstance(summary[key], bool) or summary[key] < 0:
             return f"{key} is {summary[key]!r}, not an integer >= 0"
+    for key in ("policy", "env_id", "checkpoint"):
+        if summary.get(key) is not None and not isinstance(summary[key], str):
+            return f"{key} is {summary[key]!r}, not a string"
     eps_range = summary.get("eps_range")
     if eps_range is not None and not (isinstance(eps_range, list) and len(eps_range) == 2
                                       and all(_finite(x) for x in eps_range) and eps_range[0] < eps_range[1]):

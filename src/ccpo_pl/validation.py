@@ -61,6 +61,8 @@ def _int(v) -> bool:
 
 #: the largest finite float32: every number of a run is used in float32 (networks, envs, thresholds)
 FLOAT32_MAX = 3.4028234663852886e38
+#: the most threshold bins `eps.bin` may cut `eps.range` into (the per-bin metrics and their logs)
+MAX_EPS_BINS = 10_000
 #: the most a count may be where no key says otherwise (an int32, what the libraries below index with)
 COUNT_MAX = 2**31 - 1
 
@@ -470,6 +472,9 @@ def _check_relations(c: dict) -> None:
     if spec.increasing_behavior and any(a >= b for a, b in zip(behavior, behavior[1:])):
         raise ConfigError(f"algo={algo['name']} combines one policy per behaviour threshold: eps.behavior="
                           f"{behavior} must be strictly increasing, e.g. {sorted(set(behavior))}")
+    if (hi - lo) / eps["bin"] > MAX_EPS_BINS:
+        raise ConfigError(f"eps.bin={eps['bin']} cuts eps.range={[lo, hi]} into {(hi - lo) / eps['bin']:.3g} bins; "
+                          f"at most {MAX_EPS_BINS} are allowed: raise eps.bin")
     for key in ("behavior", "eval"):
         outside = [v for v in eps[key] if not lo <= v <= hi]
         if outside:
