@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import ccpo_pl.evaluate as evaluate_module
@@ -499,6 +499,10 @@ def one_line(err: BaseException) -> str:
 
 @PROPERTY
 @given(key=st.sampled_from(FIT_KEYS), value=VALUES)
+@example(key="eps.range", value=[10, 1e39])
+@example(key="eps.bin", value=1e-46)
+@example(key="eval.final_episodes", value=10**9)
+@example(key="seed", value="${seed}")
 def test_property_a_generated_fit_value_reaches_training_or_is_refused_in_one_line(places, key, value):
     override = f"{key}={hydra_text(value)}"
     before = files_of(Path(places["root"]))
@@ -672,6 +676,10 @@ def observations(draw):
 
 @PROPERTY
 @given(obs=observations(), eps=EPS, deterministic=st.sampled_from([True, False, "no", 1, None, np.bool_(True)]))
+@example(obs=np.zeros(OBS_DIM, np.complex64) + 1j, eps=40.0, deterministic=True)
+@example(obs=np.zeros(OBS_DIM), eps=True, deterministic=True)
+@example(obs=np.zeros(OBS_DIM), eps=40.0, deterministic="no")
+@example(obs=np.zeros(OBS_DIM), eps=1e39, deterministic=True)
 def test_property_predict_acts_in_the_box_or_raises_one_line_value_or_type_error(policy, obs, eps, deterministic):
     assert policy.metadata["obs_dim"] == OBS_DIM
     try:
@@ -679,6 +687,11 @@ def test_property_predict_acts_in_the_box_or_raises_one_line_value_or_type_error
     except (ValueError, TypeError) as err:
         one_line(err)
         return
+    # what is acted on: real observations and thresholds, finite in float32, and a real choice of policy
+    kinds = {np.asarray(obs.numpy() if isinstance(obs, torch.Tensor) else obs).dtype.kind,
+             np.asarray(eps).dtype.kind}
+    assert kinds <= {"i", "u", "f"} and isinstance(deterministic, (bool, np.bool_)), (obs, eps, deterministic)
+    assert np.all(np.abs(np.asarray(eps, np.float64)) <= 3.4e38)
     action = np.asarray(action.cpu() if isinstance(action, torch.Tensor) else action)
     assert action.shape[-1] == policy.metadata["act_dim"] and np.isfinite(action).all()
     assert (action >= policy.metadata["action_low"]).all() and (action <= policy.metadata["action_high"]).all()
