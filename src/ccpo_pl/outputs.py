@@ -130,8 +130,8 @@ def check_target(path: Path, kind: Kind, *, overwrite: bool = False, inputs: Ite
             raise ConfigError(f"{shown} is {what}; it is never replaced: give another {another}")
     if kind.folder:
         if path.exists() and not path.is_dir():
-            raise ConfigError(f"{shown} is a file, not a folder of {kind.name} files; give a new or {kind.name} "
-                              f"folder")
+            raise ConfigError(f"{shown} is a file: the folder of {kind.name} files cannot be created there; give a "
+                              f"new folder")
         if path.is_dir() and is_run_dir(path):
             raise ConfigError(f"{shown} is a run directory; give a new folder for the {kind.name} files")
         if path.is_dir() and any(path.iterdir()):
