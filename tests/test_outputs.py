@@ -55,7 +55,7 @@ def test_a_file_of_another_kind_or_the_input_is_never_replaced(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("seed: 0\n")
     for kind in (outputs.REPORT, outputs.POLICY, outputs.REPORT_CSV):
-        with (pytest.raises(ConfigError, match="is not a .* that ccpo_pl wrote; it is never replaced"),
+        with (pytest.raises(ConfigError, match="is not an? .* that ccpo_pl wrote; it is never replaced"),
               outputs.claim(config, kind, overwrite=True)):
             pass
     ckpt = tmp_path / "last.ckpt"
