@@ -372,12 +372,12 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str
         if not Path(notes).is_file():
             raise ConfigError(f"--notes {str(notes)!r} does not exist")
         text += "\n" + Path(notes).read_text()
-    check_writable(out.parent, "--out")
     inputs = [Path(notes)] if notes is not None else []
     host = next((run for run, _ in runs if _inside(out, run)), out.parent if is_run_dir(out.parent) else None)
     if host is not None:
         raise ConfigError(f"--out={str(out)!r} is inside the run directory {str(host)!r}; a report is never written "
                           f"into a run: give a file outside it")
+    check_writable(out.parent, "--out")
     slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
     table_path = out.with_name(f"{out.stem}-{slug}.csv") if section else out.with_suffix(".csv")
     if table_path == out:
