@@ -85,7 +85,10 @@ def _positive(v) -> bool:
 def integer(low: int, high: int | None = None, most: int = COUNT_MAX) -> Rule:
     """An integer in [low, high], or >= low and at most `most` (a sane bound on a count)."""
     if high is None:
-        return Rule(lambda v: _int(v) and low <= v <= most, f"an integer >= {low} (at most {most})")
+        def too_large(key: str, v) -> str | None:
+            return f"{key}={v} is too large (at most {most})" if _int(v) and v > most else None
+
+        return Rule(lambda v: _int(v) and low <= v <= most, f"an integer >= {low}", too_large)
     return Rule(lambda v: _int(v) and low <= v <= high, f"an integer in [{low}, {high}]")
 
 
@@ -110,7 +113,7 @@ def choice(*values) -> Rule:
 
 
 def optional(rule: Rule) -> Rule:
-    return Rule(lambda v: v is None or rule.ok(v), f"null or {rule.allowed_text()}")
+    return Rule(lambda v: v is None or rule.ok(v), f"null or {rule.allowed_text()}", rule.problem)
 
 
 def text(what: str = "a non-empty string") -> Rule:
@@ -203,8 +206,8 @@ SCHEMA: dict[str, Rule] = {
     "collect.parallel": BOOL,
     "eval.every_epochs": integer(1),
     "eval.episodes": integer(1, most=100_000),
-    "eval.final_episodes": Rule(integer(0, most=100_000).ok, "an integer >= 0 (0: no final evaluation; at most "
-                                "100000)"),
+    "eval.final_episodes": Rule(integer(0, most=100_000).ok, "an integer >= 0 (0: no final evaluation)",
+                                integer(0, most=100_000).problem),
     "progress.every_s": POSITIVE,
     "eval.video": BOOL,
     "eval.video_eps": optional(POSITIVE),
