@@ -518,6 +518,74 @@ def test_a_run_being_trained_by_another_process_is_refused(reference, tmp_path, 
         os.close(fd)
 
 
+# ---------------------------------------------------------------- the final evaluation
+FINAL = ("eval.final_episodes=1",)  # a finished run's final evaluation: one episode per threshold
+
+
+def finished_copy(reference, tmp_path) -> Path:
+    """A copy of the finished reference run (trained without a final evaluation)."""
+    shutil.copytree(reference[0], tmp_path / "logs" / "r")
+    return tmp_path / "logs" / "r"
+
+
+def test_a_finished_run_without_its_final_evaluation_gets_it_when_the_same_command_is_rerun(reference, tmp_path,
+                                                                                           capsys, smoke_config):
+    run_dir = finished_copy(reference, tmp_path)
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "per_eps.csv").write_text("policy,eps\n")  # what an interrupted evaluation could leave
+    ckpt = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    metrics = fit(smoke_config(tmp_path / "logs", *BASE, *FINAL))
+    assert "no complete final evaluation (eval/summary.json); running it" in capsys.readouterr().out
+    assert (run_dir / "eval" / "summary.json").is_file() and "final/avg_reward" in metrics
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == ckpt
+    again = fit(smoke_config(tmp_path / "logs", *BASE, *FINAL))  # evaluated: the same command does nothing more
+    assert "already has 800 frames" in capsys.readouterr().out and "final/avg_reward" not in again
+
+
+def _sigterm_in_the_final_evaluation() -> None:
+    import ccpo_pl.evaluation as evaluation
+
+    original = evaluation._evaluate
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        return original(*args, **kwargs)
+
+    evaluation._evaluate = stopped
+
+
+def test_sigterm_during_the_final_evaluation_exits_0_saying_how_to_finish_it(reference, tmp_path, smoke_config):
+    run_dir = finished_copy(reference, tmp_path)
+    before = files_of(run_dir)
+    run = forked_cli(tmp_path / "logs", *FINAL, before=_sigterm_in_the_final_evaluation)
+    assert run.wait() == 0, run.text()[-3000:]
+    lines = [ln for ln in run.text().splitlines() if ln.startswith("ccpo_pl.fit: stopped by")]
+    assert len(lines) == 1 and "SIGTERM during the final evaluation" in lines[0], run.text()[-2000:]
+    assert "re-run the same command" in lines[0] and "Traceback" not in run.text()
+    assert files_of(run_dir) == before and not (run_dir / "eval").exists()  # no lock or temporary files left
+    fit(smoke_config(tmp_path / "logs", *BASE, *FINAL))
+    assert (run_dir / "eval" / "summary.json").is_file()
+
+
+def test_a_full_disk_during_the_final_evaluation_stops_in_one_line_and_the_rerun_finishes_it(reference, tmp_path,
+                                                                                            monkeypatch, smoke_config):
+    import ccpo_pl.outputs as outputs
+
+    run_dir = finished_copy(reference, tmp_path)
+    before = files_of(run_dir)
+    monkeypatch.setattr(outputs.Claim, "_tmp", lambda self, folder: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(StorageError, match="final evaluation was not written.*No space left on device.*re-run the "
+                                           "same command") as err:
+        fit(smoke_config(tmp_path / "logs", *BASE, *FINAL))
+    assert "\n" not in str(err.value)
+    assert files_of(run_dir) == before and not (run_dir / "eval").exists()
+    monkeypatch.undo()
+    fit(smoke_config(tmp_path / "logs", *BASE, *FINAL))
+    assert (run_dir / "eval" / "summary.json").is_file()
+
+
 @pytest.mark.parametrize(("values", "finite"), [
     ([1.0, -2.0], True),
     ([1.0, float("nan")], False),

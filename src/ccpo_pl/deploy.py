@@ -93,7 +93,9 @@ class Policy:
         Raises:
             ValueError: an observation of the wrong size or with NaN/inf, or a bad eps; one line naming the value.
         """
-        obs, e = self._check(observation, eps)
+        if not isinstance(deterministic, (bool, np.bool_)):
+            raise TypeError(f"deterministic={deterministic!r} is not allowed; deterministic must be True or False")
+        obs, e = self._check(real_values("observation", observation), real_values("eps", eps))
         if deterministic:
             action = self._module(obs, e)
         else:
@@ -106,7 +108,7 @@ class Policy:
     def _check(self, observation, eps) -> tuple[Tensor, Tensor]:
         """(observation `[B, obs_dim]`, eps `[B]`) as float32 on the policy's device; a `ValueError` for bad input."""
         obs_dim = self._meta["obs_dim"]
-        obs = torch.as_tensor(observation, dtype=torch.float32).to(self.device)
+        obs = torch.as_tensor(observation).to(self.device, torch.float32)
         if obs.ndim not in (1, 2) or obs.shape[-1] != obs_dim:
             raise ValueError(f"observation has shape {list(obs.shape)}; allowed: [{obs_dim}] or [B, {obs_dim}] "
                              f"({self._meta['env_id']} observations)")
@@ -115,14 +117,14 @@ class Policy:
             raise ValueError(f"observation has NaN or inf (first at index {where}: {obs[where].item()}); "
                              f"allowed: finite values")
         batch = obs.reshape(-1, obs_dim)
-        e = eps.detach().cpu().double() if isinstance(eps, Tensor) else torch.as_tensor(eps, dtype=torch.float64)
+        e = eps.detach().cpu().double() if isinstance(eps, Tensor) else torch.from_numpy(np.asarray(eps, np.float64))
         if e.ndim > 1 or (e.ndim == 1 and (obs.ndim != 2 or e.shape[0] != batch.shape[0])):
             raise ValueError(f"eps has shape {list(e.shape)}; allowed: a float, a 0-d array, or [B] with B "
                              f"observations [B, {obs_dim}] (here {list(obs.shape)})")
-        ok = torch.isfinite(e) & (e > 0)
+        ok = torch.isfinite(e) & (e > 0) & (e.float() > 0) & torch.isfinite(e.float())  # in float32, as the policy
         if not bool(ok.all()):
             bad = e.item() if e.ndim == 0 else e[~ok].tolist()
-            raise ValueError(f"eps={bad} is not allowed; eps must be finite and > 0 (trained range "
+            raise ValueError(f"eps={bad} is not allowed; eps must be finite and > 0 as a float32 (trained range "
                              f"{self._meta['eps_range']}; outside it the policy extrapolates)")
         low, high = self._meta["eps_range"]
         outside = (e < low) | (e > high)
@@ -134,6 +136,38 @@ class Policy:
         return batch, e.to(self.device, torch.float32).expand(batch.shape[0])
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def real_values(name: str, value) -> Tensor | np.ndarray:
+    """`value` (a number, a nested list, a numpy array or a tensor) as an array of real numbers, checked: a
+    `TypeError` naming `name` for anything else (strings, None, dicts, objects, booleans, complex numbers), a
+    `ValueError` for a finite value beyond float32, the policy's precision."""
+    allowed = "a number, a list, a numpy array or a tensor of real numbers"
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.dtype.is_complex:
+            raise TypeError(f"{name} is a {value.dtype} tensor; allowed: {allowed}")
+        array = value.detach().cpu().double().numpy()
+    else:
+        if isinstance(value, (bool, np.bool_, str, bytes, Mapping)) or value is None:
+            raise TypeError(f"{name}={value!r} ({type(value).__name__}) is not allowed; allowed: {allowed}")
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError):  # ragged nesting
+            raise TypeError(f"{name} is not an array of numbers; allowed: {allowed}") from None
+        if array.dtype.kind not in "iuf":
+            what = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes"}.get(array.dtype.kind,
+                                                                                            "objects")
+            raise TypeError(f"{name} holds {what} ({array.dtype}); allowed: {allowed}")
+        array = array.astype(np.float64)
+    big = np.isfinite(array) & (np.abs(array) > FLOAT32_MAX)
+    if big.any():
+        where = tuple(int(i) for i in np.argwhere(big)[0])
+        raise ValueError(f"{name} has {array[where]:g} (at index {where}), beyond float32, the policy's precision; "
+                         f"allowed: values within +-3.4e38")
+    return value
+
+
 def load(run: str | Path, device: str | torch.device = "cpu") -> Policy:
     """The policy of a `ccpo_pl.fit` run directory (its `checkpoints/last.ckpt`) or checkpoint file, of any
     algorithm; only the policy's weights are read (`weights_only=True`). The action box is the one the checkpoint
@@ -143,6 +177,9 @@ def load(run: str | Path, device: str | torch.device = "cpu") -> Policy:
     from ccpo_pl import quiet
 
     quiet.drop_notices()  # gymnasium-robotics' notice on import (ccpo_pl.quiet); the warning filters stay as they are
+    from ccpo_pl.errors import check_environment
+
+    check_environment()  # before TorchRL imports MuJoCo
     from ccpo_pl.evaluation import actor_sizes, load_run
 
     _, _, ckpt, actor, cfg = load_run(run, device)
@@ -166,6 +203,18 @@ class Episode:
 
 
 EpsFn = Callable[[int, Mapping[str, Any]], float]
+#: the most episodes one `run_episodes` call runs
+MAX_EPISODES = 100_000
+
+
+def _integer(value) -> bool:
+    """An int or a numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _real(value) -> bool:
+    """A real number: int, float or their numpy scalars, not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def run_episodes(policy: Policy, env, eps_fn: EpsFn, episodes: int = 1, *, seed: int | None = None,
@@ -186,8 +235,17 @@ def run_episodes(policy: Policy, env, eps_fn: EpsFn, episodes: int = 1, *, seed:
             numpy's global RNG: seed that with `np.random.seed`).
         deterministic: the mean action (True) or sampled actions.
     """
-    if not isinstance(episodes, int) or episodes <= 0:
-        raise ValueError(f"episodes={episodes!r} must be a positive integer")
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy ({type(policy).__name__}) is not allowed; allowed: a Policy, from ccpo_pl.deploy.load")
+    if not callable(eps_fn):
+        raise TypeError(f"eps_fn={eps_fn!r} is not callable; allowed: a function (step, so_far) -> eps, e.g. "
+                        f"lambda step, so_far: 40.0")
+    if not _integer(episodes) or not 0 < episodes <= MAX_EPISODES:
+        raise ValueError(f"episodes={episodes!r} must be a positive integer, at most {MAX_EPISODES}")
+    if seed is not None and not (_integer(seed) and 0 <= seed < 2**32):
+        raise ValueError(f"seed={seed!r} must be None or an integer in [0, {2**32 - 1}]")
+    if not isinstance(deterministic, (bool, np.bool_)):
+        raise TypeError(f"deterministic={deterministic!r} is not allowed; deterministic must be True or False")
     results = []
     for index in range(episodes):
         obs, info = env.reset(seed=seed if index == 0 else None)
@@ -195,7 +253,11 @@ def run_episodes(policy: Policy, env, eps_fn: EpsFn, episodes: int = 1, *, seed:
         eps_used, costs, done = [], [], False
         while not done:
             so_far = {"episode": index, "episode_reward": ep_reward, "episode_cost": ep_cost, "info": info}
-            eps = float(eps_fn(len(costs), so_far))
+            eps = eps_fn(len(costs), so_far)
+            if not _real(eps):
+                raise TypeError(f"eps_fn returned {eps!r} ({type(eps).__name__}) at step {len(costs)}; allowed: a "
+                                f"real number > 0")
+            eps = float(eps)
             out = env.step(policy.predict(obs, eps, deterministic))
             if len(out) == 6:
                 obs, reward, cost, terminated, truncated, info = out
@@ -223,11 +285,23 @@ def remaining_budget(total_budget: float, horizon: int, eps_range: Sequence[floa
         eps_range: [low, high] to clip eps into, e.g. `policy.metadata["eps_range"]` (no extrapolation); None
             clips only from below, at 1e-6 of the budget (a spent budget asks for the safest policy).
     """
-    if not (isinstance(total_budget, (int, float)) and math.isfinite(total_budget) and total_budget > 0):
-        raise ValueError(f"total_budget={total_budget!r} must be a finite number > 0")
-    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon <= 0:
+    if not _real(total_budget):
+        raise TypeError(f"total_budget={total_budget!r} ({type(total_budget).__name__}) is not allowed; allowed: "
+                        f"a finite number > 0")
+    if not (math.isfinite(total_budget) and 0 < total_budget <= FLOAT32_MAX):
+        raise ValueError(f"total_budget={total_budget!r} must be a finite number > 0 (at most 3.4e38, float32)")
+    if not _integer(horizon) or horizon <= 0:
         raise ValueError(f"horizon={horizon!r} must be a positive integer (the episode length)")
-    low, high = (total_budget * 1e-6, math.inf) if eps_range is None else (float(eps_range[0]), float(eps_range[1]))
+    total_budget, horizon = float(total_budget), int(horizon)
+    if eps_range is None:
+        low, high = total_budget * 1e-6, math.inf
+    else:
+        pair = list(eps_range) if isinstance(eps_range, (list, tuple, np.ndarray)) else None
+        if (pair is None or len(pair) != 2 or not all(_real(x) for x in pair)
+                or not all(math.isfinite(x) and 0 < x <= FLOAT32_MAX for x in pair) or not pair[0] < pair[1]):
+            raise ValueError(f"eps_range={eps_range!r} is not allowed; eps_range must be None or [low, high] with "
+                             f"0 < low < high, both finite")
+        low, high = float(pair[0]), float(pair[1])
 
     def eps_fn(step: int, so_far: Mapping[str, Any]) -> float:
         eps = (total_budget - so_far["episode_cost"]) * horizon / max(horizon - step, 1)

@@ -3,6 +3,7 @@ where a command will write that raise it."""
 
 import argparse
 import difflib
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -29,10 +30,25 @@ def check_writable(directory: Path, name: str) -> None:
                           f"directory") from None
 
 
+#: the `MUJOCO_GL` values MuJoCo accepts on Linux (it refuses any other when TorchRL imports it, whatever the task)
+MUJOCO_GL_VALUES = ("egl", "osmesa", "glfw", "glx", "enable", "enabled", "on", "true", "1", "disable", "disabled",
+                    "off", "false", "0", "")
+
+
+def check_environment() -> None:
+    """A one-line `ConfigError` for an environment variable that would stop an import later (`MUJOCO_GL`)."""
+    value = os.environ.get("MUJOCO_GL")
+    if value is not None and value.lower().strip() not in MUJOCO_GL_VALUES and sys.platform.startswith("linux"):
+        raise ConfigError(f"MUJOCO_GL={value!r} is not allowed; MuJoCo takes egl, osmesa or glfw (egl or osmesa "
+                          f"render without a display), or unset it")
+
+
 def refuse_or_run(command: str, check: Callable[[], None], run: Callable[[], None]) -> None:
-    """A command line's entry: `check()` (its arguments, before anything is imported or composed for the run), then
-    `run()`; a `ConfigError` from the check is `<command>: error: <message>` on stderr and exit status 2."""
+    """A command line's entry: `check_environment()` and `check()` (its arguments, before anything is imported or
+    composed for the run), then `run()`; a `ConfigError` from the checks is `<command>: error: <message>` on stderr
+    and exit status 2."""
     try:
+        check_environment()
         check()
     except ConfigError as err:
         print(f"{command}: error: {err}", file=sys.stderr)

@@ -4,7 +4,9 @@ Loads the policy pi(a|s, eps) of a checkpoint with `weights_only=True` (no train
 episodes per threshold in batched envs and writes `per_eps.csv`, `table.md`, `curves.png` and `summary.json` into
 `out`, by default a new `<run dir>/eval-<UTC date-time>/` (see `ccpo_pl.evaluation.evaluate_run`): `<run dir>/eval/`
 holds the run's final evaluation, written by `ccpo_pl.fit` and averaged by `ccpo_pl.report`, and an evaluation
-replaces it only when asked to (`out=<run dir>/eval`). With `video=true` also `video/eps_<eps>.mp4` per
+replaces it only when asked to (`out=<run dir>/eval overwrite=true`). The files are one folder, written whole
+(`ccpo_pl.outputs`): an existing evaluation in `out` is replaced only with `overwrite=true`, a folder holding anything
+else never, and a second `evaluate` to the same `out` is refused. With `video=true` also `video/eps_<eps>.mp4` per
 threshold. Prints where it wrote, then the summary as one `key=value` line.
 """
 
@@ -31,6 +33,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
     if not cfg.run:
         raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")
+    if not isinstance(cfg.run, str):
+        raise ConfigError(f"run={cfg.run!r} is not allowed; run must be a ccpo_pl.fit run directory or a .ckpt file")
     threads = rule_for("threads")  # the same setting as fit's
     if not threads.ok(cfg.threads):
         raise ConfigError(f"threads={cfg.threads!r} is not allowed; threads must be {threads.allowed_text()}")
@@ -42,7 +46,8 @@ def evaluate(cfg: DictConfig) -> dict:
     out = Path(cfg.out) if cfg.out else ad_hoc_dir(resolve_checkpoint(cfg.run)[1])
     summary = evaluate_run(cfg.run, eps=eps, episodes=cfg.episodes, seed=cfg.seed, out=out, policy=cfg.policy,
                            batch_envs=cfg.batch_envs, expect={"env.name": cfg.expect_env, "algo.name": cfg.expect_algo},
-                           extrapolation=cfg.extrapolation, extra_files=videos if cfg.video else None)
+                           extrapolation=cfg.extrapolation, extra_files=videos if cfg.video else None,
+                           overwrite=cfg.overwrite)
     return summary | {"out": str(out)}
 
 

@@ -39,11 +39,11 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
-from ccpo_pl import tb_runs
+from ccpo_pl import outputs, tb_runs
 from ccpo_pl.algos.combined.equations import EXTRAPOLATIONS
-from ccpo_pl.checkpointing import READABLE_FORMATS, atomic_write_bytes, check_checkpoint, training_state
+from ccpo_pl.checkpointing import READABLE_FORMATS, check_checkpoint, training_state
 from ccpo_pl.envs import make_env
-from ccpo_pl.errors import ConfigError, check_writable
+from ccpo_pl.errors import ConfigError
 from ccpo_pl.loggers import log_figure
 from ccpo_pl.metrics import (
     cost_violation,  # the per-threshold metric lives with the others; re-exported here
@@ -76,15 +76,35 @@ def load_policy(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tu
     checkpoint (unreadable, not written by `ccpo_pl.fit`, a format this version does not read, non-finite policy
     weights) is one `ConfigError` line (`checkpointing.check_checkpoint`).
     """
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device={device!r} is not a torch device; give e.g. cpu, cuda or cuda:1") from None
+    device = check_device(device)
     try:
         checked = check_checkpoint(ckpt_path, name="ckpt_path", prefix="actor.")
     except ConfigError as err:
         raise ConfigError(f"{str(ckpt_path)!r} is not a ccpo_pl.fit checkpoint that loads: {err}") from None
     return policy_from_checkpoint(checked, ckpt_path, device)
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch device this machine has: cpu, or cuda / cuda:<index> where CUDA has that device; a
+    one-line `ConfigError` (a ValueError) naming it otherwise, a TypeError for what is not a device name."""
+    if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
+        raise TypeError(f"device={device!r} ({type(device).__name__}) is not allowed; give a device name (cpu, "
+                        f"cuda or cuda:1) or a torch.device")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device={device!r} is not a torch device; give e.g. cpu, cuda or cuda:1") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r} is not allowed; give cpu, cuda or cuda:1 (a CUDA device this machine "
+                          f"has)")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={device!r} is not available: this machine has no CUDA device; give cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device={device!r} is not available: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}; give one of them or cpu")
+    return dev
 
 
 def policy_from_checkpoint(ckpt: dict, ckpt_path: str | Path, device: str | torch.device = "cpu",
@@ -131,6 +151,7 @@ def load_run(run: str | Path, device: str | torch.device = "cpu",
     """(checkpoint path, run directory, checkpoint dict, actor, run config) of a run directory or checkpoint file
     (`algo_overrides`: as in `policy_from_checkpoint`); a missing, unreadable or foreign file is one `ConfigError`
     line naming `run` and the reason."""
+    device = check_device(device)
     ckpt, run_dir = resolve_checkpoint(run)
     data = check_checkpoint(ckpt, name="run", prefix="actor.")  # readable, ccpo_pl's, a finite policy: one line
     try:
@@ -422,12 +443,11 @@ def _cell(key: str, value) -> str:
     return f"{value:g}" if key == "eps" else f"{value:.6g}"
 
 
-def write_eval(out_dir: Path, stats: Mapping[str, Mapping[str, Sequence]], episodes: Mapping[str, Sequence[Tensor]],
-               summary: Mapping, behavior: Sequence[float], title: str) -> None:
-    """Write `per_eps.csv` (a row per policy and threshold), `per_episode.csv` (a row per episode: policy, eps,
-    episode, reward, cost, length), `table.md`, `curves.png` and `summary.json` into `out_dir`, each atomically.
+def eval_files(stats: Mapping[str, Mapping[str, Sequence]], episodes: Mapping[str, Sequence[Tensor]],
+               summary: Mapping, behavior: Sequence[float], title: str) -> dict[str, bytes]:
+    """The evaluation's files: `per_eps.csv` (a row per policy and threshold), `per_episode.csv` (a row per
+    episode: policy, eps, episode, reward, cost, length), `table.md`, `curves.png` and `summary.json`.
     `stats`: policy -> per-threshold stats; `episodes`: policy -> (reward, cost, length) `[n_eps, episodes]`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     per_eps = [CSV_COLUMNS] + [[_cell(k, policy if k == "policy" else st[k][i]) for k in CSV_COLUMNS]
                                for policy, st in stats.items() for i in range(len(st["eps"]))]
     per_episode = [EPISODE_COLUMNS]
@@ -436,17 +456,18 @@ def write_eval(out_dir: Path, stats: Mapping[str, Mapping[str, Sequence]], episo
             per_episode += [[policy, _cell("eps", e), str(j), _cell("reward", float(reward[i, j])),
                              _cell("cost", float(cost[i, j])), _cell("length", int(length[i, j]))]
                             for j in range(reward.shape[1])]
-    atomic_write_bytes(_csv(per_eps), out_dir / "per_eps.csv")
-    atomic_write_bytes(_csv(per_episode), out_dir / "per_episode.csv")
-    atomic_write_bytes(markdown_table(stats, summary["by_policy"], title).encode(), out_dir / "table.md")
     png = io.BytesIO()
     plot_curves(stats, behavior, title, summary.get("eps_range")).savefig(png, format="png")
-    atomic_write_bytes(png.getvalue(), out_dir / "curves.png")
-    atomic_write_bytes((json.dumps(_json_safe(dict(summary)), indent=2) + "\n").encode(), out_dir / "summary.json")
+    return {"per_eps.csv": _csv(per_eps), "per_episode.csv": _csv(per_episode),
+            "table.md": markdown_table(stats, summary["by_policy"], title).encode(), "curves.png": png.getvalue(),
+            "summary.json": (json.dumps(_json_safe(dict(summary)), indent=2) + "\n").encode()}
 
 
 def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:
     """(checkpoint, run directory) of `run`: a run directory (its `checkpoints/last.ckpt`) or a checkpoint file."""
+    if not isinstance(run, (str, os.PathLike)):
+        raise TypeError(f"run={run!r} ({type(run).__name__}) is not allowed; allowed: a run directory or a .ckpt "
+                        f"file, as a str or a Path")
     path = Path(run)
     if path.is_dir():
         ckpt = path / "checkpoints" / "last.ckpt"
@@ -459,21 +480,39 @@ def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:
     raise ConfigError(f"run={str(run)!r} does not exist; pass a ccpo_pl.fit run directory or a .ckpt file")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: the most episodes per threshold, sub-envs side by side and thresholds an evaluation takes
+MAX_EPISODES, MAX_BATCH_ENVS, MAX_THRESHOLDS = 100_000, 4096, 1000
+
+
 def check_thresholds(eps) -> list[float]:
-    """The evaluation thresholds as floats; a one-line error for an empty list or a value that is not > 0."""
-    if eps is None or isinstance(eps, (str, int, float)) or len(eps) == 0:
+    """The evaluation thresholds as floats; a one-line error for an empty list, a value that is not > 0 and finite
+    in float32 (the precision the policy and the simulator use), or one given twice."""
+    if eps is None or isinstance(eps, (str, int, float, Mapping)) or len(eps) == 0:
         raise ConfigError(f"eps={eps!r} must be a non-empty list of thresholds > 0, e.g. eps=[10,40,70]")
-    bad = [e for e in eps if isinstance(e, bool) or not isinstance(e, (int, float)) or not e > 0]
+    if len(eps) > MAX_THRESHOLDS:
+        raise ConfigError(f"eps has {len(eps)} thresholds; at most {MAX_THRESHOLDS} are allowed")
+    bad = [e for e in eps if isinstance(e, bool) or not isinstance(e, (int, float)) or not float32_positive(e)]
     if bad:
-        raise ConfigError(f"eps has {bad}; thresholds must be numbers > 0")
+        raise ConfigError(f"eps has {bad}; thresholds must be numbers > 0, finite in float32 (at most 3.4e38)")
+    twice = sorted({float(e) for e in eps if [float(x) for x in eps].count(float(e)) > 1})
+    if twice:
+        raise ConfigError(f"eps has {twice[0]:g} more than once; give each threshold once (an average would count "
+                          f"it twice)")
     return [float(e) for e in eps]
+
+
+def float32_positive(value: float) -> bool:
+    """`value` > 0 and finite once it is a float32."""
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX and float(np.float32(value)) > 0
 
 
 def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episodes: int = 10, seed: int = 0,
                  out: str | Path | None = None, policy: str = "both", batch_envs: int = 64,
                  expect: Mapping[str, str] | None = None, extra: Mapping | None = None,
                  extrapolation: str | None = None,
-                 extra_files: Callable[[nn.Module, dict, list[float]], Mapping[str, bytes]] | None = None) -> dict:
+                 extra_files: Callable[[nn.Module, dict, list[float]], Mapping[str, bytes]] | None = None,
+                 overwrite: bool = False) -> dict:
     """Evaluate the policy of a run or checkpoint on a threshold grid and write the `eval/` files; returns the
     summary (the keys of `eval/summary.json`).
 
@@ -484,11 +523,14 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     `extra_files(actor, run config, eps)` -> {path relative to the output directory: content}: called after every
     check and before the output directory is made (it may refuse with a `ConfigError`); its files are written with
     the others (`ccpo_pl.video.mp4_files`: one MP4 per threshold).
+
+    The files are one folder, written whole (`ccpo_pl.outputs`): an existing evaluation in `out` is replaced only
+    with `overwrite`, a folder holding anything else never; a second writer to the same `out` is refused.
     """
-    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes <= 0:
-        raise ConfigError(f"episodes={episodes!r} must be a positive integer")
-    if not isinstance(batch_envs, int) or batch_envs <= 0:
-        raise ConfigError(f"batch_envs={batch_envs!r} must be a positive integer")
+    if not isinstance(episodes, int) or isinstance(episodes, bool) or not 0 < episodes <= MAX_EPISODES:
+        raise ConfigError(f"episodes={episodes!r} must be a positive integer, at most {MAX_EPISODES}")
+    if not isinstance(batch_envs, int) or isinstance(batch_envs, bool) or not 0 < batch_envs <= MAX_BATCH_ENVS:
+        raise ConfigError(f"batch_envs={batch_envs!r} must be a positive integer, at most {MAX_BATCH_ENVS}")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32 - 1_000_000:
         raise ConfigError(f"seed={seed!r} must be an integer in [0, {2**32 - 1_000_001}] (sub-env j uses seed + j)")
     if policy not in POLICIES:
@@ -508,9 +550,19 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     if isinstance(eps, (int, float)) and not isinstance(eps, bool):
         eps = [eps]  # one threshold
     eps = check_thresholds(cfg["eps"]["eval"] if eps is None else list(eps))
-    files = extra_files(actor, cfg, eps) if extra_files is not None else {}
     out_dir = Path(out) if out is not None else run_dir / "eval"
-    check_writable(out_dir, "out")
+    outputs.check_target(out_dir, outputs.EVALUATION, overwrite=overwrite, inputs=[ckpt])
+    files = extra_files(actor, cfg, eps) if extra_files is not None else {}
+    with outputs.claim(out_dir, outputs.EVALUATION, overwrite=overwrite, inputs=[ckpt]) as place:
+        summary, stats, runs, behavior, title = _evaluate(actor, cfg, data, ckpt, run_dir, eps, episodes, seed, policy,
+                                                          batch_envs, extrapolation, extra)
+        place.write_folder(eval_files(stats, runs, summary, behavior, title) | dict(files))
+    return summary
+
+
+def _evaluate(actor, cfg, data, ckpt, run_dir, eps, episodes, seed, policy, batch_envs, extrapolation, extra):
+    """The episodes of `evaluate_run` and what its files are made of: (summary, stats, episodes, behaviour
+    thresholds, title)."""
     behavior = [float(b) for b in cfg["eps"]["behavior"]]
     stats, averages, runs = {}, {}, {}
     for name in POLICIES[policy]:  # the same start states (seed) for every policy
@@ -537,8 +589,4 @@ def evaluate_run(run: str | Path, *, eps: Sequence[float] | None = None, episode
     } | dict(extra or {})
     title = (f"{cfg['env']['id']} {summary['label']} seed {cfg['seed']}: {summary['frames']} frames, "
              f"{' and '.join(POLICIES[policy])} policy")
-    write_eval(out_dir, stats, runs, summary, behavior, title)
-    for name, content in files.items():
-        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(content, out_dir / name)
-    return summary
+    return summary, stats, runs, behavior, title

@@ -6,7 +6,9 @@ ccpo_pl nor TorchRL: inputs `observation [B, obs_dim]` and `eps [B]` (float32, e
 and with `std=true` a second output `std [B, act_dim]`. Observations go in as the env gives them: the env pipeline
 has no observation normalisation. The metadata of `Policy.metadata` (task, env id, algo, sizes, trained eps range,
 behaviour thresholds, action box) is stored in the file: ONNX `metadata_props` (each value JSON), TorchScript
-`_extra_files["metadata.json"]`. An existing `out` is refused unless `overwrite=true`; the file is written atomically.
+`_extra_files["metadata.json"]`. An existing `out` is replaced only with
+`overwrite=true`, and only if it is a policy exported by ccpo_pl (never the checkpoint read, a run's config or
+another file); the file is written whole (`ccpo_pl.outputs`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from ccpo_pl.conf import CONF_PATH
-from ccpo_pl.errors import ConfigError
+from ccpo_pl.errors import ConfigError, check_environment
 from ccpo_pl.extras import require
 
 if TYPE_CHECKING:
@@ -74,17 +76,16 @@ def export_policy(run: str | Path, fmt: str, out: str | Path | None = None, *, s
     if not isinstance(std, bool) or not isinstance(overwrite, bool):
         raise ConfigError(f"std={std!r} and overwrite={overwrite!r} must be true or false")
     # here, not at the top: these import Lightning and TorchRL, which a refused format or flag does without
-    from ccpo_pl.checkpointing import atomic_write
+    from ccpo_pl import outputs
     from ccpo_pl.deploy import load
     from ccpo_pl.evaluation import resolve_checkpoint
 
-    path = Path(out) if out is not None else resolve_checkpoint(run)[1] / f"policy{FORMATS[fmt]}"
+    ckpt, run_dir = resolve_checkpoint(run)
+    path = Path(out) if out is not None else run_dir / f"policy{FORMATS[fmt]}"
     if path.is_dir():
         raise ConfigError(f"out={str(path)!r} is a directory; pass a file name, e.g. out=policy{FORMATS[fmt]}")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"out={str(path)!r} exists; pass another out= or overwrite=true to replace it")
-    data = policy_bytes(load(run), fmt, std)
-    atomic_write(path, lambda f: f.write(data))
+    with outputs.claim(path, outputs.POLICY, overwrite=overwrite, inputs=[ckpt]) as place:
+        place.write_file(policy_bytes(load(run), fmt, std))
     return path
 
 
@@ -95,8 +96,12 @@ def main(cfg: DictConfig) -> None:
 
     quiet.install()  # third-party messages no user acts on (each named in ccpo_pl/quiet.py)
     try:
+        check_environment()
         if not cfg.run:
             raise ConfigError("run= is required: a ccpo_pl.fit run directory or a .ckpt file, e.g. run=logs/<run_name>")
+        if not isinstance(cfg.run, str):
+            raise ConfigError(f"run={cfg.run!r} is not allowed; run must be a ccpo_pl.fit run directory or a .ckpt "
+                              f"file")
         path = export_policy(cfg.run, cfg.format, cfg.out, std=cfg.std, overwrite=cfg.overwrite)
     except ConfigError as err:
         print(f"ccpo_pl.export: error: {err}", file=sys.stderr)

@@ -20,12 +20,14 @@ the command whose promise they keep; building the module, data, evaluation and t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
 import math
 import os
 import shutil
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -42,7 +44,7 @@ from ccpo_pl.algos.registry import ALGOS, build
 from ccpo_pl.conf import CONF_DIR, CONF_PATH, LOGGER_DIRS
 from ccpo_pl.errors import ConfigError, refuse_or_run
 from ccpo_pl.extras import require
-from ccpo_pl.faults import INTERRUPTED_EXIT, RunStopped, StorageError
+from ccpo_pl.faults import INTERRUPTED_EXIT, Preempted, RunStopped, StorageError
 from ccpo_pl.validation import GROUPS, check_override_keys, updates_per_collect, validate, world_size
 
 if TYPE_CHECKING:
@@ -254,6 +256,12 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
     module = build_module(cfg, obs_dim, act_dim)
     ckpt, ckpt_frames = resume_point(cfg, run_dir, module)
     if ckpt_frames is not None and ckpt_frames >= cfg.total_frames:
+        own = ckpt == str(run_dir / "checkpoints" / "last.ckpt")
+        if own and cfg.eval.final_episodes > 0 and _rank() == 0 and not final_evaluation_done(run_dir):
+            lock_run(run_dir)  # a finished run whose final evaluation was stopped or failed: it is run now
+            print(f"ccpo_pl.fit: run {str(run_dir)!r} has its {ckpt_frames} frames but no complete final "
+                  f"evaluation (eval/summary.json); running it", flush=True)
+            return {"train/frames": float(ckpt_frames)} | final_metrics(final_evaluation(cfg, run_dir))
         print(f"ccpo_pl.fit: run {str(run_dir)!r} already has {ckpt_frames} frames (total_frames="
               f"{cfg.total_frames}); raise total_frames to continue it")
         return {"train/frames": float(ckpt_frames)}
@@ -283,9 +291,7 @@ def fit(cfg: DictConfig, command: str | None = None) -> dict[str, float]:
         raise
     metrics = evaluation.final_metrics | module.time_metrics
     if trainer.global_rank == 0 and cfg.eval.final_episodes > 0 and module.global_frames >= cfg.total_frames:
-        summary = final_evaluation(cfg, run_dir)
-        metrics |= {f"final/{k}": v for k, v in summary["by_policy"][summary["policy"]].items()}  # the headline
-        metrics |= {f"final/{policy}/{k}": v for policy, avg in summary["by_policy"].items() for k, v in avg.items()}
+        metrics |= final_metrics(final_evaluation(cfg, run_dir))
     return metrics
 
 
@@ -319,6 +325,13 @@ def train(overrides: Sequence[str] = ()) -> Trained:
         cfg = compose("config", overrides=overrides)
     metrics = fit(cfg, command=" ".join(["ccpo_pl.train", *overrides]))
     return Trained(Path(cfg.log_dir) / cfg.run_name, metrics)
+
+
+def final_metrics(summary: dict) -> dict[str, float]:
+    """`final/<average>` of the headline policy and `final/<policy>/<average>` of each, from the final evaluation's
+    summary."""
+    metrics = {f"final/{k}": v for k, v in summary["by_policy"][summary["policy"]].items()}  # the headline
+    return metrics | {f"final/{policy}/{k}": v for policy, avg in summary["by_policy"].items() for k, v in avg.items()}
 
 
 #: errors of a full, over-quota or read-only disk, from whatever writes (TensorBoard's writer thread, say)
@@ -389,12 +402,51 @@ def build_video(cfg: DictConfig, evaluation: PeriodicEvaluation) -> PeriodicVide
                          every_epochs=evaluation.every_epochs, seed=evaluation.seed + 10_000)
 
 
+def final_evaluation_done(run_dir: Path) -> bool:
+    """Whether the run has its final evaluation: `<run dir>/eval/summary.json`, the last file of the evaluation's
+    folder, which is written whole (`ccpo_pl.outputs`)."""
+    return (run_dir / "eval" / "summary.json").is_file()
+
+
+class _FinalEvaluationStopped(BaseException):
+    """Raised by the signal handler of the final evaluation (a BaseException: no `except Exception` swallows it)."""
+
+
+@contextlib.contextmanager
+def _signals_stop_final_evaluation():
+    """SIGTERM or SIGINT during the final evaluation: `Preempted` (exit 0) with the line that says how to finish it;
+    nothing of the evaluation is written (its folder is written whole, at its end)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _FinalEvaluationStopped(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def final_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     """`eval.final_episodes` episodes per threshold of `eps.eval` with the final policy, deterministic and
-    stochastic, written to `<run dir>/eval/` exactly as `python -m ccpo_pl.evaluate run=<run dir>` would."""
+    stochastic, written to `<run dir>/eval/` exactly as `python -m ccpo_pl.evaluate run=<run dir>` would (an
+    incomplete one replaced). A signal stops it as a `Preempted`, a failed write as a `StorageError`, each saying
+    that the same command runs it again."""
     from ccpo_pl.evaluation import evaluate_run  # here, not at the top: TorchRL and Lightning
 
-    return evaluate_run(run_dir, eps=list(cfg.eps.eval), episodes=int(cfg.eval.final_episodes), seed=int(cfg.seed))
+    again = "re-run the same command to run the final evaluation (training is complete)"
+    try:
+        with _signals_stop_final_evaluation():
+            return evaluate_run(run_dir, eps=list(cfg.eps.eval), episodes=int(cfg.eval.final_episodes),
+                                seed=int(cfg.seed), overwrite=True)
+    except _FinalEvaluationStopped as stop:
+        raise Preempted(f"stopped by {stop} during the final evaluation; nothing of it was written; {again}") from None
+    except ConfigError as err:
+        raise StorageError(f"the final evaluation was not written: {err}; {again}") from None
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, module: L.LightningModule, max_epochs: int, n_ranks: int,
@@ -473,7 +525,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     quiet.install()  # again here: a launcher's job process (submitit) runs this function without `main`
     try:
-        metrics = fit(cfg, command=" ".join(["python -m ccpo_pl.fit", *HydraConfig.get().overrides.task]))
+        overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # as typed: `${...}` too
+        metrics = fit(cfg, command=" ".join(["python -m ccpo_pl.fit", *overrides]))
     except ConfigError as err:
         print(f"ccpo_pl.fit: error: {err}", file=sys.stderr)
         sys.exit(2)

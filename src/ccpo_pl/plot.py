@@ -11,8 +11,9 @@ runs from their run directories.
   deterministic policy where evaluated), mean and standard deviation over runs, with the line y = eps, the
   behaviour thresholds and the extrapolated range (eps outside the trained range) shaded.
 
-Writes `<out>/learning_<metric>.png` and `.csv` per metric and `<out>/thresholds.png` and `.csv`, and prints each
-path. A run directory is one with `config.yaml` and what `logger=tensorboard` (`tb/`, the default) or `logger=csv`
+Writes `<out>/learning_<metric>.png` and `.csv` per metric and `<out>/thresholds.png` and `.csv` (one folder,
+written whole once every file is read; an existing plot folder is replaced only with `--overwrite`), and prints
+each path. A run directory is one with `config.yaml` and what `logger=tensorboard` (`tb/`, the default) or `logger=csv`
 (`csv/metrics.csv`) wrote; a run logged to W&B or MLflow only is refused naming them. Groups are named by the run
 config's `--by` key (a dotted key, e.g. `algo.name`, `env.name`, `seed`; `algo` and `env` are short for their names).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 import sys
 import warnings
@@ -32,6 +34,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
+from ccpo_pl import outputs
 from ccpo_pl.errors import ConfigError, OneLineParser, check_writable
 
 SHORT_KEYS = {"algo": "algo.name", "env": "env.name", "task": "env.name"}
@@ -65,9 +68,24 @@ def find_runs(dirs: Sequence[str | Path]) -> list[Path]:
     return sorted(runs.difference(unread))
 
 
+def run_config(run_dir: Path) -> Mapping:
+    """The run's `config.yaml` as a mapping; a file that does not read as one is a one-line error naming it."""
+    path = run_dir / "config.yaml"
+    try:
+        node = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{str(path)!r} is not readable YAML ({reason}); restore the run's config.yaml (it is "
+                          f"also in its checkpoints, hyper_parameters.run_config) or leave the run out") from None
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{str(path)!r} holds {type(node).__name__}, not a run config; restore the run's "
+                          f"config.yaml or leave the run out")
+    return node
+
+
 def group_of(run_dir: Path, by: str) -> str:
     """The value of the run config's dotted key `by` (a one-line error naming the run if it has no such key)."""
-    node = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    node = run_config(run_dir)
     for part in SHORT_KEYS.get(by, by).split("."):
         if not isinstance(node, Mapping) or part not in node:
             raise ConfigError(f"--by {by}: {str(run_dir)!r} has no config key {SHORT_KEYS.get(by, by)}; give a "
@@ -84,11 +102,15 @@ def read_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def read_csv_log(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Tag -> (frames, values) of a `logger=csv` run's `metrics.csv` (column `step` = frames, empty cells skipped)."""
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            for tag, value in row.items():
-                if tag != "step" and value not in ("", None):
-                    points[tag].append((float(row["step"]), float(value)))
+    try:
+        with path.open(newline="") as f:
+            for line, row in enumerate(csv.DictReader(f), start=2):
+                for tag, value in row.items():
+                    if tag != "step" and value not in ("", None):
+                        points[tag].append((_number(path, line, "step", row.get("step")),
+                                            _number(path, line, tag, value)))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{str(path)!r} is not readable ({type(err).__name__}); leave the run out") from None
     return {tag: (np.array([p[0] for p in pts]), np.array([p[1] for p in pts])) for tag, pts in points.items()}
 
 
@@ -100,6 +122,15 @@ def read_tensorboard(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {tag: (np.array([s for s, _ in events], dtype=np.float64), np.array([v for _, v in events],
                                                                                 dtype=np.float64))
             for tag, events in read_scalars(run_dir / "tb").items()}
+
+
+def _number(path: Path, line: int, column, value) -> float:
+    """A CSV cell as a float; a one-line error naming the file, line and column otherwise."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{str(path)!r} line {line}: {column}={value!r} is not a number; restore the file or "
+                          f"leave the run out") from None
 
 
 def mean_std_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -122,7 +153,7 @@ def mean_std_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str,
 def read_thresholds(run_dir: Path) -> dict[str, np.ndarray] | None:
     """The final evaluation's per-eps rows of the headline policy (deterministic where evaluated), of a run without
     one (`eval/per_eps.csv`) its newest `evaluate` output's (`eval-<date-time>/`, as `ccpo_pl.report` reads it);
-    None if the run has neither."""
+    None if the run has neither; a damaged one is a one-line error naming the file and the column."""
     from ccpo_pl.report import newest_evaluation
 
     path = run_dir / "eval" / "per_eps.csv"
@@ -131,15 +162,38 @@ def read_thresholds(run_dir: Path) -> dict[str, np.ndarray] | None:
         path = latest.with_name("per_eps.csv") if latest is not None else path
     if not path.is_file():
         return None
-    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        _refuse(path, f"unreadable ({type(err).__name__})")
     policies = [r.get("policy", "deterministic") for r in rows]
     headline = "deterministic" if "deterministic" in policies else (policies[0] if policies else None)
     rows = [r for r in rows if r.get("policy", "deterministic") == headline]
     if not rows:
         return None
-    col = lambda name: np.array([float(r[name]) for r in rows])  # noqa: E731 - one column as floats
-    return {"eps": col("eps"), "reward": col("reward_mean"), "cost": col("cost_mean"),
-            "extrapolation": col("extrapolation") if "extrapolation" in rows[0] else np.zeros(len(rows))}
+    table = {}
+    for key, name in (("eps", "eps"), ("reward", "reward_mean"), ("cost", "cost_mean"),
+                      ("extrapolation", "extrapolation")):
+        if name not in rows[0] and key == "extrapolation":
+            table[key] = np.zeros(len(rows))
+            continue
+        values = []
+        for r in rows:
+            try:
+                values.append(float(r.get(name)))
+            except (TypeError, ValueError):
+                _refuse(path, f"{name}={r.get(name)!r} (a row of policy {headline}) is not a number")
+            if not math.isfinite(values[-1]) or (key == "eps" and values[-1] <= 0):
+                _refuse(path, f"{name}={r.get(name)!r} is not a finite number{' > 0' if key == 'eps' else ''}")
+        table[key] = np.array(values)
+    if len(set(table["eps"].tolist())) != len(rows):
+        _refuse(path, "eps has a threshold twice")
+    return table
+
+
+def _refuse(path: Path, why: str) -> None:
+    raise ConfigError(f"{str(path)!r}: {why}; restore the file (python -m ccpo_pl.evaluate ... overwrite=true writes "
+                      f"it again) or leave the run out")
 
 
 def threshold_stats(tables: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -161,15 +215,22 @@ def _slug(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", tag).strip("_")
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+def _csv(header: Sequence[str], rows: Sequence[Sequence]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows])
-    path.write_text(buf.getvalue())
+    return buf.getvalue().encode()
 
 
-def plot_learning(metric: str, groups: Mapping[str, dict[str, np.ndarray]], out: Path) -> list[Path]:
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def plot_learning(metric: str, groups: Mapping[str, dict[str, np.ndarray]]) -> dict[str, bytes]:
+    """`learning_<metric>.png` and `.csv`: name -> content."""
     fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
     ax = fig.subplots()
     rows = []
@@ -184,15 +245,13 @@ def plot_learning(metric: str, groups: Mapping[str, dict[str, np.ndarray]], out:
     ax.set_title(f"{metric}: mean ± std over runs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    png, table = out / f"learning_{_slug(metric)}.png", out / f"learning_{_slug(metric)}.csv"
-    fig.savefig(png, format="png")
-    _write_csv(table, ("group", "frames", "mean", "std", "n"), rows)
-    return [png, table]
+    return {f"learning_{_slug(metric)}.png": _png(fig),
+            f"learning_{_slug(metric)}.csv": _csv(("group", "frames", "mean", "std", "n"), rows)}
 
 
-def plot_thresholds(groups: Mapping[str, dict[str, np.ndarray]], eps_cfg: Mapping[str, Mapping],
-                    out: Path) -> list[Path]:
-    """`eps_cfg`: each group's `eps` config (its behaviour thresholds and trained range)."""
+def plot_thresholds(groups: Mapping[str, dict[str, np.ndarray]], eps_cfg: Mapping[str, Mapping]) -> dict[str, bytes]:
+    """`thresholds.png` and `.csv`: name -> content. `eps_cfg`: each group's `eps` config (its behaviour thresholds
+    and trained range)."""
     fig = Figure(figsize=(11, 4.5), dpi=100, layout="constrained")
     ax_r, ax_c = fig.subplots(1, 2)
     rows = []
@@ -219,11 +278,9 @@ def plot_thresholds(groups: Mapping[str, dict[str, np.ndarray]], eps_cfg: Mappin
         ax.set_title(title)
         ax.grid(alpha=0.3)
     ax_c.legend(fontsize=8, loc="upper left")
-    png, table = out / "thresholds.png", out / "thresholds.csv"
-    fig.savefig(png, format="png")
-    _write_csv(table, ("group", "eps", "reward_mean", "reward_std", "cost_mean", "cost_std", "n", "extrapolation"),
-               rows)
-    return [png, table]
+    return {"thresholds.png": _png(fig),
+            "thresholds.csv": _csv(("group", "eps", "reward_mean", "reward_std", "cost_mean", "cost_std", "n",
+                                    "extrapolation"), rows)}
 
 
 #: the learning curves drawn when no `--metric` is given (those no run has logged yet are left out)
@@ -231,9 +288,11 @@ DEFAULT_METRICS = ("eval/avg_reward", "eval/avg_cv")
 
 
 def plot(dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, by: str = "label",
-         out: str | Path = "plots") -> list[Path]:
-    """Write the figures and their CSVs into `out`; returns their paths (see the module docstring). A metric asked
-    for that no run logged is a one-line error; of the defaults (`metrics=None`), the logged ones are drawn."""
+         out: str | Path = "plots", overwrite: bool = False) -> list[Path]:
+    """Write the figures and their CSVs into the folder `out`; returns their paths (see the module docstring). A
+    metric asked for that no run logged is a one-line error; of the defaults (`metrics=None`), the logged ones are
+    drawn. Every file is read before anything is written; `out` is written whole (`ccpo_pl.outputs`), an existing
+    plot folder replaced only with `overwrite`, a folder holding anything else never."""
     runs = find_runs(dirs)
     groups: dict[str, list[Path]] = defaultdict(list)
     for run in runs:
@@ -247,22 +306,46 @@ def plot(dirs: Sequence[str | Path], metrics: Sequence[str] | None = None, by: s
         raise ConfigError(f"--metric {missing[0]} is logged by none of the {len(runs)} runs; logged: "
                           f"{', '.join(known) or 'nothing yet'}")
     out = Path(out)
-    check_writable(out, "--out")
-    written = []
+    files: dict[str, bytes] = {}  # everything is read and drawn first; then the folder is written whole
     for metric in metrics:
         curves = {name: mean_std_curve([scalars[r][metric] for r in members if metric in scalars[r]])
                   for name, members in groups.items() if any(metric in scalars[r] for r in members)}
-        written += plot_learning(metric, curves, out)
+        files |= plot_learning(metric, curves)
     tables = {name: [t for t in (read_thresholds(r) for r in members) if t is not None]
               for name, members in groups.items()}
     if any(tables.values()):
-        eps_cfg = {name: yaml.safe_load((members[0] / "config.yaml").read_text()).get("eps") or {}
-                   for name, members in groups.items()}
-        written += plot_thresholds({n: threshold_stats(t) for n, t in tables.items() if t}, eps_cfg, out)
+        eps_cfg = {name: eps_config(members[0]) for name, members in groups.items()}
+        files |= plot_thresholds({n: threshold_stats(t) for n, t in tables.items() if t}, eps_cfg)
     else:
         print("ccpo_pl.plot: no threshold curves: no run has an evaluation (eval/per_eps.csv or "
               "eval-<date-time>/per_eps.csv); python -m ccpo_pl.evaluate run=<run dir> makes one", file=sys.stderr)
-    return written
+    host = next((run for run in runs if out.resolve().is_relative_to(run)), None)
+    if host is not None:
+        raise ConfigError(f"--out={str(out)!r} is inside the run directory {str(host)!r}; plots are never written "
+                          f"into a run: give a folder outside it")
+    check_writable(out.parent, "--out")
+    with outputs.claim(out, outputs.PLOTS, overwrite=overwrite, name="--out", asked="--overwrite") as place:
+        place.write_folder(files)
+    return [out / name for name in files]
+
+
+def eps_config(run_dir: Path) -> dict:
+    """The run config's `eps.behavior` and `eps.range` as floats (a one-line error naming the file for values
+    that are not numbers)."""
+    eps = run_config(run_dir).get("eps") or {}
+    path = run_dir / "config.yaml"
+    try:
+        out = {"behavior": [float(b) for b in eps.get("behavior") or ()]}
+        if eps.get("range") is not None:
+            lo, hi = (float(x) for x in eps["range"])
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError
+            out["range"] = (lo, hi)
+    except (AttributeError, TypeError, ValueError):
+        raise ConfigError(f"{str(path)!r}: eps.behavior={eps.get('behavior')!r} and eps.range={eps.get('range')!r} "
+                          f"must be numbers and [low, high] with low < high; restore the file or leave the run "
+                          f"out") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,9 +355,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="a logged scalar tag; repeatable (default: eval/avg_reward and eval/avg_cv)")
     parser.add_argument("--by", default="label", help="config key naming a run's group (default: label; algo, env)")
     parser.add_argument("--out", default="plots", help="output directory (default: plots)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the plots already in --out")
     args = parser.parse_args(argv)
     try:
-        written = plot(args.dirs, args.metric, args.by, args.out)
+        written = plot(args.dirs, args.metric, args.by, args.out, args.overwrite)
     except ConfigError as err:
         print(f"ccpo_pl.plot: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -24,6 +24,7 @@ Over 300 lines: the paper's Table 1 figures (the comparison columns) and the Mar
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -33,8 +34,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from ccpo_pl import outputs
 from ccpo_pl.errors import ConfigError, OneLineParser, check_writable
 from ccpo_pl.metrics import mean_std, outside_range, summarize
+from ccpo_pl.outputs import is_run_dir
 
 #: the CCPO paper's task order (Table 1); other tasks follow alphabetically
 PAPER_TASKS = ("ball_circle", "car_circle", "drone_circle", "drone_run", "ant_run")
@@ -97,9 +100,14 @@ def metric_value(summary: dict, key: str):
     return summary.get(key)
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def summary_problem(summary) -> str | None:
     """Why `summary` (a parsed `eval/summary.json`) cannot be reported, or None: it must be an object with the
-    task, the algorithm or label, the seed, and numbers (or null) for the averages the report reads."""
+    task, the algorithm or label, the seed, the episodes and thresholds, and finite numbers (or null) for the
+    averages the report reads; the field is named."""
     if not isinstance(summary, dict):
         return f"not a JSON object but {type(summary).__name__}"
     missing = [k for k in ("task", "seed", "episodes", "eps") if k not in summary]
@@ -111,10 +119,29 @@ def summary_problem(summary) -> str | None:
         return "task, label and algo must be strings"
     if not isinstance(summary["eps"], list) or not isinstance(summary.get("by_policy", {}), dict):
         return "eps must be a list and by_policy an object"
+    if not summary["eps"] or not all(_finite(e) and e > 0 for e in summary["eps"]):
+        return f"eps is {summary['eps']!r}, not a non-empty list of finite thresholds > 0"
+    if not all(isinstance(v, dict) for v in summary.get("by_policy", {}).values()):
+        return "by_policy must map each policy to an object of averages"
+    for key in ("seed", "episodes"):
+        if not isinstance(summary[key], int) or isinstance(summary[key], bool) or summary[key] < 0:
+            return f"{key} is {summary[key]!r}, not an integer >= 0"
+    for key in ("policy", "env_id", "checkpoint"):
+        if summary.get(key) is not None and not isinstance(summary[key], str):
+            return f"{key} is {summary[key]!r}, not a string"
+    eps_range = summary.get("eps_range")
+    if eps_range is not None and not (isinstance(eps_range, list) and len(eps_range) == 2
+                                      and all(_finite(x) for x in eps_range) and eps_range[0] < eps_range[1]):
+        return f"eps_range is {eps_range!r}, not [low, high] with low < high, both finite"
+    for key in ("frames", "train_wall_s"):
+        if summary.get(key) is not None and not (_finite(summary[key]) and summary[key] >= 0):
+            return f"{key} is {summary[key]!r}, not a finite number >= 0"
     for key, *_ in STATS:
         value = metric_value(summary, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             return f"{key} is {value!r}, not a number"
+        if value is not None and not math.isfinite(value):
+            return f"{key} is {value!r}, not a finite number (or null)"
     return None
 
 
@@ -129,16 +156,30 @@ def without_extrapolation(summary: dict, per_eps: Path) -> dict | str:
     eps_range = summary.get("eps_range")
     if not eps_range or not any(outside_range(summary["eps"], eps_range)):
         return summary
+    def cell(row: dict, column: str) -> float:
+        value = row.get(column)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"{column}={value!r} is not a finite number")
+        return number
+
     try:
-        rows = list(csv.DictReader(per_eps.open()))
-        rows = [r for r in rows if not outside_range([float(r["eps"])], eps_range)[0]]
+        with per_eps.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        rows = [r for r in rows if not outside_range([cell(r, "eps")], eps_range)[0]]
         by_policy = {}
         for policy in dict.fromkeys(r["policy"] for r in rows):
             mine = [r for r in rows if r["policy"] == policy]
-            by_policy[policy] = summarize([float(r["reward_mean"]) for r in mine], [float(r["cv"]) for r in mine],
-                                          [r["seen"] == "1" for r in mine], [float(r["cv_per_episode"]) for r in mine])
-    except (OSError, KeyError, ValueError) as err:
-        return f"{str(per_eps)!r} is needed to leave out the extrapolated thresholds ({type(err).__name__}: {err})"
+            by_policy[policy] = summarize([cell(r, "reward_mean") for r in mine], [cell(r, "cv") for r in mine],
+                                          [r["seen"] == "1" for r in mine], [cell(r, "cv_per_episode") for r in mine])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return f"{str(per_eps)!r} is needed to leave out the extrapolated thresholds ({type(err).__name__})"
+    except (KeyError, ValueError) as err:
+        what = f"no column {err}" if isinstance(err, KeyError) else str(err)
+        return f"{str(per_eps)!r} is needed to leave out the extrapolated thresholds: {what}"
     headline = summary.get("policy", "deterministic")
     if headline not in by_policy:
         return f"{str(per_eps)!r} has no {headline} thresholds inside eps_range {eps_range}"
@@ -151,7 +192,7 @@ def without_extrapolation(summary: dict, per_eps: Path) -> dict | str:
 def find_runs(dirs: Sequence[str | Path], extrapolated: bool = False) -> list[tuple[Path, dict]]:
     """(run directory, summary) of every `eval/summary.json` under `dirs`, sorted by path; without `extrapolated`,
     each summary's averages over the thresholds inside its trained range (`without_extrapolation`)."""
-    runs = {}
+    runs, skipped = {}, []
     for d in dirs:
         root = Path(d)
         if not root.is_dir():
@@ -170,7 +211,8 @@ def find_runs(dirs: Sequence[str | Path], extrapolated: bool = False) -> list[tu
                       f"{summary.parent.name}/", file=sys.stderr)
             if summary.stat().st_mtime < (run / "checkpoints" / "last.ckpt").stat().st_mtime:
                 _warn(f"{str(run)!r}: its evaluation is older than checkpoints/last.ckpt (the run trained on "
-                      f"after it); python -m ccpo_pl.evaluate run={run} out={run / 'eval'} re-evaluates it")
+                      f"after it); python -m ccpo_pl.evaluate run={run} out={run / 'eval'} overwrite=true "
+                      f"re-evaluates it")
         for path in sorted(root.rglob("eval/summary.json")) + latest:
             try:
                 summary = json.loads(path.read_text())
@@ -182,9 +224,15 @@ def find_runs(dirs: Sequence[str | Path], extrapolated: bool = False) -> list[tu
                 summary = without_extrapolation(summary, path.with_name("per_eps.csv"))
                 problem = summary if isinstance(summary, str) else None
             if problem is not None:
-                _warn(f"skipping {str(path)!r}: {problem}")
+                skipped.append(f"{str(path)!r}: {problem}")
                 continue
             runs[path.parent.parent.resolve()] = (path.parent.parent, summary)
+    if not runs and skipped:  # one line: the first damaged file is what to fix
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise ConfigError(f"no report: every summary is damaged, e.g. {skipped[0]}{more}; re-evaluate with "
+                          f"python -m ccpo_pl.evaluate run=<run dir> out=<run dir>/eval overwrite=true")
+    for line in skipped:
+        _warn(f"skipping {line}")
     if not runs:
         raise ConfigError(f"no evaluated runs (eval/summary.json or eval-<date-time>/summary.json) under "
                           f"{', '.join(map(str, dirs))}; run python -m ccpo_pl.evaluate run=<run dir> first")
@@ -306,18 +354,18 @@ def markdown(table: dict, runs: list[tuple[Path, dict]], root: Path | None, titl
     return "\n".join(lines) + "\n"
 
 
-def write_csv(table: dict, path: Path) -> None:
+def csv_text(table: dict) -> str:
     """One row per (task, label): mean, std and count of every metric."""
     metrics = [m for m, *_ in STATS] + ["frames", "train_wall_s"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["task", "label", "runs"] + [f"{m}_{x}" for m in metrics for x in ("mean", "std")])
-        for task in _order({t for t, _ in table}):
-            for label in _labels(table):
-                if (task, label) in table:
-                    row = table[(task, label)]
-                    w.writerow([task, label, row["runs"][2]]
-                               + [f"{v:.6g}" for m in metrics for v in row[m][:2]])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["task", "label", "runs"] + [f"{m}_{x}" for m in metrics for x in ("mean", "std")])
+    for task in _order({t for t, _ in table}):
+        for label in _labels(table):
+            if (task, label) in table:
+                row = table[(task, label)]
+                w.writerow([task, label, row["runs"][2]] + [f"{v:.6g}" for m in metrics for v in row[m][:2]])
+    return buf.getvalue()
 
 
 def default_out(first: Path) -> Path:
@@ -343,26 +391,46 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str
         if not Path(notes).is_file():
             raise ConfigError(f"--notes {str(notes)!r} does not exist")
         text += "\n" + Path(notes).read_text()
+    inputs = [Path(notes)] if notes is not None else []
+    host = next((run for run, _ in runs if _inside(out, run)), out.parent if is_run_dir(out.parent) else None)
+    if host is not None:
+        raise ConfigError(f"--out={str(out)!r} is inside the run directory {str(host)!r}; a report is never written "
+                          f"into a run: give a file outside it")
     check_writable(out.parent, "--out")
-    if section:
-        slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-        begin, end = f"<!-- report section: {slug} -->", f"<!-- end of report section: {slug} -->"
-        block = f"{begin}\n{text.replace('# ', '## ', 1)}{end}\n"
-        old = out.read_text() if out.is_file() else ""
-        if begin in old and end in old:
-            head, rest = old.split(begin, 1)
-            new_text = head + block + rest.split(end, 1)[1].removeprefix("\n")
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    table_path = out.with_name(f"{out.stem}-{slug}.csv") if section else out.with_suffix(".csv")
+    if table_path == out:
+        raise ConfigError(f"--out={str(out)!r} ends in .csv, the name of its table; give a .md file")
+    # a report updates its own file (a section, or its main part keeping the sections); a file that is not a
+    # report is refused (a section goes into any Markdown text file, replacing nothing of it)
+    md_kind = outputs.SECTION_HOST if section else outputs.REPORT
+    with (outputs.claim(out, md_kind, update=True, name="--out", inputs=inputs) as md,
+          outputs.claim(table_path, outputs.REPORT_CSV, update=True, name="--out", inputs=inputs) as tab):
+        old = _text_of(out)
+        if section:
+            begin, end = f"<!-- report section: {slug} -->", f"<!-- end of report section: {slug} -->"
+            block = f"{begin}\n{text.replace('# ', '## ', 1)}{end}\n"
+            if begin in old and end in old:
+                head, rest = old.split(begin, 1)
+                new_text = head + block + rest.split(end, 1)[1].removeprefix("\n")
+            else:
+                new_text = old + ("\n" if old and not old.endswith("\n\n") else "") + block
         else:
-            new_text = old + ("\n" if old and not old.endswith("\n\n") else "") + block
-        out.write_text(new_text)
-        write_csv(table, out.with_name(f"{out.stem}-{slug}.csv"))
-        return text
-    old = out.read_text() if out.is_file() else ""
-    marker = "<!-- report section: "
-    sections = old[old.index(marker):] if marker in old else ""  # the generated sections after the main part stay
-    out.write_text(text + ("\n" + sections if sections else ""))
-    write_csv(table, out.with_suffix(".csv"))
+            marker = "<!-- report section: "
+            sections = old[old.index(marker):] if marker in old else ""  # the generated sections stay
+            new_text = text + ("\n" + sections if sections else "")
+        tab.write_file(csv_text(table).encode())
+        md.write_file(new_text.encode())
     return text
+
+
+def _text_of(path: Path) -> str:
+    """The text of the existing report file `path` ('' when there is none)."""
+    return path.read_text() if path.is_file() else ""
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(Path(folder).resolve())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ import difflib
 import fnmatch
 import math
 import os
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,13 +59,37 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+#: the largest finite float32: every number of a run is used in float32 (networks, envs, thresholds)
+FLOAT32_MAX = 3.4028234663852886e38
+#: the most threshold bins `eps.bin` may cut `eps.range` into (the per-bin metrics and their logs)
+MAX_EPS_BINS = 10_000
+#: the most a count may be where no key says otherwise (an int32, what the libraries below index with)
+COUNT_MAX = 2**31 - 1
+
+
 def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number, finite in float32 too."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= FLOAT32_MAX
 
 
-def integer(low: int, high: int | None = None) -> Rule:
-    text = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    return Rule(lambda v: _int(v) and v >= low and (high is None or v <= high), text)
+def f32(v: float) -> float:
+    """`v` rounded to float32 (`v` finite and within float32)."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def _positive(v) -> bool:
+    """A finite number > 0 also once rounded to float32."""
+    return _num(v) and f32(v) > 0
+
+
+def integer(low: int, high: int | None = None, most: int = COUNT_MAX) -> Rule:
+    """An integer in [low, high], or >= low and at most `most` (a sane bound on a count)."""
+    if high is None:
+        def too_large(key: str, v) -> str | None:
+            return f"{key}={v} is too large (at most {most})" if _int(v) and v > most else None
+
+        return Rule(lambda v: _int(v) and low <= v <= most, f"an integer >= {low}", too_large)
+    return Rule(lambda v: _int(v) and low <= v <= high, f"an integer in [{low}, {high}]")
 
 
 def number(low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -88,7 +113,7 @@ def choice(*values) -> Rule:
 
 
 def optional(rule: Rule) -> Rule:
-    return Rule(lambda v: v is None or rule.ok(v), f"null or {rule.allowed_text()}")
+    return Rule(lambda v: v is None or rule.ok(v), f"null or {rule.allowed_text()}", rule.problem)
 
 
 def text(what: str = "a non-empty string") -> Rule:
@@ -98,14 +123,14 @@ def text(what: str = "a non-empty string") -> Rule:
 def number_list(low_open: float = 0.0, length: int | None = None) -> Rule:
     """A non-empty list of finite numbers > `low_open` (of `length` items where given)."""
     return Rule(lambda v: isinstance(v, list) and len(v) > 0 and (length is None or len(v) == length)
-                and all(_num(x) and x > low_open for x in v),
+                and all(_num(x) and f32(x) > low_open for x in v),
                 f"a list of {length or 'one or more'} finite numbers > {low_open:g}")
 
 
 def pair(low_open: bool = False) -> Rule:
     """`[low, high]`, finite, low < high (and 0 < low where asked)."""
-    return Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_num(x) for x in v) and v[0] < v[1]
-                and (not low_open or v[0] > 0),
+    return Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_num(x) for x in v) and f32(v[0]) < f32(v[1])
+                and (not low_open or f32(v[0]) > 0),
                 f"[low, high] with {'0 < ' if low_open else ''}low < high, both finite")
 
 
@@ -122,12 +147,17 @@ WIDTHS = Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(_int(x) and x
 def _bad_thresholds(key: str, v) -> str | None:
     if isinstance(v, list) and not v:
         return f"{key} is empty"
-    bad = [x for x in v if not (_num(x) and x > 0)] if isinstance(v, list) else []
-    return f"{key} has {bad}" if bad else None
+    bad = [x for x in v if not _positive(x)] if isinstance(v, list) else []
+    if bad:
+        return f"{key} has {bad}"
+    twice = sorted({x for x in v if v.count(x) > 1}) if isinstance(v, list) else []
+    return f"{key} has {twice[0]} more than once (each threshold once)" if twice else None
 
 
-THRESHOLDS = Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(_num(x) and x > 0 for x in v),
-                  "a non-empty list of finite thresholds > 0, e.g. [20,40,60]", _bad_thresholds)
+THRESHOLDS = Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(_positive(x) for x in v)
+                  and len({f32(x) for x in v}) == len(v),
+                  "a non-empty list of finite thresholds > 0 (each once, finite in float32), e.g. [20,40,60]",
+                  _bad_thresholds)
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, tmpfs, ...)
 RUN_NAME = Rule(lambda v: isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and os.sep not in v
                 and "\0" not in v and len(v.encode()) <= NAME_MAX,
@@ -160,14 +190,14 @@ SCHEMA: dict[str, Rule] = {
     "label": text(),
     "log_dir": text("a directory (a non-empty string)"),
     "ckpt_path": optional(text("a checkpoint file")),
-    "total_frames": integer(1),
-    "threads": optional(integer(1)),
+    "total_frames": integer(1, most=10**12),
+    "threads": optional(integer(1, most=4096)),
     "check_sync": BOOL,
     "eps.behavior": THRESHOLDS,
     "eps.eval": THRESHOLDS,
     "eps.range": pair(low_open=True),
     "eps.bin": POSITIVE,
-    "collect.num_envs": integer(1),
+    "collect.num_envs": integer(1, most=4096),
     "collect.frames_per_collect": integer(1),
     "collect.collects_per_epoch": integer(1),
     "collect.updates_per_frame": NON_NEGATIVE,
@@ -175,8 +205,9 @@ SCHEMA: dict[str, Rule] = {
     "collect.buffer_size": integer(1),
     "collect.parallel": BOOL,
     "eval.every_epochs": integer(1),
-    "eval.episodes": integer(1),
-    "eval.final_episodes": Rule(integer(0).ok, "an integer >= 0 (0: no final evaluation)"),
+    "eval.episodes": integer(1, most=100_000),
+    "eval.final_episodes": Rule(integer(0, most=100_000).ok, "an integer >= 0 (0: no final evaluation)",
+                                integer(0, most=100_000).problem),
     "progress.every_s": POSITIVE,
     "eval.video": BOOL,
     "eval.video_eps": optional(POSITIVE),
@@ -193,7 +224,7 @@ SCHEMA: dict[str, Rule] = {
     # conf/trainer/*.yaml: the Lightning Trainer arguments ccpo_pl passes on
     "trainer.accelerator": choice("cpu", "gpu", "cuda", "auto"),
     "trainer.devices": DEVICES,
-    "trainer.num_nodes": integer(1),
+    "trainer.num_nodes": integer(1, most=100_000),
     "trainer.strategy": choice("auto", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false"),
     "trainer.precision": Rule(lambda v: str(v) in ("32-true", "32", "64-true", "64", "bf16-mixed", "16-mixed"),
                               "one of 32-true, 64-true, bf16-mixed, 16-mixed"),
@@ -385,7 +416,11 @@ def validate(cfg: DictConfig) -> None:
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # noqa: BLE001 - an interpolation to a missing key, a bad resolver, ...
-        raise ConfigError(f"the config does not resolve: {str(err).splitlines()[0]}") from None
+        key = getattr(err, "full_key", None)
+        raw = _raw_value(cfg, key) if key else None
+        where = f"{key}={raw} " if key else ""
+        raise ConfigError(f"the config does not resolve: {where}({str(err).splitlines()[0]}); give a value or an "
+                          f"interpolation to another key, e.g. seed=1 or label=${{algo.name}}") from None
     plain.pop("hydra", None)
     for key, value in _leaves(plain):
         rule = rule_for(key)
@@ -412,6 +447,16 @@ def validate(cfg: DictConfig) -> None:
                           f"(conf/logger/{name}.yaml has it)")
 
 
+def _raw_value(cfg: DictConfig, key: str):
+    """The value of dotted `key` as written (an interpolation unresolved), or None."""
+    node = OmegaConf.to_container(cfg, resolve=False)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def logger_keys(name: str | None) -> list[str]:
     """The keys `conf/logger/<name>.yaml` sets (`name` among them); empty for a name without a file."""
     path = CONF_DIR / "logger" / f"{name}.yaml"
@@ -431,6 +476,9 @@ def _check_relations(c: dict) -> None:
     if spec.increasing_behavior and any(a >= b for a, b in zip(behavior, behavior[1:])):
         raise ConfigError(f"algo={algo['name']} combines one policy per behaviour threshold: eps.behavior="
                           f"{behavior} must be strictly increasing, e.g. {sorted(set(behavior))}")
+    if (hi - lo) / eps["bin"] > MAX_EPS_BINS:
+        raise ConfigError(f"eps.bin={eps['bin']} cuts eps.range={[lo, hi]} into {(hi - lo) / eps['bin']:.3g} bins; "
+                          f"at most {MAX_EPS_BINS} are allowed: raise eps.bin")
     for key in ("behavior", "eval"):
         outside = [v for v in eps[key] if not lo <= v <= hi]
         if outside:
