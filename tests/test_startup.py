@@ -17,7 +17,7 @@ HEAVY = ("lightning", "pytorch_lightning", "torchrl", "tensordict", "pybullet", 
 LIGHT = ("ccpo_pl", "ccpo_pl.compat", "ccpo_pl.conf", "ccpo_pl.errors", "ccpo_pl.faults", "ccpo_pl.metrics",
          "ccpo_pl.validation", "ccpo_pl.quiet", "ccpo_pl.algos", "ccpo_pl.algos.registry", "ccpo_pl.envs",
          "ccpo_pl.envs.tasks", "ccpo_pl.fit", "ccpo_pl.evaluate", "ccpo_pl.report", "ccpo_pl.export",
-         "ccpo_pl.outputs")
+         "ccpo_pl.outputs", "ccpo_pl.extras")
 COMMANDS = ("ccpo_pl.fit", "ccpo_pl.evaluate", "ccpo_pl.report", "ccpo_pl.export")
 
 

@@ -410,6 +410,16 @@ def _chosen_algos(overrides: list[str]) -> list[str]:
     return [d["algo"] for d in defaults if isinstance(d, Mapping) and "algo" in d]
 
 
+def _is_interpolation(cfg: DictConfig, key: str) -> bool:
+    """Whether the config's `key` (dotted) is set by an interpolation rather than a value."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    try:
+        return isinstance(node, DictConfig) and OmegaConf.is_interpolation(node, leaf)
+    except Exception:  # noqa: BLE001 - a key that is not a plain node
+        return False
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the composed config, every key against `SCHEMA`, then the keys against each other; raise a one-line
     `ConfigError` on the first problem (the value, and what is allowed)."""
@@ -422,7 +432,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"the config does not resolve: {where}({str(err).splitlines()[0]}); give a value or an "
                           f"interpolation to another key, e.g. seed=1 or label=${{algo.name}}") from None
     plain.pop("hydra", None)
-    for key, value in _leaves(plain):
+    # a value derived by interpolation is checked after the values it is derived from, so that a refusal names the
+    # value the user gave (smoke's eps.eval comes from eps.range)
+    derived = {key for key, _ in _leaves(plain) if _is_interpolation(cfg, key)}
+    for key, value in sorted(_leaves(plain), key=lambda kv: kv[0] in derived):
         rule = rule_for(key)
         if rule is None:
             raise unknown_key(key)

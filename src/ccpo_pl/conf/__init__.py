@@ -15,11 +15,15 @@ CONF_PATH = "pkg://ccpo_pl.conf"
 LOGGER_DIRS = {"tensorboard": "tb", "csv": "csv", "wandb": "wandb", "mlflow": "mlruns"}
 
 
-def smoke_eval(eps_range, eps_behavior) -> list:
-    """`experiment=smoke`'s evaluation grid for any task: the ends of the task's `eps.range` and its middle
-    behaviour threshold (BallCircle: [10, 40, 70]; PointCircle: [5, 25, 50])."""
-    behavior = sorted(eps_behavior)
-    return sorted({eps_range[0], behavior[len(behavior) // 2], eps_range[1]})
+def smoke_eval(eps_range) -> list:
+    """`experiment=smoke`'s evaluation grid for any task and algorithm: the ends of the task's `eps.range` and its
+    midpoint (BallCircle: [10, 40, 70]; PointCircle: [5, 27.5, 50]). A range that is not two numbers is returned as
+    it is, for the config check to name it."""
+    try:
+        lo, hi = (float(x) for x in eps_range)
+    except (TypeError, ValueError):
+        return list(eps_range)
+    return sorted({lo, (lo + hi) / 2, hi})
 
 
 OmegaConf.register_new_resolver("ccpo_smoke_eval", smoke_eval, replace=True)
