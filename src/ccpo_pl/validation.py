@@ -13,7 +13,7 @@ place to read every range; a structured config would restate every value and its
 Keys of another algorithm are known to the table (a ccpo run given `+algo.clip_epsilon` is not refused here; the
 key is then unused).
 
-Over 300 lines: most of it is the table, one line per key.
+Most of it is the table, one line per key.
 """
 
 from __future__ import annotations

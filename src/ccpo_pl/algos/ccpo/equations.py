@@ -1,7 +1,7 @@
 """CCPO equations: pure tensor functions, vectorised over a leading threshold dim E.
 
-Over 300 lines: most of it is the E-step dual and its batched projected-Newton solver (derivatives, direction,
-candidate steps), kept beside the equations it solves.
+Most of it is the E-step dual and its batched projected-Newton solver (derivatives, direction, candidate steps),
+kept beside the equations it solves.
 
 Order follows the algorithm: cost threshold -> Q units, conditioned E-step (dual, its derivatives, its solver,
 the nonparametric weights), versatile M-step (decoupled KL, weighted max-likelihood, trust-region multiplier),
@@ -276,9 +276,8 @@ def solve_estep_dual(
         lam_max: cost-multiplier cap, 100 (FSRL: 20). Reached when the threshold is infeasible.
         iters: Newton iterations, 5 for the hot loop: warm-started from the previous update's solution,
             feasible thresholds converge in about 3; far moves (cold start, a threshold turning infeasible)
-            need 10-25 and otherwise continue at the next update (g never increases). At E=4, S=64, K=16
-            on 2 CPU threads: about 0.6 ms each eager; compiled inside the CCPO update, the whole solve at
-            iters=3 is one generated kernel of about 0.24 ms (torch.profiler).
+            need 10-25 and otherwise continue at the next update (g never increases). Compiled inside the
+            CCPO update, the whole solve is one generated kernel (timings in docs/performance.md).
         reduce: applied to every packed (g, grad, hess) tensor before it is used, e.g. an all-reduce mean over
             DDP ranks holding equal-sized shards of states, so every rank reaches the same solution.
             None = identity.

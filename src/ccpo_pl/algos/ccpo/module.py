@@ -1,7 +1,7 @@
 """CCPO as a LightningModule: VVE critic fit -> conditioned E-step -> multi-eps M-step, manual optimization.
 
-Over 300 lines: the paper -> code notes below, and the parts of one update (critic step, E-step, M-step, multipliers,
-threshold schedule, the w/o-CVI ablation) that read and write the same module state; the maths is `equations.py`.
+The parts of one update (critic step, E-step, M-step, multipliers, threshold schedule, the w/o-CVI ablation) read
+and write the same module state, so they stay in one file; the maths is `equations.py`.
 
 Implementation details (paper -> code; "ours" marks our choices where the paper/slides are silent):
 1. VVE critic (slides eq. 3): `critic(s, a, eps)` = psi_f(s,a)^T z_f(eps). Every sampled transition is trained
@@ -15,13 +15,11 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    shared dual). Under DDP the dual statistics are averaged across ranks, so every rank gets the same duals.
    The constraint's state-level part, mean_s E_pi_old[Q_c] - eps_q, comes from a running estimate per threshold
    bin (`running_cost_gap`, weight `dual.gap_decay`), not from the batch's states alone; the batch decides the
-   within-state reweighting (ours). Why: the per-state means of Q_c spread ~10x more across states than within
-   them, so a 64-state batch's mean moves by ~0.34 (std) while the KL ball (kappa) can move E_w[Q_c] by ~0.08,
-   and the batch alone decided feasibility: on a 30k-frame BallCircle run, lam sat at its cap in 10-31 % of
-   updates where the population lam (16k states) was 0-3, mean |lam - lam_pop| 16-31. With the running estimate:
-   never at the cap, mean error 0.3; a persistent lam moved by small gradient steps (FSRL's kind): never at the
-   cap, error 1.1; at 1M frames the persistent lam also failed to reach the cap where the threshold is infeasible
-   (mean error 37 against 0.7; `benchmarks/estep_dual_noise.py`, numbers in benchmarks/results_notes.md).
+   within-state reweighting (ours). Why: the per-state means of Q_c spread far more across states than within
+   them, so a batch's mean moves more than the KL ball (kappa) can move E_w[Q_c], and the batch alone would decide
+   feasibility: lam then sits at its cap where the population's lam is small. A running estimate keeps it off the
+   cap and close to the population's; a persistent lam moved by small gradient steps (FSRL's kind) lags behind it
+   (`benchmarks/estep_dual_noise.py`, measurements in benchmarks/results_notes.md).
 3. Multi-eps M-step (slides "Versatile M-step"): decoupled weighted max-likelihood (MPO/CVPO) averaged over the
    thresholds, with KL trust regions on the mean and the covariance against pi_old, each with its own multiplier
    per threshold bin, updated by projected gradient ascent (the slides' constraint holds for every eps_i).
@@ -42,12 +40,10 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
 8. Action penalty (`action_penalty` > 0, MO-MPO's action penalization, Abdolmaleki et al. 2020; off by default):
    a second E-step objective Q_pen = -||a - clip(a)|| with its own temperature per threshold bin (KL bound
    `action_penalty`), whose weights join the M-step's. Why: the actor's samples are raw Gaussian draws that the env
-   clips, so nothing in the task's E-step keeps them in the box. At the end of the Table 1 runs, 33 % (DroneCircle)
-   and 57 % (DroneRun) of sampled action coordinates lay outside it, the policy std averaged 0.75 and 2.8, and the
-   critic's values of those raw actions differed from those of the clipped ones (which the env cannot tell apart) by
-   0.70 and 0.53, against a spread of 0.98 and 0.76 over the samples of a state: the E-step ranked them partly by
-   that difference, and the sampled policy the constraint holds for is far from the mean-action policy evaluated
-   (`benchmarks/action_box.py`, benchmarks/results_notes.md).
+   clips, so nothing in the task's E-step keeps them in the box: many sampled coordinates lie outside it, the
+   critic values a raw action differently from its clipped one (which the env cannot tell apart), the E-step ranks
+   samples partly by that difference, and the sampled policy the constraint holds for drifts from the mean-action
+   policy evaluated (`benchmarks/action_box.py`, measurements in benchmarks/results_notes.md).
 Ablations: `cvi=False` replaces steps 2-3 by a Lagrangian actor loss with one multiplier per threshold bin driven
 by Q_c against the Q-unit threshold (`lagrangian.method`: projected gradient or PID, `algos.lagrange`);
 `vve=False` is a critic with eps appended to its input (`nets.PlainCritic`).
@@ -335,7 +331,7 @@ class CCPO(SafeRLModule):
             return None
         critic_opt, actor_opt = self.optimizers()
         for p in self.trained_parameters:  # both optimizers' zero_grad(set_to_none=True), without their per-call
-            p.grad = None  # overhead (torch's dynamo-disabling wrapper and profiler range: ~0.07 ms each here)
+            p.grad = None  # overhead (torch's dynamo-disabling wrapper and profiler range, docs/performance.md)
         self.manual_backward(out.loss_critic + out.loss_actor)
         critic_opt.step()
         actor_opt.step()
@@ -504,7 +500,7 @@ class CCPO(SafeRLModule):
     def sample_train_eps(self) -> Tensor:
         """Thresholds of this update (same on every rank): behaviour ones, plus versatile draws after the warm-up.
         Served from a table of `EPS_ROWS` updates' draws (`draw_train_eps`), drawn anew when it runs out or the
-        stage changes: one set of generator calls per table instead of five per update (~0.2 ms an update here).
+        stage changes: one set of generator calls per table instead of five per update (docs/performance.md).
         The unused rows are saved in checkpoints, so a resumed run draws what an uninterrupted one would.
         With `threshold` set (CVPO): that threshold alone, every update."""
         hp = self.hparams
