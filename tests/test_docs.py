@@ -173,7 +173,7 @@ def _runnable(command: Command, cwd: Path) -> list[str] | None:
             args = _with(args, ("algo.compile=false",))
         run_dir = cwd / str(cfg.log_dir) / str(cfg.run_name)
         if "--info" not in args and "-m" not in args and (run_dir / "config.yaml").is_file():
-            # the docs list alternatives of one run name (algo.critic_ensemble=2, trainer.devices=2 ...): each
+            # the docs list alternatives of one run name (algo.num_samples=32, trainer.devices=2 ...): each
             # starts its own run, as it would on its own
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.{len(list(run_dir.parent.iterdir()))}"))
         return python + ["-m", "ccpo_pl.fit", *args]

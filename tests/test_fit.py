@@ -182,18 +182,18 @@ def test_ddp_two_cpu_processes_keep_parameters_identical(tmp_path, compile_updat
 
 
 def test_a_run_older_than_a_setting_resumes_with_it_and_says_so(smoke_run, tmp_path, capsys, smoke_config):
-    """A setting added to the configs after the run started (here `algo.critic_ensemble`) does not block resuming;
+    """A setting added to the configs after the run started (here `algo.episode_cost_decay`) does not block resuming;
     a setting the run had, changed, still does."""
     run_dir, _, _ = smoke_run
     old_dir = tmp_path / "smoke"
     shutil.copytree(run_dir, old_dir)
     snapshot = OmegaConf.load(old_dir / "config.yaml")
-    del snapshot.algo["critic_ensemble"]
+    del snapshot.algo["episode_cost_decay"]
     OmegaConf.save(snapshot, old_dir / "config.yaml")
     with pytest.raises(ConfigError, match="algo.kappa"):
         fit(smoke_config(tmp_path, "total_frames=1200", "run_name=smoke", "algo.kappa=0.5"))
     assert fit(smoke_config(tmp_path, "total_frames=1200", "run_name=smoke"))["train/frames"] == 1200
-    assert "predates the settings algo.critic_ensemble=1; continuing" in capsys.readouterr().out
+    assert "predates the settings algo.episode_cost_decay=0.0; continuing" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

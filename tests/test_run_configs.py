@@ -1,5 +1,6 @@
-"""Run configs stored by earlier versions (a run's config.yaml, a checkpoint's run_config) under keys renamed since:
-`validation.current_run_config` maps them, so such a run resumes and its checkpoints load and evaluate."""
+"""Run configs stored by earlier versions (a run's config.yaml, a checkpoint's run_config) under keys renamed or
+removed since: `validation.current_run_config` maps them, so such a run resumes and its checkpoints load and
+evaluate."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 from ccpo_pl.errors import ConfigError
 from ccpo_pl.evaluation import load_policy
 from ccpo_pl.fit import check_resumable, fit
-from ccpo_pl.validation import RENAMED_KEYS, current_run_config
+from ccpo_pl.validation import REMOVED_KEYS, RENAMED_KEYS, current_run_config, removed_setting
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "checkpoints_main" / "ball_circle-ccpo-s0"
 
@@ -33,6 +34,27 @@ def test_current_run_config_renames_only_the_old_keys():
     now = {"algo": {"name": "v_sac_lag", "lagrange": {"lr": 0.01}}}
     assert current_run_config(now) == now and current_run_config(None) is None
     assert RENAMED_KEYS == {"algo.lagrangian": "algo.lagrange"}
+
+
+def test_current_run_config_drops_removed_keys_that_hold_their_old_default():
+    stored = {"algo": {"name": "ccpo", "estep_states": "batch", "critic_ensemble": 1, "kappa": 0.02}, "seed": 1}
+    assert current_run_config(stored) == {"algo": {"name": "ccpo", "kappa": 0.02}, "seed": 1}
+    assert removed_setting(current_run_config(stored)) is None and "estep_states" in stored["algo"]  # a copy
+    other = {"algo": {"name": "ccpo", "estep_states": "behaviour", "critic_ensemble": 1}}
+    assert current_run_config(other) == {"algo": {"name": "ccpo", "estep_states": "behaviour"}}
+    assert removed_setting(current_run_config(other)) == "algo.estep_states='behaviour'"
+    assert REMOVED_KEYS == {"algo.estep_states": "batch", "algo.critic_ensemble": 1}
+
+
+def test_a_run_with_a_removed_setting_off_its_default_is_refused_for_resume_in_one_line(old_run, smoke_config):
+    stored = OmegaConf.load(old_run / "config.yaml")
+    assert stored.algo.critic_ensemble == 1  # the old default: dropped, the run resumes (test below)
+    stored.algo.critic_ensemble = 2
+    OmegaConf.save(stored, old_run / "config.yaml")
+    plain = OmegaConf.to_container(smoke_config(old_run.parent, "threads=1"), resolve=True)
+    with pytest.raises(ConfigError, match=r"trained with algo.critic_ensemble=2, a setting ccpo_pl no longer has: "
+                                          r"its checkpoints evaluate but the run does not resume"):
+        check_resumable(old_run, plain)
 
 
 def test_a_run_stored_with_the_old_key_passes_the_changed_config_check(old_run, smoke_config):

@@ -2,8 +2,8 @@
 preemption (checkpoint at a safe point on SIGTERM/SIGINT/SLURM requeue); log flushing after every collection; the
 run's record (`config.yaml`, `commands.txt`) when training starts.
 
-Over 300 lines: five independent callbacks, each short; they share the trainer's rollout stream (`_stream`) and
-fit.py builds them together, so one module holds them.
+Five independent callbacks, each short; they share the trainer's rollout stream (`_stream`) and fit.py builds them
+together, so one module holds them.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class FramesProgressBar(ProgressBar):
                  terminal: bool | None = None):
         super().__init__()
         self.total_frames, self.every_s = int(total_frames), float(every_s)
-        self.refresh_per_second = refresh_per_second  # Rich's redraws (its thread; 40/s took ~2 % of a run's time)
+        self.refresh_per_second = refresh_per_second  # Rich's redraws (its thread; see docs/performance.md)
         self.terminal = terminal  # None: whether stdout is a terminal, decided when training starts
         self._enabled = True
         self._progress = self._task = None

@@ -118,7 +118,7 @@ def cuda_check_without_nvml(load_nvml=ctypes.CDLL) -> bool:
     ``import lightning`` sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``. On a machine without ``libnvidia-ml`` (a CUDA
     build of torch on a CPU-only machine, the common case for CPU training), torch then retries loading the library
     on every ``torch.cuda.is_available()`` and, when that fails, asks the CUDA runtime anyway. ``torch.optim.Adam``
-    calls it on every step: 0.2-0.4 ms per step here, two steps per CCPO update. With the library missing, the
+    calls it on every step, two steps per CCPO update (its cost: docs/performance.md). With the library missing, the
     runtime check gives the same answer with the same fork behaviour (torch falls back to it every time), without
     the failed load. Nothing changes where NVML loads.
     """

@@ -106,6 +106,9 @@ def check_resumable(run_dir: Path, plain: dict) -> str | None:
     old = run_config(run_dir)
     if old is None:
         return None
+    if removed := validation.removed_setting(old):
+        raise ConfigError(f"run {str(run_dir)!r} was trained with {removed}, a setting ccpo_pl no longer has: its "
+                          f"checkpoints evaluate but the run does not resume; start a new run_name")
     diffs = [d for d in _diff(old, plain) if d[0].split(".")[0] not in RESUMABLE_CHANGES]
     added = [d for d in diffs if d[1] is _ABSENT]  # settings newer than the run
     changed = [f"{key}: {a!r} -> {b!r}" for key, a, b in diffs if a is not _ABSENT]

@@ -2,10 +2,10 @@
 
 Why adaptive: the update is hundreds of small kernels, each a parallel region that ends in a barrier. On an idle
 machine two threads make an update faster; with another busy process on the machine the second thread is
-descheduled for a whole time slice in many of those regions and every region waits for it. Measured on 2 cores with
-one busy process beside the run (`benchmarks/ccpo_throughput.py --load 1`): 2 threads 17.6 ms per update, 1 thread
-5.4 ms; quiet: 2 threads 3.8-4.9 ms, 1 thread 5.9-6.6 ms. Neither count is right on both machines, and the load
-changes during a run (a second seed starts, an editor compiles), so the count is chosen from measured update times:
+descheduled for a whole time slice in many of those regions and every region waits for it, so one thread is then
+several times faster (`benchmarks/ccpo_throughput.py --load 1`; the timings are in docs/performance.md, "Threads on
+a shared machine"). Neither count is right on both machines, and the load changes during a run (a second seed
+starts, an editor compiles), so the count is chosen from the update times of the run itself:
 
 - `ThreadChoice` runs the current count (the incumbent) and, once every `period` blocks of updates, one block with
   the other count (a probe). A probe faster than the incumbent's latest block by `margin` becomes the incumbent;

@@ -13,7 +13,7 @@ place to read every range; a structured config would restate every value and its
 Keys of another algorithm are known to the table (a ccpo run given `+algo.clip_epsilon` is not refused here; the
 key is then unused).
 
-Over 300 lines: most of it is the table, one line per key.
+Most of it is the table, one line per key.
 """
 
 from __future__ import annotations
@@ -262,7 +262,6 @@ SCHEMA: dict[str, Rule] = {
     # CCPO, its ablations and CVPO
     "algo.vve": BOOL,
     "algo.cvi": BOOL,
-    "algo.critic_ensemble": integer(1),
     "algo.z.kind": choice("poly", "mlp"),
     "algo.z.degree": integer(1),
     "algo.z.feature_dim": integer(1),
@@ -270,7 +269,6 @@ SCHEMA: dict[str, Rule] = {
     "algo.versatile_start": FRACTION,
     "algo.versatile_frac": FRACTION,
     "algo.states_per_eps": optional(integer(1)),
-    "algo.estep_states": choice("batch", "behaviour"),
     "algo.num_samples": integer(2),
     "algo.kappa": POSITIVE,
     "algo.action_penalty": NON_NEGATIVE,
@@ -325,6 +323,13 @@ REQUIRED = tuple(k for k in SCHEMA if k.split(".")[0] not in ("algo", "paper_bud
 
 #: keys of run configs stored by earlier versions (a run's config.yaml, a checkpoint's run_config) -> their names now
 RENAMED_KEYS = {"algo.lagrangian": "algo.lagrange"}
+#: keys of run configs stored by earlier versions whose setting was removed -> the value that behaves as the code
+#: does now: a stored config with that value reads as one without the key; a run with another value evaluates (the
+#: policy does not depend on it) but does not resume (`removed_setting`)
+REMOVED_KEYS = {"algo.estep_states": "batch", "algo.critic_ensemble": 1}
+
+
+_MISSING = object()
 
 
 def _parent(tree: dict, key: str) -> tuple[dict | None, str]:
@@ -336,8 +341,9 @@ def _parent(tree: dict, key: str) -> tuple[dict | None, str]:
 
 
 def current_run_config(stored: dict | None) -> dict | None:
-    """A stored run config with every key of `RENAMED_KEYS` under its name now (a copy; None stays None): a run
-    started before a rename resumes (its config is compared with the new one) and its checkpoints load."""
+    """A stored run config with every key of `RENAMED_KEYS` under its name now and every key of `REMOVED_KEYS` that
+    holds its old default dropped (a copy; None stays None): a run started before a rename or a removal resumes
+    (its config is compared with the new one) and its checkpoints load."""
     if stored is None:
         return None
     plain = copy.deepcopy(stored)
@@ -345,7 +351,21 @@ def current_run_config(stored: dict | None) -> dict | None:
         (src, leaf), (dst, new_leaf) = _parent(plain, old), _parent(plain, new)
         if src is not None and leaf in src and dst is not None and new_leaf not in dst:
             dst[new_leaf] = src.pop(leaf)
+    for old, default in REMOVED_KEYS.items():
+        src, leaf = _parent(plain, old)
+        if src is not None and src.get(leaf, _MISSING) == default:
+            del src[leaf]
     return plain
+
+
+def removed_setting(run: dict | None) -> str | None:
+    """`key=value` of the first removed setting (`REMOVED_KEYS`) that a run config read by `current_run_config`
+    still holds, i.e. one stored with a value other than the code's; None when there is none."""
+    for key in REMOVED_KEYS:
+        src, leaf = _parent(run or {}, key)
+        if src is not None and leaf in src:
+            return f"{key}={src[leaf]!r}"
+    return None
 
 
 def rule_for(key: str) -> Rule | None:

@@ -47,9 +47,14 @@ def test_smoke_fit_checkpoint_policy_and_multipliers(tmp_path, algo, smoke_confi
         assert collected and collected <= {float(e) for e in cfg.eps.behavior}
     if algo.startswith("v_"):  # one multiplier per behaviour threshold, stepped on episode costs
         assert state["multipliers.lam"].shape == (len(cfg.eps.behavior),)
-        assert torch.all(state["multipliers.lam"] >= 0)
-        assert state["multipliers.started"].any()  # a threshold that finished an episode was stepped
+        started = state["multipliers.started"]
+        assert started.any()  # a threshold that finished an episode was stepped
         assert torch.all(state["multipliers.prev_cost"] >= 0)
+        # one PID step from lam_init = 0 on the measured episode cost J_c: lam rose where J_c exceeded the threshold
+        # and stayed at 0 where it did not
+        over = state["multipliers.prev_cost"] > torch.tensor([float(e) for e in cfg.eps.behavior])
+        assert cfg.algo.lagrange.method == "pid" and cfg.algo.lagrange.lam_init == 0.0
+        assert torch.equal((state["multipliers.lam"] > 0)[started], over[started])
     else:  # CCPO family: per-threshold-bin duals lam (E-step, or the Lagrangian of w/o CVI)
         assert torch.all(state["lam"] >= 0) and state["lam"].numel() > 0
     if algo == "ccpo_wo_vve" or algo == "cvpo":

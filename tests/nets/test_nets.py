@@ -9,12 +9,10 @@ from tensordict import TensorDict
 from torchrl.envs import ExplorationType, set_exploration_type
 
 from ccpo_pl.nets import (
-    CriticEnsemble,
     EpsActor,
     EpsPolicy,
     PlainCritic,
     VVECritic,
-    critic_members,
     eps_features,
     make_critic,
     make_policy,
@@ -123,36 +121,11 @@ def test_eps_policy_is_the_probabilistic_actors_policy():
 
 
 def _critic_cfg(**changes):
-    return OmegaConf.create({"vve": True, "hidden": [16, 16], "critic_trunk": "shared", "critic_ensemble": 1,
+    return OmegaConf.create({"vve": True, "hidden": [16, 16], "critic_trunk": "shared",
                              "z": {"kind": "poly", "degree": 2, "feature_dim": 4}, **changes})
 
 
-@pytest.mark.parametrize("vve", [True, False])
-def test_critic_ensemble_is_min_reward_and_max_cost_over_its_members(vve):
+def test_make_critic_builds_the_critic_algo_vve_names():
     torch.manual_seed(0)
-    critic = make_critic(_critic_cfg(critic_ensemble=3, vve=vve), OBS, ACT, RANGE)
-    assert isinstance(critic, CriticEnsemble) and len(critic.critics) == 3
-    obs, act, eps = torch.randn(9, OBS), torch.randn(9, ACT), torch.tensor([15.0, 60.0]).view(-1, 1, 1)
-    each = [member(obs, act, eps) for member in critic.critics]  # (q_r, q_c), each [2, 9]
-    assert not torch.allclose(each[0][0], each[1][0])  # independently initialised members
-    q_r, q_c = critic(obs, act, eps)
-    assert torch.equal(q_r, torch.minimum(torch.minimum(each[0][0], each[1][0]), each[2][0]))
-    assert torch.equal(q_c, torch.maximum(torch.maximum(each[0][1], each[1][1]), each[2][1]))
-    m_r, m_c = critic_members(critic, obs, act, eps)
-    assert m_r.shape == m_c.shape == (3, 2, 9) and torch.equal(m_c[1], each[1][1])
-
-
-def test_a_single_critic_is_one_member_and_keeps_its_parameter_names():
-    torch.manual_seed(0)
-    critic = make_critic(_critic_cfg(), OBS, ACT, RANGE)
-    assert isinstance(critic, VVECritic)  # checkpoints of single-critic runs load unchanged
-    obs, act, eps = torch.randn(4, OBS), torch.randn(4, ACT), torch.tensor([[30.0]])
-    m_r, m_c = critic_members(critic, obs, act, eps)
-    q_r, q_c = critic(obs, act, eps)
-    assert m_r.shape == (1, 4) and torch.equal(m_r[0], q_r) and torch.equal(m_c[0], q_c)
-
-
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "two"])
-def test_critic_ensemble_size_must_be_a_positive_whole_number(bad):
-    with pytest.raises(ValueError, match=rf"algo.critic_ensemble={bad!r} is not allowed"):
-        make_critic(_critic_cfg(critic_ensemble=bad), OBS, ACT, RANGE)
+    assert isinstance(make_critic(_critic_cfg(), OBS, ACT, RANGE), VVECritic)  # parameter names as in checkpoints
+    assert isinstance(make_critic(_critic_cfg(vve=False), OBS, ACT, RANGE), PlainCritic)

@@ -109,7 +109,7 @@ class OffPolicyStream:
         for _ in range(self.collects_per_epoch - self.collects % self.collects_per_epoch):
             self.collect()
             # all of this collection's batches in one draw (uniform with replacement, as batch-by-batch draws
-            # would be): one sampler call instead of `updates_per_collect` (0.9 ms each on 2 CPU cores)
+            # would be): one sampler call instead of `updates_per_collect` of them (a call's cost: docs/performance.md)
             batches = self.buffer.sample(self.batch_size * self.updates_per_collect)
             yield from batches.split(self.batch_size)  # views, split at once (half the cost of slicing each)
 

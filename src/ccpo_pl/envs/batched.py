@@ -1,9 +1,8 @@
 """`BulletBatchEnv`: a batch of bullet-safety-gym envs stepped in one loop, one tensordict per batched step.
 
 Why not `SerialEnv(n, GymEnv)`: TorchRL's serial batching builds, checks and copies a tensordict per sub-env and
-per step. On BallCircle with 10 envs that costs ~0.5 ms per frame on top of the ~0.3 ms the simulator and its gym
-wrappers take (measured here: 0.83-0.88 ms per frame for the `SerialEnv` against 0.30 for gymnasium's own
-`SyncVectorEnv` loop). This env keeps TorchRL's interface and semantics (specs taken from the TorchRL `GymEnv`
+per step, which costs more than the simulator and its gym wrappers themselves (timings in docs/performance.md,
+"Mechanisms"). This env keeps TorchRL's interface and semantics (specs taken from the TorchRL `GymEnv`
 of the same task, partial resets through `_reset`, `cost` read from bullet's info dict as `CostReader` does)
 and does the per-env work as a numpy loop. Gymnasium's `SyncVectorEnv` is not used because it resets an episode
 inside `step` (the next observation of a time-limit step would be the new episode's first one).

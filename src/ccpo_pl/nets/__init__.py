@@ -2,12 +2,10 @@
 
 from ccpo_pl.nets.actor import EpsActor, EpsPolicy, make_actor, make_policy, make_run_actor
 from ccpo_pl.nets.critics import (
-    CriticEnsemble,
     PlainCritic,
     ValueCritic,
     VVECritic,
     cat_broadcast,
-    critic_members,
     eps_features,
     make_critic,
     nearest_threshold,
@@ -15,7 +13,7 @@ from ccpo_pl.nets.critics import (
 )
 
 __all__ = [
-    "CriticEnsemble", "EpsActor", "EpsPolicy", "PlainCritic", "ValueCritic", "VVECritic", "cat_broadcast",
-    "critic_members", "eps_features", "make_actor", "make_critic", "make_policy", "make_run_actor", "nearest_threshold",
+    "EpsActor", "EpsPolicy", "PlainCritic", "ValueCritic", "VVECritic", "cat_broadcast",
+    "eps_features", "make_actor", "make_critic", "make_policy", "make_run_actor", "nearest_threshold",
     "normalise_eps",
 ]

@@ -60,9 +60,9 @@ class EpsPolicy(TensorDictModuleBase):
     N(loc, scale^2) under `ExplorationType.RANDOM` (the collectors' default) and the mean `loc` otherwise, as
     `make_policy`'s `ProbabilisticActor` does.
 
-    The same policy without the distribution object and the per-key output machinery of `ProbabilisticActor`:
-    on 10 envs, 0.11 ms per call against 0.44 ms (timed here; a third of a collection's overhead beside the
-    simulator). TorchRL losses, which need the distribution, keep `make_policy`.
+    The same policy without the distribution object and the per-key output machinery of `ProbabilisticActor`,
+    which take a large share of a collection's overhead beside the simulator (timings in docs/performance.md,
+    "Mechanisms"). TorchRL losses, which need the distribution, keep `make_policy`.
     """
 
     in_keys = ["observation", "eps"]

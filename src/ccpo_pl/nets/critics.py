@@ -7,9 +7,6 @@ threshold: that is what lets one transition supervise many thresholds cheaply.
 
 `PlainCritic` is the `vve=false` ablation: eps is appended to the critic input.
 
-`CriticEnsemble` holds n of either, trained on one shared target; its forward is the pessimistic pair
-(min_j Q_r^j, max_j Q_c^j). `critic_members` gives every member's values, `[n, ...]`, for any of the three.
-
 Both take `obs [..., obs_dim]`, `act [..., act_dim]` and `eps [..., 1]` whose leading dims broadcast, and return
 `(q_r, q_c)` with the broadcast leading shape.
 """
@@ -141,47 +138,12 @@ class _TwoHeads(nn.Module):
         return self.net[0](x), self.net[1](x)
 
 
-class CriticEnsemble(nn.Module):
-    """n critics Q^j (ours; cvpo-safe-rl uses n = 2 reward critics): forward is the pessimistic pair
-    (min_j Q_r^j, max_j Q_c^j), the clipped double-Q of Fujimoto et al. 2018 for the reward and its mirror image
-    for the cost, so neither the reward is overestimated nor the cost underestimated in targets and E-step."""
-
-    def __init__(self, critics: Sequence[nn.Module]):
-        super().__init__()
-        self.critics = nn.ModuleList(critics)
-
-    def members(self, obs: Tensor, act: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """Every member's (q_r, q_c), each `[n, ...]`."""
-        q = [c(obs, act, eps) for c in self.critics]
-        return torch.stack([q_r for q_r, _ in q]), torch.stack([q_c for _, q_c in q])
-
-    def forward(self, obs: Tensor, act: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        q_r, q_c = self.members(obs, act, eps)
-        return q_r.amin(0), q_c.amax(0)
-
-
-def critic_members(critic: nn.Module, obs: Tensor, act: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-    """(q_r, q_c) of every member, `[n, ...]`: n = 1 for a single critic, n for a `CriticEnsemble`."""
-    if isinstance(critic, CriticEnsemble):
-        return critic.members(obs, act, eps)
-    q_r, q_c = critic(obs, act, eps)
-    return q_r.unsqueeze(0), q_c.unsqueeze(0)
-
-
 def make_critic(algo_cfg, obs_dim: int, act_dim: int, eps_range: Sequence[float]) -> nn.Module:
-    """Build the critic chosen by `algo.vve` (True: VVE psi^T z; False: eps appended to the input), an ensemble of
-    `algo.critic_ensemble` of them when that is above 1."""
+    """Build the critic chosen by `algo.vve` (True: VVE psi^T z; False: eps appended to the input)."""
     shared = algo_cfg.critic_trunk == "shared"
     if algo_cfg.critic_trunk not in ("shared", "separate"):
         raise ValueError(f"algo.critic_trunk={algo_cfg.critic_trunk!r} is not allowed; use 'shared' or 'separate'")
-    n = algo_cfg.get("critic_ensemble", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"algo.critic_ensemble={n!r} is not allowed; use a whole number >= 1")
-
-    def one() -> nn.Module:
-        if algo_cfg.vve:
-            return VVECritic(obs_dim, act_dim, algo_cfg.hidden, eps_range, algo_cfg.z.kind, algo_cfg.z.degree,
-                             algo_cfg.z.feature_dim, shared)
-        return PlainCritic(obs_dim, act_dim, algo_cfg.hidden, eps_range, shared)
-
-    return one() if n == 1 else CriticEnsemble([one() for _ in range(n)])
+    if algo_cfg.vve:
+        return VVECritic(obs_dim, act_dim, algo_cfg.hidden, eps_range, algo_cfg.z.kind, algo_cfg.z.degree,
+                         algo_cfg.z.feature_dim, shared)
+    return PlainCritic(obs_dim, act_dim, algo_cfg.hidden, eps_range, shared)

@@ -8,7 +8,6 @@ import torch
 from torch.func import hessian, jacrev
 
 from ccpo_pl.algos.ccpo import equations as eq
-from ccpo_pl.nets import nearest_threshold
 
 F64 = torch.float64
 KAPPA = 0.02
@@ -54,26 +53,6 @@ def test_eps_to_q_units_matches_discounted_even_spread():
     as_tensor = eq.eps_to_q_units(torch.tensor([20.0, 40.0], dtype=F64), gamma, horizon)
     torch.testing.assert_close(as_tensor, torch.tensor([brute, 2 * brute], dtype=F64))
     assert eq.eps_to_q_units(eps, 1.0, horizon) == eps
-
-
-def test_behaviour_state_weights_by_hand():
-    """Transitions collected at 20, 40, 60, 40 (with the float noise of a stored threshold): eps = 20 takes the
-    20-states alone, 30 half each of 20 and 40, 50 half each of 40 and 60, 70 (outside) the 60-states alone; with
-    one collection threshold every transition counts."""
-    thresholds = torch.tensor([20.0, 40.0, 60.0])
-    collected = nearest_threshold(torch.tensor([20.0, 40.0, 60.0, 40.000004]), thresholds)
-    w = eq.behaviour_state_weights(torch.tensor([20.0, 30.0, 50.0, 70.0]), collected, thresholds)
-    assert torch.allclose(w, torch.tensor([[1.0, 0.0, 0.0, 0.0],
-                                           [0.5, 0.5, 0.0, 0.5],
-                                           [0.0, 0.5, 0.5, 0.5],
-                                           [0.0, 0.0, 1.0, 0.0]]))
-    w = eq.behaviour_state_weights(torch.tensor([25.0, 45.0]), nearest_threshold(torch.tensor([25.0, 45.0]),
-                                                                                  thresholds), thresholds)
-    # eps 25: 0.75 of 20 and 0.25 of 40; eps 45: 0.75 of 40 and 0.25 of 60; the transitions count as collected
-    # at their nearest thresholds, 20 and 40
-    assert torch.allclose(w, torch.tensor([[0.75, 0.25], [0.0, 0.75]]))
-    one = eq.behaviour_state_weights(torch.tensor([10.0, 40.0]), torch.zeros(3, dtype=torch.long), torch.tensor([40.0]))
-    assert torch.equal(one, torch.ones(2, 3))
 
 
 def test_estep_dual_matches_per_threshold_loop():

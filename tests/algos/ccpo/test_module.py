@@ -13,7 +13,6 @@ from ccpo_pl.algos.ccpo import equations as eq
 from ccpo_pl.algos.ccpo.module import CCPO
 from ccpo_pl.algos.common import polyak
 from ccpo_pl.algos.registry import build
-from ccpo_pl.nets import critic_members
 from ccpo_pl.training_log import per_eps_tag
 
 OBS, ACT, B = 3, 2, 64
@@ -51,22 +50,17 @@ def constant_cost_batch(terminated: bool) -> TensorDict:
     }, [B])
 
 
-@pytest.mark.parametrize("ensemble", [1, 2])
 @pytest.mark.parametrize(("terminated", "expected"), [(False, 1 / (1 - 0.5)), (True, 1.0)])
-def test_critic_step_learns_the_known_cost_value_for_every_eps(terminated, expected, ensemble, make_module):
-    """Cost 1 per step: Q_c = 1/(1-gamma) when the time limit only truncates (bootstrap), 1 when it terminates;
-    with an ensemble, every member learns it."""
-    module = make_module("algo.gamma=0.5", "algo.tau=0.2", "algo.lr_critic=3e-3", f"algo.critic_ensemble={ensemble}")
+def test_critic_step_learns_the_known_cost_value_for_every_eps(terminated, expected, make_module):
+    """Cost 1 per step: Q_c = 1/(1-gamma) when the time limit only truncates (bootstrap), 1 when it terminates."""
+    module = make_module("algo.gamma=0.5", "algo.tau=0.2", "algo.lr_critic=3e-3")
     batch = constant_cost_batch(terminated)
     eps = torch.tensor([10.0, 40.0, 70.0])
     for _ in range(600):
         module.critic_step(batch, eps)
         polyak(module.critic_target, module.critic, module.hparams.tau)
-    q_r, q_c = critic_members(module.critic, batch["observation"], batch["action"],
-                              torch.tensor([15.0, 55.0]).view(-1, 1, 1))
-    assert q_c.shape[0] == ensemble
-    for member in range(ensemble):
-        assert q_c[member].mean().item() == pytest.approx(expected, abs=0.1)
+    q_r, q_c = module.critic(batch["observation"], batch["action"], torch.tensor([15.0, 55.0]).view(-1, 1, 1))
+    assert q_c.mean().item() == pytest.approx(expected, abs=0.1)
     assert q_r.abs().max().item() < 0.1
 
 
@@ -303,33 +297,6 @@ def test_ddp_searches_for_unused_parameters_exactly_when_a_backward_leaves_some(
     assert update(batch, eps, module.bin_index(eps)) is not None
     assert len(left_some) == (1 if cvi else 2)
     assert module.ddp_unused_parameters is any(left_some) is (not cvi)
-
-
-def test_behaviour_estep_states_are_those_collected_at_the_thresholds_around_eps(make_module):
-    """`estep_states=behaviour`: at a behaviour threshold only the states collected at it (distinct, while the
-    batch has enough), between two of them only theirs, and other states only where the batch has too few; "batch"
-    is the batch split across the thresholds. The update runs on them."""
-    module = make_module("algo.estep_precision=fp32", "algo.estep_states=behaviour")
-    batch = random_batch()
-    collected = torch.tensor([20.0, 40.0, 60.0]).repeat(B // 3 + 1)[:B]
-    batch["eps"] = collected.view(-1, 1)
-    batch["observation"] = torch.arange(B, dtype=torch.float32).view(-1, 1).expand(B, OBS).contiguous()
-    eps = torch.tensor([20.0, 60.0, 30.0, 40.0])
-    states = module.estep_states(batch, eps)
-    per = B // len(eps)
-    assert states.shape == (len(eps), per, OBS)
-    rows = states[..., 0].long()  # the batch index of each chosen state
-    assert torch.all(collected[rows[0]] == 20.0) and torch.all(collected[rows[1]] == 60.0)
-    assert set(collected[rows[2]].tolist()) == {20.0, 40.0} and torch.all(collected[rows[3]] == 40.0)
-    assert all(len(set(r.tolist())) == per for r in rows)  # without replacement
-    few = batch.clone()
-    few["eps"] = torch.where(torch.arange(B) < 5, 60.0, 20.0).view(-1, 1)  # 5 states at 60, the rest at 20
-    rows = module.estep_states(few, eps)[..., 0].long()
-    assert set(range(5)) <= set(rows[1].tolist()) and len(set(rows[1].tolist())) == per  # all 5, then others
-    split = make_module("algo.estep_precision=fp32").estep_states(batch, eps)
-    assert torch.equal(split, batch["observation"][: per * len(eps)].view(len(eps), per, OBS))
-    module.on_new_collect()
-    assert module.cvi_update(random_batch(), eps, module.bin_index(eps)) is not None
 
 
 def test_measured_episode_costs_replace_the_critic_gap_of_the_dual_at_behaviour_thresholds(monkeypatch, make_module):

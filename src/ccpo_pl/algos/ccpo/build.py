@@ -39,7 +39,7 @@ def build(cfg: DictConfig, obs_dim: int, act_dim: int, **base_kwargs) -> CCPO:
         make_actor(cfg, obs_dim, act_dim), make_critic(a, obs_dim, act_dim, cfg.eps.range), gamma=a.gamma,
         tau=a.tau, lr_actor=a.lr_actor, lr_critic=a.lr_critic, n_eps=a.n_eps, versatile_start=a.versatile_start,
         versatile_frac=a.versatile_frac, states_per_eps=a.states_per_eps,
-        estep_states=a.get("estep_states", "batch"), num_samples=a.num_samples,
+        num_samples=a.num_samples,
         kappa=a.kappa, action_penalty=a.get("action_penalty", 0.0),
         episode_cost_decay=a.get("episode_cost_decay", 0.0), dual=plain["dual"],
         kl_mean_bound=a.kl_mean_bound, kl_cov_bound=a.kl_cov_bound,

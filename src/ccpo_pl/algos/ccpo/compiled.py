@@ -1,14 +1,13 @@
 """torch.compile for the CCPO update: inductor with three changes for small CPU graphs, or eager where it fails.
 
-Each change was measured on the default update (BallCircle's shapes, batch 256, 4 thresholds, K = 16, 2 CPU
-threads) by `benchmarks/ccpo_update.py --without <change>`: one process, alternating blocks of 40 updates with and
-without it. Without it, an update took (median of 25 block pairs):
-- 1.12x as long without views recomputed in the backward by the forward/backward partitioner. Saving views made
-  it store each ReLU's bool mask for activations with more than one leading dim (the M-step's [E, S, hidden]), and
-  inductor's CPU kernels write bool tensors about 10x slower than float ones (~170 us for one [4, 64, 128] mask);
-- 1.09x without the C++ wrapper (`cpp_wrapper`, CPU only), which calls the generated kernels instead of Python;
-- 1.03-1.04x without `addmm(bias, x, w)` split into `mm(x, w) + bias` (CPU only): aten's CPU addmm first copies
-  the broadcast bias into its output, while the split add fuses into the ReLU kernel after each hidden layer.
+Each change makes the default update faster (`benchmarks/ccpo_update.py --without <change>`; the factors are in
+docs/performance.md, "Compile changes, one at a time"):
+- views recomputed in the backward by the forward/backward partitioner: saving views made it store each ReLU's
+  bool mask for activations with more than one leading dim (the M-step's [E, S, hidden]), and inductor's CPU
+  kernels write bool tensors much slower than float ones;
+- the C++ wrapper (`cpp_wrapper`, CPU only), which calls the generated kernels instead of Python;
+- `addmm(bias, x, w)` split into `mm(x, w) + bias` (CPU only): aten's CPU addmm first copies the broadcast bias
+  into its output, while the split add fuses into the ReLU kernel after each hidden layer.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CCPO equations: pure tensor functions, vectorised over a leading threshold dim E.
 
-Over 300 lines: most of it is the E-step dual and its batched projected-Newton solver (derivatives, direction,
-candidate steps), kept beside the equations it solves.
+Most of it is the E-step dual and its batched projected-Newton solver (derivatives, direction, candidate steps),
+kept beside the equations it solves.
 
 Order follows the algorithm: cost threshold -> Q units, conditioned E-step (dual, its derivatives, its solver,
 the nonparametric weights), versatile M-step (decoupled KL, weighted max-likelihood, trust-region multiplier),
@@ -17,8 +17,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-
-from ccpo_pl.algos.combined.equations import combination_weights
 
 _LINE_SEARCH_STEPS = (1.0, 0.5, 0.25, 0.125, 1 / 16, 1 / 32, 1 / 64)
 _MARQUARDT = 1e-3  # minimum relative Levenberg-Marquardt damping of the Hessian diagonal
@@ -85,29 +83,6 @@ def running_mean(mean: Tensor, count: Tensor, value: Tensor, decay: float, valid
     Returns (mean, count)."""
     new_mean, new_count = running_cost_gap(mean, count, value, decay)
     return torch.where(valid, new_mean, mean), torch.where(valid, new_count, count)
-
-
-def behaviour_state_weights(eps: Tensor, collected: Tensor, thresholds: Tensor) -> Tensor:
-    """Ours: the weight of each replay transition among the E-step's states at each threshold, by the behaviour
-    threshold it was collected at: the linear-combination weights of the two behaviour thresholds around eps (CCPO
-    slides, linear-combination baselines; the nearest one outside their range). Eq. 10's constraint at eps is then
-    taken over the states that eps's neighbouring behaviour policies visit, not over every policy's states.
-
-    Args:
-        eps: the update's thresholds [E].
-        collected: the index in `thresholds` of the threshold each transition was collected at [B] (long).
-        thresholds: the behaviour (collection) thresholds [M], strictly increasing.
-
-    Returns:
-        [E, B] weights in [0, 1]: 1 for the transitions of a behaviour threshold eps equals, (w1, w2) for those of
-        the two around it (w1 + w2 = 1), 0 for the others; all 1 with one collection threshold.
-    """
-    i1, i2, w1, w2 = combination_weights(eps, thresholds, "nearest")
-    rows = torch.arange(eps.shape[0], device=eps.device)
-    per_threshold = eps.new_zeros(eps.shape[0], thresholds.numel())
-    per_threshold.index_put_((rows, i1), w1, accumulate=True)
-    per_threshold.index_put_((rows, i2), w2, accumulate=True)
-    return per_threshold[:, collected]
 
 
 def estep_dual(eta: Tensor, lam: Tensor, q_r: Tensor, q_c: Tensor, eps_q: Tensor, kappa: float) -> Tensor:
@@ -301,9 +276,8 @@ def solve_estep_dual(
         lam_max: cost-multiplier cap, 100 (FSRL: 20). Reached when the threshold is infeasible.
         iters: Newton iterations, 5 for the hot loop: warm-started from the previous update's solution,
             feasible thresholds converge in about 3; far moves (cold start, a threshold turning infeasible)
-            need 10-25 and otherwise continue at the next update (g never increases). At E=4, S=64, K=16
-            on 2 CPU threads: about 0.6 ms each eager; compiled inside the CCPO update, the whole solve at
-            iters=3 is one generated kernel of about 0.24 ms (torch.profiler).
+            need 10-25 and otherwise continue at the next update (g never increases). Compiled inside the
+            CCPO update, the whole solve is one generated kernel (timings in docs/performance.md).
         reduce: applied to every packed (g, grad, hess) tensor before it is used, e.g. an all-reduce mean over
             DDP ranks holding equal-sized shards of states, so every rank reaches the same solution.
             None = identity.

@@ -1,7 +1,7 @@
 """CCPO as a LightningModule: VVE critic fit -> conditioned E-step -> multi-eps M-step, manual optimization.
 
-Over 300 lines: the paper -> code notes below, and the parts of one update (critic step, E-step, M-step, multipliers,
-threshold schedule, the w/o-CVI ablation) that read and write the same module state; the maths is `equations.py`.
+The parts of one update (critic step, E-step, M-step, multipliers, threshold schedule, the w/o-CVI ablation) read
+and write the same module state, so they stay in one file; the maths is `equations.py`.
 
 Implementation details (paper -> code; "ours" marks our choices where the paper/slides are silent):
 1. VVE critic (slides eq. 3): `critic(s, a, eps)` = psi_f(s,a)^T z_f(eps). Every sampled transition is trained
@@ -15,25 +15,16 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    shared dual). Under DDP the dual statistics are averaged across ranks, so every rank gets the same duals.
    The constraint's state-level part, mean_s E_pi_old[Q_c] - eps_q, comes from a running estimate per threshold
    bin (`running_cost_gap`, weight `dual.gap_decay`), not from the batch's states alone; the batch decides the
-   within-state reweighting (ours). Why: the per-state means of Q_c spread ~10x more across states than within
-   them, so a 64-state batch's mean moves by ~0.34 (std) while the KL ball (kappa) can move E_w[Q_c] by ~0.08,
-   and the batch alone decided feasibility: on a 30k-frame BallCircle run, lam sat at its cap in 10-31 % of
-   updates where the population lam (16k states) was 0-3, mean |lam - lam_pop| 16-31. With the running estimate:
-   never at the cap, mean error 0.3; a persistent lam moved by small gradient steps (FSRL's kind): never at the
-   cap, error 1.1; at 1M frames the persistent lam also failed to reach the cap where the threshold is infeasible
-   (mean error 37 against 0.7; `benchmarks/estep_dual_noise.py`, numbers in benchmarks/results_notes.md).
+   within-state reweighting (ours). Why: the per-state means of Q_c spread far more across states than within
+   them, so a batch's mean moves more than the KL ball (kappa) can move E_w[Q_c], and the batch alone would decide
+   feasibility: lam then sits at its cap where the population's lam is small. A running estimate keeps it off the
+   cap and close to the population's; a persistent lam moved by small gradient steps (FSRL's kind) lags behind it
+   (`benchmarks/estep_dual_noise.py`, measurements in benchmarks/results_notes.md).
 3. Multi-eps M-step (slides "Versatile M-step"): decoupled weighted max-likelihood (MPO/CVPO) averaged over the
    thresholds, with KL trust regions on the mean and the covariance against pi_old, each with its own multiplier
    per threshold bin, updated by projected gradient ascent (the slides' constraint holds for every eps_i).
 4. pi_old is refreshed after every collection (FSRL). The states of a batch are split over the thresholds
-   (`states_per_eps`), so an update costs what one-threshold CVPO's does. `estep_states=behaviour` (ours) takes
-   for each threshold the states collected at the behaviour thresholds around it instead (`estep_states`). Why:
-   the replay buffer mixes the states every behaviour policy visits, and eq. 10's constraint over that mixture
-   is not the threshold's own: on DroneRun at 2M frames the critic's mean Q_c at eps = 60 over the mixed replay
-   states was 9.79, at the threshold (9.98), while over the states collected at 60 it was 18.1 and on the sampled
-   policy's own episodes 22.1, as their discounted cost-to-go (22.5; the episodes cost 142); at eps = 20 the
-   mixture read 3.46 (above its 3.33) where the own states read 0.85 and the episodes cost 0
-   (`benchmarks/critic_vs_returns.py`, benchmarks/results_notes.md).
+   (`states_per_eps`), so an update costs what one-threshold CVPO's does.
 5. Thresholds per update (`n_eps`): behaviour thresholds only until `versatile_start` of the frame budget, then a
    `versatile_frac` share drawn uniformly from `eps_range` (the paper's fine-tuning stage; schedule ours).
 6. Numerical faults (ours): the replay batch, both losses, the E-step duals and the KL multipliers are checked
@@ -46,17 +37,13 @@ Implementation details (paper -> code; "ours" marks our choices where the paper/
    check, one backward and, under DDP, one gradient all-reduce. With `compile=True` that pass is one
    `torch.compile`d graph, forward and backward; the noise it uses is drawn outside it, so compiled and eager
    updates draw the same numbers.
-8. Critic ensemble (`critic_ensemble` n > 1, ours): n critics trained on one target built from the pessimistic pair
-   (min_j Q_r^j, max_j Q_c^j) of the target critics, which also gives the E-step's Q values (`nets.CriticEnsemble`).
-9. Action penalty (`action_penalty` > 0, MO-MPO's action penalization, Abdolmaleki et al. 2020; off by default):
+8. Action penalty (`action_penalty` > 0, MO-MPO's action penalization, Abdolmaleki et al. 2020; off by default):
    a second E-step objective Q_pen = -||a - clip(a)|| with its own temperature per threshold bin (KL bound
    `action_penalty`), whose weights join the M-step's. Why: the actor's samples are raw Gaussian draws that the env
-   clips, so nothing in the task's E-step keeps them in the box. At the end of the Table 1 runs, 33 % (DroneCircle)
-   and 57 % (DroneRun) of sampled action coordinates lay outside it, the policy std averaged 0.75 and 2.8, and the
-   critic's values of those raw actions differed from those of the clipped ones (which the env cannot tell apart) by
-   0.70 and 0.53, against a spread of 0.98 and 0.76 over the samples of a state: the E-step ranked them partly by
-   that difference, and the sampled policy the constraint holds for is far from the mean-action policy evaluated
-   (`benchmarks/action_box.py`, benchmarks/results_notes.md).
+   clips, so nothing in the task's E-step keeps them in the box: many sampled coordinates lie outside it, the
+   critic values a raw action differently from its clipped one (which the env cannot tell apart), the E-step ranks
+   samples partly by that difference, and the sampled policy the constraint holds for drifts from the mean-action
+   policy evaluated (`benchmarks/action_box.py`, measurements in benchmarks/results_notes.md).
 Ablations: `cvi=False` replaces steps 2-3 by a Lagrangian actor loss with one multiplier per threshold bin driven
 by Q_c against the Q-unit threshold (`lagrangian.method`: projected gradient or PID, `algos.lagrange`);
 `vve=False` is a critic with eps appended to its input (`nets.PlainCritic`).
@@ -81,14 +68,11 @@ from ccpo_pl.algos.lagrange import METHODS, PID_GAINS, multiplier_step
 from ccpo_pl.algos.safe_module import SafeRLModule
 from ccpo_pl.checkpointing import TRAINING_STATE, training_state
 from ccpo_pl.faults import all_finite, batch_suspects
-from ccpo_pl.nets import critic_members, nearest_threshold
 
 #: Updates' thresholds drawn at once by `sample_train_eps`.
 EPS_ROWS = 256
 #: The columns of the `stats` buffer: running means per threshold bin, for logging.
 STATS_COLUMNS = ("q_r", "q_c", "kl_mean", "kl_cov")
-#: which states the E/M-step takes at a threshold (`CCPO.estep_states`)
-ESTEP_STATES = ("batch", "behaviour")
 
 
 class EStep(NamedTuple):
@@ -154,7 +138,6 @@ class CCPO(SafeRLModule):
         versatile_start: float = 0.25,
         versatile_frac: float = 0.5,
         states_per_eps: int | None = None,
-        estep_states: str = "batch",
         num_samples: int = 16,
         kappa: float = 0.02,
         action_penalty: float = 0.0,
@@ -208,9 +191,6 @@ class CCPO(SafeRLModule):
         # compile=True: the objectives of an update as one fused graph, forward and backward (w/o CVI: the TD loss)
         maybe = compiled_or_eager if compile else (lambda fn: fn)
         self.objectives_fn, self.td_loss_fn = maybe(self.update_objectives), maybe(self.td_loss)
-        if estep_states not in ESTEP_STATES:
-            raise ValueError(f"algo.estep_states={estep_states!r} is not allowed; use {' or '.join(ESTEP_STATES)}")
-        self.register_buffer("collected_eps", torch.tensor(sorted(self.collection_eps())), persistent=False)
         if not 0.0 <= episode_cost_decay <= 1.0:
             raise ValueError(f"algo.episode_cost_decay={episode_cost_decay!r} is not allowed; use a weight in [0, 1] "
                              "(0 = off)")
@@ -320,8 +300,8 @@ class CCPO(SafeRLModule):
             not_term = 1.0 - terminated.float()
             y_r = reward + gamma * not_term * q_r_next
             y_c = cost + gamma * not_term * q_c_next
-        q_r, q_c = critic_members(self.critic, obs, act, eps)  # [n, E, B]: every ensemble member on one target
-        return F.mse_loss(q_r, y_r.expand_as(q_r)) + F.mse_loss(q_c, y_c.expand_as(q_c))
+        q_r, q_c = self.critic(obs, act, eps)
+        return F.mse_loss(q_r, y_r) + F.mse_loss(q_c, y_c)
 
     def cvi_update(self, batch: TensorDictBase, eps: Tensor, bins: Tensor) -> tuple[Tensor, Tensor] | None:
         """One update of critic and actor: the VVE TD loss, the conditioned E-step (per-eps dual, eq. 10, weights
@@ -332,7 +312,7 @@ class CCPO(SafeRLModule):
         (on_nan=skip)."""
         hp = self.hparams
         act, nxt = batch["action"], batch["next"]
-        states = self.estep_states(batch, eps)
+        states = self.split_states(batch["observation"], len(eps))
         noise_next = torch.randn(len(eps), *act.shape, device=act.device)  # next actions from pi(.|s', eps_i)
         noise = torch.randn(*states.shape[:2], hp.num_samples, hp.act_dim, device=act.device)  # K per state
         _ = self.estep_bf16, self.dual_reduce  # resolved once, outside the compiled pass
@@ -351,7 +331,7 @@ class CCPO(SafeRLModule):
             return None
         critic_opt, actor_opt = self.optimizers()
         for p in self.trained_parameters:  # both optimizers' zero_grad(set_to_none=True), without their per-call
-            p.grad = None  # overhead (torch's dynamo-disabling wrapper and profiler range: ~0.07 ms each here)
+            p.grad = None  # overhead (torch's dynamo-disabling wrapper and profiler range, docs/performance.md)
         self.manual_backward(out.loss_critic + out.loss_actor)
         critic_opt.step()
         actor_opt.step()
@@ -505,21 +485,6 @@ class CCPO(SafeRLModule):
             return None
         return torch.compiler.disable(self.reduce_mean)
 
-    def estep_states(self, batch: TensorDictBase, eps: Tensor) -> Tensor:
-        """`[E, S, obs]`: the states of the E- and M-step at each of the update's thresholds `eps [E]`
-        (`estep_states`): "batch" splits the batch's states across the thresholds (`split_states`); "behaviour"
-        draws S per threshold without replacement, weighted by `eq.behaviour_state_weights` (the states its
-        neighbouring behaviour policies visited; Gumbel top-k), other states only where the batch has fewer."""
-        obs = batch["observation"]
-        if self.hparams.estep_states == "batch":
-            return self.split_states(obs, len(eps))
-        per = min(self.hparams.states_per_eps or obs.shape[0] // len(eps), obs.shape[0])
-        thresholds = self.collected_eps.to(eps)
-        collected = nearest_threshold(batch["eps"].to(eps), thresholds)  # exact for data collected under them
-        weights = eq.behaviour_state_weights(eps, collected, thresholds)
-        keys = weights.log() - torch.empty_like(weights).exponential_().log()  # log w + Gumbel noise
-        return obs[keys.topk(per, dim=-1).indices]
-
     def split_states(self, obs: Tensor, n_eps: int) -> Tensor:
         """`[B, obs]` -> `[E, S, obs]`: S = states_per_eps states per threshold (default B // E), distinct across
         thresholds while S * E <= B, else the first S states shared by every threshold."""
@@ -535,7 +500,7 @@ class CCPO(SafeRLModule):
     def sample_train_eps(self) -> Tensor:
         """Thresholds of this update (same on every rank): behaviour ones, plus versatile draws after the warm-up.
         Served from a table of `EPS_ROWS` updates' draws (`draw_train_eps`), drawn anew when it runs out or the
-        stage changes: one set of generator calls per table instead of five per update (~0.2 ms an update here).
+        stage changes: one set of generator calls per table instead of five per update (docs/performance.md).
         The unused rows are saved in checkpoints, so a resumed run draws what an uninterrupted one would.
         With `threshold` set (CVPO): that threshold alone, every update."""
         hp = self.hparams

@@ -110,6 +110,8 @@ def cpo_dual_solution(q: float, r: float, s: float, c: float, delta: float, tiny
         A = 0.0
     # L_a and L_b as intervals [lo, hi] of lam >= 0 (None: empty). The boundary lam = -r / c may belong to both:
     # there f_a = f_b (f_a - f_b = (lam c + r)^2 / (2 lam s) >= 0 vanishes).
+    set_a: tuple[float, float] | None
+    set_b: tuple[float, float] | None
     if c > 0.0:
         edge = -r / c
         set_a, set_b = (max(edge, 0.0), math.inf), ((0.0, edge) if edge >= 0.0 else None)

@@ -2,7 +2,7 @@
 appended to the actor and critic inputs, trained on episodes collected under the behaviour thresholds, one Lagrange
 multiplier per behaviour threshold, evaluated at any eps by feeding it to the actor.
 
-Over 300 lines: the implementation notes and the two algorithms on their one shared update.
+The implementation notes and the two algorithms stay together: they share one update.
 
 Implementation details ("ours" marks our choices where the paper is silent; FSRL = its sac_lag / ddpg_lag):
 1. Thresholds in updates: each transition is trained with the threshold it was collected under (`batch["eps"]`,
