@@ -38,6 +38,14 @@ def test_a_run_directory_given_itself_is_named_and_its_report_goes_beside_it(tmp
     assert "| ball_circle-ccpo-s0 | ball_circle | ccpo | 0 |" in text and "| . |" not in text
 
 
+def test_an_out_without_an_extension_gets_the_markdown_one_and_its_table_beside_it(tmp_path, capsys):
+    run = fake_run(tmp_path / "logs", "ball_circle-ccpo-s0", evaluated_at=2_000_000.0)
+    report_module.main([str(run), "--out", str(tmp_path / "table")])
+    assert capsys.readouterr().out.splitlines()[-1] == f"ccpo_pl.report: wrote {tmp_path / 'table.md'}"
+    assert (tmp_path / "table.md").read_text().startswith("# CCPO paper Table 1 metrics")
+    assert (tmp_path / "table.csv").is_file() and not (tmp_path / "table").exists()
+
+
 def test_unevaluated_runs_and_stale_evaluations_are_named_in_one_warning_each(tmp_path, capsys):
     logs = tmp_path / "logs"
     fake_run(logs, "fresh", evaluated_at=2_000_000.0)

@@ -375,6 +375,15 @@ def default_out(first: Path) -> Path:
     return (first.resolve().parent if is_run else first) / "report.md"
 
 
+def out_path(dirs: Sequence[str | Path], out: str | Path | None) -> Path:
+    """Where the report goes: `out`, with `.md` added where it has no extension and is no folder (`--out table`
+    writes `table.md` and `table.csv`; a folder is refused by the writer), or `default_out`."""
+    if out is None:
+        return default_out(Path(dirs[0]))
+    out = Path(out)
+    return out.with_name(out.name + ".md") if out.suffix == "" and not out.is_dir() else out
+
+
 def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str | Path | None = None,
            title: str = "CCPO paper Table 1 metrics", command: str | None = None, section: bool = False,
            paper: bool = False, extrapolated: bool = False) -> str:
@@ -384,7 +393,7 @@ def report(dirs: Sequence[str | Path], out: str | Path | None = None, notes: str
     runs = find_runs(dirs, extrapolated)
     table = aggregate([s for _, s in runs])
     root = Path(dirs[0]) if len(dirs) == 1 else None
-    out = Path(out) if out is not None else default_out(Path(dirs[0]))
+    out = out_path(dirs, out)
     text = markdown(table, runs, root, title, command or "python -m ccpo_pl.report " + " ".join(map(str, dirs)),
                     paper)
     if notes is not None:
@@ -455,8 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         text = report(args.dirs, args.out, args.notes, args.title, command, args.section, args.paper,
                       args.extrapolated)
         print(text.split("\n## Runs", 1)[0].rstrip("\n"))  # the table; the list of runs is in the file
-        out = Path(args.out) if args.out is not None else default_out(Path(args.dirs[0]))
-        print(f"ccpo_pl.report: wrote {out}")
+        print(f"ccpo_pl.report: wrote {out_path(args.dirs, args.out)}")
     except ConfigError as err:
         print(f"ccpo_pl.report: error: {err}", file=sys.stderr)
         sys.exit(2)
