@@ -209,7 +209,7 @@ class EnvPool:
     def env(self, env_cfg: Mapping, eps: Sequence[float], seed: int) -> tuple[EnvBase, bool]:
         """The env of `len(eps)` sub-envs at the fixed thresholds `eps`, seeded with `seed`, and whether it is kept
         (the caller closes one that is not)."""
-        if env_cfg["suite"] != "bullet" or env_cfg.get("parallel", False):
+        if env_cfg["suite"] != "bullet":
             return make_env(env_cfg, num_envs=len(eps), seed=seed, eps_values=eps, eps_mode="fixed"), False
         key = (env_cfg["id"], int(env_cfg["max_episode_steps"]), tuple(float(e) for e in eps))
         env = self._envs.pop(key, None)
